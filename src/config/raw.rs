@@ -1,0 +1,639 @@
+//! The configuration files exactly as written: `config.yaml` and `jobs/*.yaml`.
+//!
+//! Owns: the serde shapes of both files, strict (`deny_unknown_fields`, no `flatten`), with
+//! their defaults. Must not: check cross-field rules or touch the file system; that is
+//! `validate.rs`, which turns these into `ValidatedJob`s.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::secret::{DatabaseUrl, Secret};
+
+/// `config.yaml`: the daemon's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonFile {
+    pub state: StateSection,
+    pub customerio: CustomerIoSection,
+    /// Folder of job files, relative to `config.yaml`.
+    #[serde(default = "default_jobs_dir")]
+    pub jobs_dir: PathBuf,
+    #[serde(default)]
+    pub track: TrackSection,
+    #[serde(default)]
+    pub app: AppSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
+}
+
+fn default_jobs_dir() -> PathBuf {
+    PathBuf::from("jobs")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// `sqlite://path` (created on first use) or `postgres://…`.
+    pub url: DatabaseUrl,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    #[default]
+    Us,
+    Eu,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerIoSection {
+    #[serde(default)]
+    pub region: Region,
+    pub site_id: Option<Secret>,
+    pub track_api_key: Option<Secret>,
+    pub app_api_key: Option<Secret>,
+    /// Overrides the region's Track host (simulator, proxy).
+    pub track_url: Option<String>,
+    /// Overrides the region's App host.
+    pub app_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackSection {
+    /// Requests per second, shared by every job of this process (Customer.io fair use).
+    #[serde(default = "default_track_rate")]
+    pub rate_limit_per_sec: u32,
+    /// Requests in flight at once per job.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_track_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub batch: BatchSection,
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+impl Default for TrackSection {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_sec: default_track_rate(),
+            concurrency: default_concurrency(),
+            timeout_secs: default_track_timeout(),
+            batch: BatchSection::default(),
+            transport: Transport::default(),
+        }
+    }
+}
+
+fn default_track_rate() -> u32 {
+    100
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_track_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `POST /api/v2/batch`, many operations a request.
+    #[default]
+    V2,
+    /// One `/api/v1/...` request per operation.
+    V1,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSection {
+    /// Operations per v2 batch at most.
+    #[serde(default = "default_batch_items")]
+    pub max_items: usize,
+    /// Bytes per v2 batch body at most, envelope included (Customer.io's limit is 500 KB).
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: usize,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        Self {
+            max_items: default_batch_items(),
+            max_bytes: default_batch_bytes(),
+        }
+    }
+}
+
+fn default_batch_items() -> usize {
+    1000
+}
+fn default_batch_bytes() -> usize {
+    480_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    #[serde(default = "default_app_rate")]
+    pub rate_limit_per_sec: u32,
+    #[serde(default = "default_app_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for AppSection {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_sec: default_app_rate(),
+            timeout_secs: default_app_timeout(),
+        }
+    }
+}
+
+fn default_app_rate() -> u32 {
+    10
+}
+fn default_app_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Attempts per request, the first included.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: usize,
+    /// First backoff ceiling; full jitter picks a wait in [0, ceiling].
+    #[serde(default = "default_base_ms")]
+    pub base_delay_ms: u64,
+    /// Longest single wait, backoff or `Retry-After`.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_secs: u64,
+    /// Total time one run may spend waiting between retries before it gives up.
+    #[serde(default = "default_run_wait")]
+    pub max_total_wait_secs: u64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            base_delay_ms: default_base_ms(),
+            max_wait_secs: default_max_wait(),
+            max_total_wait_secs: default_run_wait(),
+        }
+    }
+}
+
+fn default_attempts() -> usize {
+    8
+}
+fn default_base_ms() -> u64 {
+    500
+}
+fn default_max_wait() -> u64 {
+    60
+}
+fn default_run_wait() -> u64 {
+    1800
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// How long a stopping run waits for requests in flight (keep it below systemd's
+    /// `TimeoutStopSec`).
+    #[serde(default = "default_grace")]
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            grace_secs: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> u64 {
+    60
+}
+
+/// One `jobs/<name>.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Cron with seconds: `sec min hour day-of-month month day-of-week`.
+    pub schedule: Option<String>,
+    pub source: Option<SourceSection>,
+    pub identify: Option<IdentifySection>,
+    pub track: Option<TrackJobSection>,
+    pub delete: Option<DeleteSection>,
+    pub segment: Option<SegmentSection>,
+    pub pull: Option<PullSection>,
+    /// Overrides `track.transport` of config.yaml for this job.
+    pub transport: Option<Transport>,
+    pub batch: Option<BatchSection>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    pub csv: Option<CsvSection>,
+    pub sql: Option<SqlSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSection {
+    /// Relative paths resolve against the job file's folder. `.gz` is decompressed.
+    pub path: PathBuf,
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    /// `true`: `""` inside quotes is a quote; `false`: use `escape`.
+    #[serde(default = "default_true")]
+    pub double_quote: bool,
+    pub escape: Option<char>,
+    /// `false` to treat quote characters as ordinary text.
+    #[serde(default = "default_true")]
+    pub quoting: bool,
+    /// Trim spaces around fields.
+    #[serde(default)]
+    pub trim: bool,
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_quote() -> char {
+    '"'
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSection {
+    pub url: DatabaseUrl,
+    pub query: String,
+    pub cursor: Option<CursorSection>,
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: u32,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_batch_rows() -> u32 {
+    5000
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CursorSection {
+    pub column: String,
+    pub tiebreak: String,
+}
+
+/// `identifier: { id: col }`: exactly one key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierSection {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub cio_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyPolicy {
+    /// An empty cell is left out of the call (never blanks an attribute by accident).
+    #[default]
+    Skip,
+    /// An empty cell is sent as `null`, clearing the attribute.
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    /// Text stays text; typed database values keep their natural JSON form.
+    #[default]
+    Auto,
+    String,
+    Number,
+    Bool,
+    Timestamp,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampFormat {
+    /// RFC 3339 / ISO-8601 date-time (no offset = UTC), `YYYY-MM-DD`, or integer Unix seconds.
+    #[default]
+    Auto,
+    Rfc3339,
+    Date,
+    Unix,
+    UnixMs,
+}
+
+/// An attribute's source: a bare column name, or a column with a type.
+#[derive(Debug, Clone)]
+pub enum FieldSpec {
+    Column(String),
+    Typed(TypedField),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedField {
+    pub column: Option<String>,
+    /// A constant value instead of a column.
+    pub value: Option<serde_json::Value>,
+    #[serde(default, rename = "as")]
+    pub as_type: ValueType,
+    #[serde(default)]
+    pub format: TimestampFormat,
+    pub empty: Option<EmptyPolicy>,
+}
+
+/// `data: [a, b]` or `data: { key: spec }`.
+#[derive(Debug, Clone)]
+pub enum FieldsSpec {
+    List(Vec<String>),
+    Map(BTreeMap<String, FieldSpec>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifySection {
+    pub identifier: IdentifierSection,
+    /// Omitted: every other non-empty column, as strings.
+    pub attributes: Option<FieldsSpec>,
+    /// Column with the row's change time: orders updates (`_timestamp` / v2 `timestamp`).
+    pub timestamp: Option<TimestampSpec>,
+    #[serde(default)]
+    pub empty: EmptyPolicy,
+    /// `true`: never create people, only update existing ones (`_update`).
+    #[serde(default)]
+    pub update_only: bool,
+}
+
+/// `timestamp: col` or `timestamp: { column: col, format: unix_ms }`.
+#[derive(Debug, Clone)]
+pub enum TimestampSpec {
+    Column(String),
+    Typed(TimestampField),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampField {
+    pub column: String,
+    #[serde(default)]
+    pub format: TimestampFormat,
+}
+
+/// `name: purchase` or `name: { column: event_name }`.
+#[derive(Debug, Clone)]
+pub enum NameSpec {
+    Fixed(String),
+    Column(ColumnRef),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnRef {
+    pub column: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    #[default]
+    Event,
+    Page,
+    Screen,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackJobSection {
+    pub identifier: Option<IdentifierSection>,
+    /// Column holding an anonymous id, for events not tied to a known person.
+    pub anonymous_id: Option<String>,
+    pub name: NameSpec,
+    #[serde(default, rename = "type")]
+    pub event_type: EventType,
+    pub timestamp: Option<TimestampSpec>,
+    /// Column(s) forming the row's key; the event id is derived from it.
+    pub event_id: Option<EventKeySpec>,
+    /// Omitted: every other non-empty column, as strings.
+    pub data: Option<FieldsSpec>,
+    #[serde(default)]
+    pub empty: EmptyPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub enum EventKeySpec {
+    Column(String),
+    Columns(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteSection {
+    pub identifier: IdentifierSection,
+    /// `delete` removes the person; `suppress` also blocks the identifier for good.
+    #[serde(default)]
+    pub action: DeleteAction,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteAction {
+    #[default]
+    Delete,
+    Suppress,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSection {
+    /// The manual segment's id in Customer.io.
+    pub id: i64,
+    pub identifier: IdentifierSection,
+    /// `add` (default) or `remove`.
+    #[serde(default)]
+    pub action: SegmentAction,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentAction {
+    #[default]
+    Add,
+    Remove,
+}
+
+/// `pull:`: what to bring back from the App API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSection {
+    #[serde(default)]
+    pub segments: bool,
+    pub segment_membership: Option<MembershipSelection>,
+    #[serde(default)]
+    pub campaigns: bool,
+    pub campaign_metrics: Option<MetricsSection>,
+    /// Database for the pulled tables; defaults to the state database.
+    pub into: Option<DatabaseUrl>,
+    /// Members per membership page (the API allows up to 30000).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+}
+
+fn default_page_size() -> u32 {
+    30_000
+}
+
+/// `segment_membership: all` or a list of segment ids.
+#[derive(Debug, Clone)]
+pub enum MembershipSelection {
+    All,
+    Ids(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for MembershipSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MembershipSelection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`all` or a list of segment ids, e.g. [7, 12]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "all" {
+                    Ok(MembershipSelection::All)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<i64>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(MembershipSelection::Ids)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    #[serde(default)]
+    pub period: MetricsPeriod,
+    /// Periods back from now (the API's `steps`).
+    #[serde(default = "default_steps")]
+    pub steps: u32,
+}
+
+fn default_steps() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsPeriod {
+    Hours,
+    #[default]
+    Days,
+    Weeks,
+    Months,
+}
+
+/// A value written either as a bare string or as a map: the map keeps its own strict
+/// errors (an untagged enum would say only "did not match any variant").
+macro_rules! string_or_map {
+    ($ty:ident, $str_variant:ident, $map_variant:ident, $map_ty:ty, $expecting:literal) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        Ok($ty::$str_variant(v.to_string()))
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<$ty, A::Error> {
+                        <$map_ty>::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                            .map($ty::$map_variant)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+string_or_map!(FieldSpec, Column, Typed, TypedField, "a column name or { column, as, format, empty }");
+string_or_map!(TimestampSpec, Column, Typed, TimestampField, "a column name or { column, format }");
+string_or_map!(NameSpec, Fixed, Column, ColumnRef, "an event name or { column: name_column }");
+
+impl<'de> Deserialize<'de> for FieldsSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FieldsSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of columns or a map of attribute name to column")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<FieldsSpec, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(FieldsSpec::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FieldsSpec, A::Error> {
+                BTreeMap::<String, FieldSpec>::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FieldsSpec::Map)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKeySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EventKeySpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name or a list of column names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventKeySpec, E> {
+                Ok(EventKeySpec::Column(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<EventKeySpec, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(EventKeySpec::Columns)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

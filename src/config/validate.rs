@@ -1,0 +1,462 @@
+//! Cross-field rules: raw files → [`Settings`] / [`JobSpec`].
+//!
+//! Owns: every rule a single serde attribute cannot say (exactly one action, exactly one
+//! identifier kind, a parseable cron, sane numbers), and resolving relative paths.
+//! Must not: do I/O (paths are resolved, never opened), so `validate` and a real start reject
+//! the same mistakes in the same words.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::job::*;
+use super::raw::{self, EmptyPolicy, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
+use super::ConfigError;
+
+pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let scheme = raw.state.url.scheme();
+    if !matches!(scheme.as_str(), "sqlite" | "postgres" | "postgresql") {
+        errors.push(ConfigError::new(
+            file,
+            "state.url",
+            format!(
+                "unsupported scheme `{scheme}`: use sqlite://path/to/state.db (embedded) or postgres://user@host/db"
+            ),
+        ));
+    }
+    let state_url = resolve_sqlite_url(&raw.state.url, &base);
+    let c = raw.customerio;
+    let (track_host, app_host) = match c.region {
+        raw::Region::Us => ("https://track.customer.io", "https://api.customer.io"),
+        raw::Region::Eu => ("https://track-eu.customer.io", "https://api-eu.customer.io"),
+    };
+    for (key, url) in [("customerio.track_url", &c.track_url), ("customerio.app_url", &c.app_url)] {
+        if let Some(u) = url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            errors.push(ConfigError::new(
+                file,
+                key,
+                format!("`{u}` is not an http(s) URL, e.g. http://127.0.0.1:4010"),
+            ));
+        }
+    }
+    let t = raw.track;
+    positive(&mut errors, file, "track.rate_limit_per_sec", t.rate_limit_per_sec as u64);
+    positive(&mut errors, file, "track.concurrency", t.concurrency as u64);
+    positive(&mut errors, file, "track.timeout_secs", t.timeout_secs);
+    check_batch(&mut errors, file, "track.batch", &t.batch);
+    positive(&mut errors, file, "app.rate_limit_per_sec", raw.app.rate_limit_per_sec as u64);
+    positive(&mut errors, file, "app.timeout_secs", raw.app.timeout_secs);
+    positive(&mut errors, file, "retry.max_attempts", raw.retry.max_attempts as u64);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Settings {
+        config_file: file.to_path_buf(),
+        state_url,
+        customerio: CustomerIo {
+            region: c.region,
+            site_id: c.site_id,
+            track_api_key: c.track_api_key,
+            app_api_key: c.app_api_key,
+            track_url: c
+                .track_url
+                .unwrap_or_else(|| track_host.to_string())
+                .trim_end_matches('/')
+                .to_string(),
+            app_url: c
+                .app_url
+                .unwrap_or_else(|| app_host.to_string())
+                .trim_end_matches('/')
+                .to_string(),
+        },
+        jobs_dir: base.join(raw.jobs_dir),
+        track: TrackSettings {
+            rate_limit_per_sec: t.rate_limit_per_sec,
+            concurrency: t.concurrency,
+            timeout: Duration::from_secs(t.timeout_secs),
+            batch: t.batch,
+            transport: t.transport,
+        },
+        app: AppSettings {
+            rate_limit_per_sec: raw.app.rate_limit_per_sec,
+            timeout: Duration::from_secs(raw.app.timeout_secs),
+        },
+        retry: RetrySettings {
+            max_attempts: raw.retry.max_attempts,
+            base_delay: Duration::from_millis(raw.retry.base_delay_ms),
+            max_wait: Duration::from_secs(raw.retry.max_wait_secs),
+            max_total_wait: Duration::from_secs(raw.retry.max_total_wait_secs),
+        },
+        grace: Duration::from_secs(raw.shutdown.grace_secs),
+    })
+}
+
+/// `sqlite://relative.db` is relative to the config file's folder, like every other path.
+fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseUrl {
+    let s = url.expose();
+    if let Some(rest) = s.strip_prefix("sqlite://")
+        && !rest.starts_with('/')
+        && !rest.starts_with(":memory:")
+        && !rest.is_empty()
+        && !base.as_os_str().is_empty()
+    {
+        return super::DatabaseUrl::new(format!("sqlite://{}", base.join(rest).display()));
+    }
+    url.clone()
+}
+
+fn positive(errors: &mut Vec<ConfigError>, file: &Path, key: &str, v: u64) {
+    if v == 0 {
+        errors.push(ConfigError::new(file, key, "must be greater than 0"));
+    }
+}
+
+fn check_batch(errors: &mut Vec<ConfigError>, file: &Path, key: &str, b: &raw::BatchSection) {
+    positive(errors, file, &format!("{key}.max_items"), b.max_items as u64);
+    if b.max_bytes < 40_000 || b.max_bytes > 500_000 {
+        errors.push(ConfigError::new(
+            file,
+            format!("{key}.max_bytes"),
+            format!(
+                "{} is out of range: a v2 batch must hold at least one 32 KB item and stay within Customer.io's 500 KB (use 40000..=500000; default 480000)",
+                b.max_bytes
+            ),
+        ));
+    }
+}
+
+pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        errors.push(ConfigError::new(
+            file,
+            "",
+            "a job's name is its file name: use letters, digits, `-`, `_` or `.` (e.g. jobs/crm-people.yaml)",
+        ));
+    }
+    if let Some(s) = &raw.schedule
+        && let Err(e) = check_cron(s)
+    {
+        errors.push(ConfigError::new(file, "schedule", e));
+    }
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    let actions: Vec<&str> = [
+        raw.identify.as_ref().map(|_| "identify"),
+        raw.track.as_ref().map(|_| "track"),
+        raw.delete.as_ref().map(|_| "delete"),
+        raw.segment.as_ref().map(|_| "segment"),
+        raw.pull.as_ref().map(|_| "pull"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if actions.len() != 1 {
+        errors.push(ConfigError::new(
+            file,
+            "",
+            if actions.is_empty() {
+                "a job needs one of `identify`, `track`, `delete`, `segment` or `pull`".to_string()
+            } else {
+                format!(
+                    "a job does one thing, but this one has {}: split it into one job file each",
+                    actions.join(", ")
+                )
+            },
+        ));
+        return Err(errors);
+    }
+
+    let kind = if let Some(pull) = raw.pull {
+        if raw.source.is_some() {
+            errors.push(ConfigError::new(file, "source", "a `pull` job reads from Customer.io: remove `source`"));
+        }
+        if !(pull.segments || pull.segment_membership.is_some() || pull.campaigns || pull.campaign_metrics.is_some()) {
+            errors.push(ConfigError::new(
+                file,
+                "pull",
+                "pulls nothing: set at least one of `segments: true`, `segment_membership`, `campaigns: true`, `campaign_metrics`",
+            ));
+        }
+        if pull.page_size == 0 || pull.page_size > 30_000 {
+            errors.push(ConfigError::new(file, "pull.page_size", "must be between 1 and 30000 (the API's maximum)"));
+        }
+        if let Some(m) = &pull.campaign_metrics
+            && m.steps > 121
+        {
+            errors.push(ConfigError::new(file, "pull.campaign_metrics.steps", "at most 121 periods can be asked for"));
+        }
+        JobKind::Pull(pull.into())
+    } else {
+        let source = match raw.source {
+            None => {
+                errors.push(ConfigError::new(
+                    file,
+                    "source",
+                    "missing: add `source: { csv: { path: data/file.csv } }` or `source: { sql: { url, query } }`",
+                ));
+                None
+            }
+            Some(s) => source(file, &base, s, &mut errors),
+        };
+        let mapping = if let Some(i) = raw.identify {
+            identifier(file, "identify.identifier", &i.identifier, &mut errors).map(|identifier| {
+                MappingSpec::Identify {
+                    identifier,
+                    attributes: field_set(file, "identify.attributes", i.attributes, i.empty, &mut errors),
+                    timestamp: i.timestamp.map(timestamp_column),
+                    update_only: i.update_only,
+                }
+            })
+        } else if let Some(t) = raw.track {
+            let who = match (&t.identifier, &t.anonymous_id) {
+                (Some(id), None) => identifier(file, "track.identifier", id, &mut errors).map(EventSubject::Person),
+                (None, Some(col)) => Some(EventSubject::Anonymous { column: col.clone() }),
+                _ => {
+                    errors.push(ConfigError::new(
+                        file,
+                        "track",
+                        "set exactly one of `identifier: { id: column }` or `anonymous_id: column`",
+                    ));
+                    None
+                }
+            };
+            let name = match t.name {
+                raw::NameSpec::Fixed(n) => {
+                    if n.trim().is_empty() || n.len() > 100 {
+                        errors.push(ConfigError::new(file, "track.name", "an event name must be 1 to 100 bytes"));
+                    }
+                    EventName::Fixed(n)
+                }
+                raw::NameSpec::Column(c) => EventName::Column(c.column),
+            };
+            let key_columns = match t.event_id {
+                None => Vec::new(),
+                Some(raw::EventKeySpec::Column(c)) => vec![c],
+                Some(raw::EventKeySpec::Columns(cs)) => {
+                    if cs.is_empty() {
+                        errors.push(ConfigError::new(file, "track.event_id", "list at least one column"));
+                    }
+                    cs
+                }
+            };
+            who.map(|who| MappingSpec::Track {
+                who,
+                name,
+                event_type: t.event_type,
+                timestamp: t.timestamp.map(timestamp_column),
+                key_columns,
+                data: field_set(file, "track.data", t.data, t.empty, &mut errors),
+            })
+        } else if let Some(d) = raw.delete {
+            identifier(file, "delete.identifier", &d.identifier, &mut errors)
+                .map(|identifier| MappingSpec::Delete { identifier, action: d.action })
+        } else if let Some(s) = raw.segment {
+            identifier(file, "segment.identifier", &s.identifier, &mut errors).map(|identifier| MappingSpec::Segment {
+                segment_id: s.id,
+                identifier,
+                action: s.action,
+            })
+        } else {
+            None
+        };
+        if let Some(b) = &raw.batch {
+            check_batch(&mut errors, file, "batch", b);
+        }
+        if raw.concurrency == Some(0) {
+            errors.push(ConfigError::new(file, "concurrency", "must be greater than 0"));
+        }
+        match (source, mapping) {
+            (Some(source), Some(mapping)) => JobKind::Push(PushJob {
+                source,
+                mapping,
+                transport: raw.transport,
+                batch: raw.batch,
+                concurrency: raw.concurrency,
+            }),
+            _ => return Err(errors),
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(JobSpec {
+        name,
+        file: file.to_path_buf(),
+        schedule: raw.schedule,
+        kind,
+    })
+}
+
+/// Checks a cron string with the scheduler's own parser (croner), seconds field required.
+pub fn check_cron(s: &str) -> Result<(), String> {
+    let fields = s.split_whitespace().count();
+    if fields != 6 && fields != 7 {
+        return Err(format!(
+            "`{s}` has {fields} fields; cio-sync schedules need 6, starting with seconds: `sec min hour day-of-month month day-of-week`, e.g. \"0 0 2 * * *\" for 02:00 every day"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(s)
+        .map(|_| ())
+        .map_err(|e| format!("`{s}` is not a valid schedule: {e}"))
+}
+
+fn source(
+    file: &Path,
+    base: &Path,
+    s: raw::SourceSection,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SourceSpec> {
+    match (s.csv, s.sql) {
+        (Some(mut csv), None) => {
+            if csv.path.as_os_str().is_empty() {
+                errors.push(ConfigError::new(file, "source.csv.path", "must name a file"));
+            }
+            if !csv.delimiter.is_ascii() || !csv.quote.is_ascii() || csv.escape.is_some_and(|c| !c.is_ascii()) {
+                errors.push(ConfigError::new(
+                    file,
+                    "source.csv",
+                    "`delimiter`, `quote` and `escape` must be single ASCII characters",
+                ));
+            }
+            csv.path = resolve(base, &csv.path);
+            Some(SourceSpec::Csv(csv))
+        }
+        (None, Some(sql)) => {
+            let scheme = sql.url.scheme();
+            if !matches!(scheme.as_str(), "postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite") {
+                errors.push(ConfigError::new(
+                    file,
+                    "source.sql.url",
+                    format!("unsupported scheme `{scheme}`: use postgres://, mysql:// or sqlite://"),
+                ));
+            }
+            if sql.query.trim().is_empty() {
+                errors.push(ConfigError::new(file, "source.sql.query", "must not be empty"));
+            }
+            if sql.batch_rows == 0 {
+                errors.push(ConfigError::new(file, "source.sql.batch_rows", "must be greater than 0"));
+            }
+            Some(SourceSpec::Sql(sql))
+        }
+        _ => {
+            errors.push(ConfigError::new(file, "source", "set exactly one of `csv` or `sql`"));
+            None
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+fn identifier(
+    file: &Path,
+    key: &str,
+    s: &IdentifierSection,
+    errors: &mut Vec<ConfigError>,
+) -> Option<IdentifierSpec> {
+    let set: Vec<IdentifierSpec> = [
+        (IdentifierKind::Id, &s.id),
+        (IdentifierKind::Email, &s.email),
+        (IdentifierKind::CioId, &s.cio_id),
+    ]
+    .into_iter()
+    .filter_map(|(kind, col)| col.clone().map(|column| IdentifierSpec { kind, column }))
+    .collect();
+    if set.len() == 1 {
+        set.into_iter().next()
+    } else {
+        errors.push(ConfigError::new(
+            file,
+            key,
+            "set exactly one of `id`, `email` or `cio_id`, naming the column, e.g. { id: customer_id }",
+        ));
+        None
+    }
+}
+
+fn timestamp_column(t: TimestampSpec) -> TimestampColumn {
+    match t {
+        TimestampSpec::Column(column) => TimestampColumn { column, format: Default::default() },
+        TimestampSpec::Typed(t) => TimestampColumn { column: t.column, format: t.format },
+    }
+}
+
+fn field_set(
+    file: &Path,
+    key: &str,
+    spec: Option<FieldsSpec>,
+    empty: EmptyPolicy,
+    errors: &mut Vec<ConfigError>,
+) -> FieldSet {
+    let plain = |name: String| FieldMapping {
+        name: name.clone(),
+        source: FieldSource::Column(name),
+        as_type: Default::default(),
+        format: Default::default(),
+        empty,
+    };
+    match spec {
+        None => FieldSet::AllOtherColumns { empty },
+        Some(FieldsSpec::List(cols)) => FieldSet::Explicit(cols.into_iter().map(plain).collect()),
+        Some(FieldsSpec::Map(map)) => {
+            if map.len() > 300 {
+                errors.push(ConfigError::new(file, key, "Customer.io accepts at most 300 attributes a call"));
+            }
+            let mut fields = Vec::new();
+            for (name, spec) in map {
+                if name.len() > 150 {
+                    errors.push(ConfigError::new(file, format!("{key}.{name}"), "attribute names are at most 150 bytes"));
+                }
+                match spec {
+                    FieldSpec::Column(column) => fields.push(FieldMapping {
+                        name,
+                        source: FieldSource::Column(column),
+                        as_type: Default::default(),
+                        format: Default::default(),
+                        empty,
+                    }),
+                    FieldSpec::Typed(t) => {
+                        let source = match (t.column, t.value) {
+                            (Some(c), None) => FieldSource::Column(c),
+                            (None, Some(v)) => FieldSource::Constant(v),
+                            _ => {
+                                errors.push(ConfigError::new(
+                                    file,
+                                    format!("{key}.{name}"),
+                                    "set exactly one of `column` or `value`",
+                                ));
+                                continue;
+                            }
+                        };
+                        fields.push(FieldMapping {
+                            name,
+                            source,
+                            as_type: t.as_type,
+                            format: t.format,
+                            empty: t.empty.unwrap_or(empty),
+                        });
+                    }
+                }
+            }
+            FieldSet::Explicit(fields)
+        }
+    }
+}

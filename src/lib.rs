@@ -1,0 +1,35 @@
+//! cio-sync: scheduled batch syncs between a company's data and Customer.io.
+//!
+//! # Layout
+//!
+//! Data flows one way: source → mapping → batcher → sender → acknowledgement → checkpoint.
+//!
+//! - [`config`]: reading and validating `config.yaml` and `jobs/*.yaml` (never writes).
+//! - [`source`]: CSV files and SQL queries, streamed, each row with its resume position.
+//! - [`mapping`]: a row → one Customer.io operation, every limit checked before sending.
+//! - [`batch`]: packing operations into v2 batches under the byte and item limits.
+//! - [`http`]: the shared HTTP client, rate gate and retry policy.
+//! - [`track`]: the Track API client (v2 batch, v1, segments) and its outcomes per row.
+//! - [`app_api`]: the App API client (segments, membership, campaigns, metrics).
+//! - [`pull`]: pull jobs: App API → database tables.
+//! - [`state`]: run history, checkpoints, dead letters, leases (SQLite or PostgreSQL).
+//! - [`pipeline`]: one push run, wiring the stages and committing progress.
+//! - [`runner`]: running jobs by name (leases, reports), shared by the CLI and the daemon.
+//! - [`schedule`]: the daemon: cron schedules, no overlapping runs, graceful stop.
+//! - [`simulator`]: a local Customer.io for tests, benchmarks and the demo.
+//! - [`cli`]: the command line; [`exit`]: the documented exit codes.
+
+pub mod batch;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod exit;
+pub mod http;
+pub mod mapping;
+pub mod pipeline;
+pub mod runner;
+pub mod shutdown;
+pub mod simulator;
+pub mod source;
+pub mod state;
+pub mod track;

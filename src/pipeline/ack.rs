@@ -1,0 +1,104 @@
+//! Acknowledgement: which rows are settled, and how far the checkpoint may move.
+//!
+//! Owns: the settled-prefix rule. Rows are numbered in read order; a row is settled once
+//! Customer.io acknowledged its batch or it was dead-lettered. The checkpoint may advance only
+//! to the end of the longest prefix of settled rows, whatever order batches finish in.
+//! Must not: do I/O or know what a row contains; it keeps one small entry per unsettled row.
+
+use std::collections::VecDeque;
+
+use crate::source::ResumePoint;
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Sequence number of `entries[0]`.
+    base: u64,
+    entries: VecDeque<Entry>,
+    /// Where to resume after the settled prefix (None until the first row settles).
+    settled_point: Option<ResumePoint>,
+    advanced: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    resume: ResumePoint,
+    settled: bool,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a row just read; returns its sequence number.
+    pub fn read(&mut self, resume: ResumePoint) -> u64 {
+        self.entries.push_back(Entry { resume, settled: false });
+        self.base + self.entries.len() as u64 - 1
+    }
+
+    /// Marks a row settled (delivered or dead-lettered). Unknown or repeated sequence
+    /// numbers are ignored.
+    pub fn settle(&mut self, seq: u64) {
+        if seq < self.base {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut((seq - self.base) as usize) {
+            e.settled = true;
+        }
+        while self.entries.front().is_some_and(|e| e.settled) {
+            if let Some(e) = self.entries.pop_front() {
+                self.settled_point = Some(e.resume);
+                self.base += 1;
+                self.advanced = true;
+            }
+        }
+    }
+
+    /// The new resume point, if the settled prefix grew since the last call.
+    pub fn take_advance(&mut self) -> Option<ResumePoint> {
+        if std::mem::take(&mut self.advanced) { self.settled_point.clone() } else { None }
+    }
+
+    pub fn settled_point(&self) -> Option<&ResumePoint> {
+        self.settled_point.as_ref()
+    }
+
+    /// Rows read but not yet part of the settled prefix.
+    pub fn pending(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(row: u64) -> ResumePoint {
+        ResumePoint::Csv { byte: row * 10, line: row + 1, row }
+    }
+
+    #[test]
+    fn the_checkpoint_moves_only_over_a_settled_prefix() {
+        let mut t = Tracker::new();
+        let seqs: Vec<u64> = (1..=6).map(|r| t.read(p(r))).collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5]);
+        // A later batch finishes first: nothing moves.
+        t.settle(3);
+        t.settle(4);
+        assert_eq!(t.take_advance(), None);
+        t.settle(0);
+        assert_eq!(t.take_advance(), Some(p(1)));
+        assert_eq!(t.take_advance(), None);
+        t.settle(2);
+        assert_eq!(t.take_advance(), None);
+        t.settle(1);
+        assert_eq!(t.take_advance(), Some(p(5)));
+        assert_eq!(t.pending(), 1);
+        t.settle(1);
+        t.settle(99);
+        assert_eq!(t.take_advance(), None);
+        t.settle(5);
+        assert_eq!(t.take_advance(), Some(p(6)));
+        assert_eq!(t.pending(), 0);
+    }
+}

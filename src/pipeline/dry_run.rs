@@ -1,0 +1,89 @@
+//! `run --dry-run`: read, map and batch everything, send nothing, write nothing.
+//!
+//! Owns: reporting what a run would send (sample operations, request count) and what it would
+//! reject (every rejected row with its reason, up to a limit). Must not: open the state
+//! database or any network connection to Customer.io.
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Batcher, Pending};
+use crate::config::{JobSpec, PushJob, Settings};
+use crate::mapping::Mapper;
+use crate::source;
+
+#[derive(Debug, Serialize)]
+pub struct DryRunReport {
+    pub job: String,
+    pub source: String,
+    pub rows_read: u64,
+    pub operations: u64,
+    pub rejected: u64,
+    /// Requests a real run would make (v2 batches, or one per operation for v1).
+    pub requests: u64,
+    pub sample_operations: Vec<serde_json::Value>,
+    pub sample_rejections: Vec<Rejection>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rejection {
+    pub line: u64,
+    pub reason: String,
+}
+
+pub async fn dry_run(settings: &Settings, job: &JobSpec, push: &PushJob, limit: usize) -> Result<DryRunReport, String> {
+    let mut stream = source::open(&push.source, &job.name, None, CancellationToken::new())
+        .await
+        .map_err(|e| format!("job `{}`: {e}", job.name))?;
+    let mapper = Mapper::new(&job.name, &push.mapping, &stream.columns)
+        .map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
+    let transport = push.transport.unwrap_or(settings.track.transport);
+    let batch = push.batch.clone().unwrap_or_else(|| settings.track.batch.clone());
+    let mut batcher = Batcher::new(
+        if transport == crate::config::Transport::V1 { 1 } else { batch.max_items },
+        batch.max_bytes,
+    );
+    let mut report = DryRunReport {
+        job: job.name.clone(),
+        source: stream.describe.clone(),
+        rows_read: 0,
+        operations: 0,
+        rejected: 0,
+        requests: 0,
+        sample_operations: Vec::new(),
+        sample_rejections: Vec::new(),
+    };
+    let mut seq = 0;
+    while let Some(row) = stream.rows.recv().await {
+        let row = row.map_err(|e| format!("job `{}`: {e}", job.name))?;
+        report.rows_read += 1;
+        seq += 1;
+        let result = match row.values {
+            Err(reason) => Err(reason),
+            Ok(values) => mapper.map(&values).map(|m| (m, values)).map_err(|r| r.0),
+        };
+        match result {
+            Err(reason) => {
+                report.rejected += 1;
+                if report.sample_rejections.len() < limit {
+                    report.sample_rejections.push(Rejection { line: row.line, reason });
+                }
+            }
+            Ok((mapped, values)) => {
+                report.operations += 1;
+                if report.sample_operations.len() < limit {
+                    report.sample_operations.push(serde_json::from_slice(&mapped.encoded).unwrap_or_default());
+                }
+                let pending = Pending { seq, line: row.line, row_ref: row.row_ref, values: Vec::new(), mapped };
+                drop(values);
+                if batcher.push(pending).is_some() {
+                    report.requests += 1;
+                }
+            }
+        }
+    }
+    if batcher.take().is_some() {
+        report.requests += 1;
+    }
+    Ok(report)
+}

@@ -1,0 +1,123 @@
+//! Running jobs by name: the services a process shares, and one run of one job.
+//!
+//! Owns: building the process-wide clients (one rate gate per workspace and API, shared by
+//! every job), the job lease that keeps replicas from running a job twice at once, and
+//! dispatching push and pull jobs. Must not: parse arguments or print (the CLI does), or
+//! schedule (the daemon does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{JobKind, JobSpec, Settings};
+use crate::http::{RateGate, RetryPolicy};
+use crate::pipeline::{self, PipelineError, PushContext, RunMode, RunReport, StopSignal};
+use crate::state::{StateError, StateStore};
+use crate::track::{TrackClient, TrackError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("job `{job}`: {source}")]
+    Track {
+        job: String,
+        #[source]
+        source: TrackError,
+    },
+    #[error("job `{job}` is running in another process (lease held by {holder}); skipped")]
+    Busy { job: String, holder: String },
+    #[error("job `{job}`: {message}")]
+    Job { job: String, message: String },
+}
+
+/// Shared by every run in the process.
+#[derive(Clone)]
+pub struct Runner {
+    pub settings: Arc<Settings>,
+    pub state: StateStore,
+    pub track_gate: Arc<RateGate>,
+    pub app_gate: Arc<RateGate>,
+    /// Identifies this process in job leases.
+    pub holder: String,
+}
+
+/// How long a lease lasts without renewal; renewed every third of it while a job runs.
+const LEASE_MS: i64 = 5 * 60 * 1000;
+
+impl Runner {
+    pub async fn new(settings: Settings) -> Result<Self, RunnerError> {
+        let state = StateStore::open(&settings.state_url).await?;
+        Ok(Self::with_state(settings, state))
+    }
+
+    pub fn with_state(settings: Settings, state: StateStore) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        Self {
+            track_gate: Arc::new(RateGate::per_second(settings.track.rate_limit_per_sec)),
+            app_gate: Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
+            settings: Arc::new(settings),
+            state,
+            holder: format!("{host}:{}:{}", std::process::id(), ulid::Ulid::generate()),
+        }
+    }
+
+    pub fn track_client(&self, job: &str) -> Result<TrackClient, RunnerError> {
+        let c = &self.settings.customerio;
+        let (Some(site), Some(key)) = (c.site_id.clone(), c.track_api_key.clone()) else {
+            return Err(RunnerError::Track { job: job.to_string(), source: TrackError::MissingCredentials });
+        };
+        TrackClient::new(
+            &c.track_url,
+            site,
+            key,
+            self.track_gate.clone(),
+            RetryPolicy::from(&self.settings.retry),
+            self.settings.track.timeout,
+        )
+        .map_err(|source| RunnerError::Track { job: job.to_string(), source })
+    }
+
+    /// Runs one job once, holding its lease for the duration.
+    pub async fn run(&self, job: &JobSpec, mode: RunMode, stop: StopSignal) -> Result<RunReport, RunnerError> {
+        if !self.state.try_lease(&job.name, &self.holder, LEASE_MS).await? {
+            return Err(RunnerError::Busy { job: job.name.clone(), holder: "another replica".into() });
+        }
+        let renew = {
+            let state = self.state.clone();
+            let name = job.name.clone();
+            let holder = self.holder.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(LEASE_MS as u64 / 3));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = state.try_lease(&name, &holder, LEASE_MS).await {
+                        tracing::warn!(job = %name, error = %e, "Could not renew the job lease.");
+                    }
+                }
+            })
+        };
+        let result = self.run_unleased(job, mode, stop).await;
+        renew.abort();
+        if let Err(e) = self.state.release_lease(&job.name, &self.holder).await {
+            tracing::warn!(job = %job.name, error = %e, "Could not release the job lease; it expires by itself.");
+        }
+        result
+    }
+
+    async fn run_unleased(&self, job: &JobSpec, mode: RunMode, stop: StopSignal) -> Result<RunReport, RunnerError> {
+        match &job.kind {
+            JobKind::Push(push) => {
+                let ctx = PushContext { settings: self.settings.clone(), state: self.state.clone(), track: self.track_client(&job.name)? };
+                Ok(pipeline::run_push(&ctx, job, push, mode, stop).await?)
+            }
+            JobKind::Pull(_) => Err(RunnerError::Job {
+                job: job.name.clone(),
+                message: "pull jobs are not available in this build".into(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The Track API client: sends batches of operations and says, row by row, what happened.
+//!
+//! Owns: Track endpoints and auth (HTTP Basic site id : key), v2 batch and v1 per-operation
+//! requests, percent-encoded path identifiers, and turning each final response into a
+//! [`BatchOutcome`] (delivered, rejected rows with Customer.io's reason, or failed).
+//! Must not: read sources, map rows or touch the state database; retries and rate limits
+//! come from `http/`.
+
+pub mod request;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Batch, v2_body};
+use crate::config::{Secret, Transport};
+use crate::http::{self, RateGate, RetriesExhausted, RetryPolicy, RunCounters};
+
+#[derive(Clone)]
+pub struct TrackClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    site_id: Secret,
+    api_key: Secret,
+    gate: Arc<RateGate>,
+    policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for TrackClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackClient")
+            .field("base", &self.inner.base)
+            .field("site_id", &self.inner.site_id)
+            .field("api_key", &self.inner.api_key)
+            .finish()
+    }
+}
+
+/// What became of one batch.
+#[derive(Debug)]
+pub enum BatchOutcome {
+    /// Customer.io answered for every item: all delivered except `rejected`
+    /// (index into the batch, reason).
+    Settled { rejected: Vec<(usize, String)> },
+    /// No final answer (retries exhausted, or stopped while waiting): the rows are unsettled.
+    Failed(RetriesExhausted),
+    /// The run cannot go on (credentials, region): stop everything.
+    Fatal(TrackError),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TrackError {
+    #[error(
+        "Customer.io refused the Track credentials (HTTP {status}): check CIO_SITE_ID and CIO_TRACK_API_KEY (customerio.site_id / track_api_key in config.yaml) and that they belong to this workspace"
+    )]
+    Unauthorized { status: u16 },
+    #[error(
+        "the Track API redirected the request (HTTP {status}{location}): the workspace is in another region; set `customerio.region` in config.yaml to match it"
+    )]
+    WrongRegion { status: u16, location: String },
+    #[error("{0}")]
+    Failed(#[from] RetriesExhausted),
+    #[error("unexpected answer from the Track API: {0}")]
+    Unexpected(String),
+    #[error("the HTTP client could not be built: {0}")]
+    Client(String),
+    #[error("Track credentials are missing: set customerio.site_id and customerio.track_api_key in config.yaml (e.g. from ${{CIO_SITE_ID}} and ${{CIO_TRACK_API_KEY}})")]
+    MissingCredentials,
+}
+
+/// `GET /api/v1/accounts/region`.
+#[derive(Debug, Deserialize)]
+pub struct RegionInfo {
+    pub region: String,
+    #[serde(default)]
+    pub url: String,
+    pub environment_id: Option<i64>,
+}
+
+/// How a batch is put on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    V2Batch,
+    /// One request per operation.
+    V1,
+    /// `add_customers` / `remove_customers` with many ids.
+    Segment,
+}
+
+impl Wire {
+    pub fn for_job(transport: Transport, ops_fit_v2: bool, is_segment: bool) -> Wire {
+        if is_segment {
+            Wire::Segment
+        } else if transport == Transport::V1 || !ops_fit_v2 {
+            Wire::V1
+        } else {
+            Wire::V2Batch
+        }
+    }
+}
+
+impl TrackClient {
+    pub fn new(
+        base: &str,
+        site_id: Secret,
+        api_key: Secret,
+        gate: Arc<RateGate>,
+        policy: RetryPolicy,
+        timeout: std::time::Duration,
+    ) -> Result<Self, TrackError> {
+        let http = http::build_client(timeout).map_err(|e| TrackError::Client(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner { http, base: base.trim_end_matches('/').to_string(), site_id, api_key, gate, policy }),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.inner
+            .http
+            .request(method, format!("{}{}", self.inner.base, path))
+            .basic_auth(self.inner.site_id.expose(), Some(self.inner.api_key.expose()))
+    }
+
+    /// The self-check: which region the credentials belong to.
+    pub async fn region(&self, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> Result<RegionInfo, TrackError> {
+        let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
+            self.request(reqwest::Method::GET, "/api/v1/accounts/region")
+        })
+        .await?;
+        check_fatal(&resp)?;
+        if resp.status != 200 {
+            return Err(TrackError::Unexpected(format!("HTTP {}: {}", resp.status, resp.body_excerpt())));
+        }
+        serde_json::from_slice(&resp.body).map_err(|e| TrackError::Unexpected(format!("region answer: {e}")))
+    }
+
+    /// Sends one batch and reports what happened to each of its rows.
+    pub async fn send(&self, batch: &Batch, wire: Wire, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> BatchOutcome {
+        match wire {
+            Wire::V2Batch => self.send_v2(batch, counters, cancel).await,
+            Wire::Segment => self.send_segment(batch, counters, cancel).await,
+            Wire::V1 => {
+                let mut rejected = Vec::new();
+                for (i, item) in batch.items.iter().enumerate() {
+                    let req = request::v1(&item.mapped.op);
+                    let body = req.body.as_ref().map(|b| serde_json::to_vec(b).unwrap_or_default());
+                    let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
+                        let r = self.request(req.method.clone(), &req.path);
+                        match &body {
+                            Some(b) => r.header("content-type", "application/json").body(b.clone()),
+                            None => r,
+                        }
+                    })
+                    .await;
+                    match resp {
+                        Err(e) => return BatchOutcome::Failed(e),
+                        Ok(resp) => {
+                            if let Err(e) = check_fatal(&resp) {
+                                return BatchOutcome::Fatal(e);
+                            }
+                            if !(200..300).contains(&resp.status) {
+                                rejected.push((i, rejection_reason(&resp)));
+                            }
+                        }
+                    }
+                }
+                BatchOutcome::Settled { rejected }
+            }
+        }
+    }
+
+    async fn send_v2(&self, batch: &Batch, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> BatchOutcome {
+        let body = bytes::Bytes::from(v2_body(batch));
+        let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
+            self.request(reqwest::Method::POST, "/api/v2/batch")
+                .header("content-type", "application/json")
+                .body(body.clone())
+        })
+        .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return BatchOutcome::Failed(e),
+        };
+        if let Err(e) = check_fatal(&resp) {
+            return BatchOutcome::Fatal(e);
+        }
+        match resp.status {
+            207 => BatchOutcome::Settled { rejected: partial_errors(&resp, batch.items.len()) },
+            200..=299 => BatchOutcome::Settled { rejected: Vec::new() },
+            _ => {
+                // The whole request was refused (400, 413, 422, …): nothing was applied, and the
+                // same body would be refused again, so every row of it is dead-lettered.
+                let reason = format!("Customer.io rejected the whole batch: {}", rejection_reason(&resp));
+                BatchOutcome::Settled { rejected: (0..batch.items.len()).map(|i| (i, reason.clone())).collect() }
+            }
+        }
+    }
+
+    async fn send_segment(&self, batch: &Batch, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> BatchOutcome {
+        let Some(req) = request::segment(batch) else {
+            return BatchOutcome::Settled { rejected: Vec::new() };
+        };
+        let body = serde_json::to_vec(&req.body).unwrap_or_default();
+        let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
+            self.request(reqwest::Method::POST, &req.path)
+                .query(&[("id_type", req.id_type)])
+                .header("content-type", "application/json")
+                .body(body.clone())
+        })
+        .await;
+        match resp {
+            Err(e) => BatchOutcome::Failed(e),
+            Ok(resp) => {
+                if let Err(e) = check_fatal(&resp) {
+                    return BatchOutcome::Fatal(e);
+                }
+                if (200..300).contains(&resp.status) {
+                    BatchOutcome::Settled { rejected: Vec::new() }
+                } else {
+                    let reason = format!("Customer.io rejected the segment update: {}", rejection_reason(&resp));
+                    BatchOutcome::Settled { rejected: (0..batch.items.len()).map(|i| (i, reason.clone())).collect() }
+                }
+            }
+        }
+    }
+}
+
+/// 401/403 (credentials) and 3xx (wrong region) end the run.
+fn check_fatal(resp: &http::Response) -> Result<(), TrackError> {
+    match resp.status {
+        401 | 403 => Err(TrackError::Unauthorized { status: resp.status }),
+        300..=399 => Err(TrackError::WrongRegion { status: resp.status, location: String::new() }),
+        _ => Ok(()),
+    }
+}
+
+/// Customer.io's error text, read leniently: `meta.error`, `meta.errors[]`, `errors[]`, raw.
+pub fn rejection_reason(resp: &http::Response) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&resp.body).ok();
+    let text = parsed.as_ref().and_then(|v| {
+        if let Some(e) = v.pointer("/meta/error").and_then(|e| e.as_str()) {
+            return Some(e.to_string());
+        }
+        let list = v.pointer("/meta/errors").or_else(|| v.get("errors"))?.as_array()?;
+        let parts: Vec<String> = list
+            .iter()
+            .map(|e| match e {
+                serde_json::Value::String(s) => s.clone(),
+                other => describe_error_item(other),
+            })
+            .collect();
+        Some(parts.join("; "))
+    });
+    let text = text.unwrap_or_else(|| resp.body_excerpt());
+    http::excerpt(&format!("HTTP {}: {text}", resp.status))
+}
+
+fn describe_error_item(e: &serde_json::Value) -> String {
+    let get = |k: &str| e.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+    let mut s = String::new();
+    for (k, label) in [("reason", ""), ("field", "field "), ("message", ""), ("detail", "")] {
+        if let Some(v) = get(k) {
+            if !s.is_empty() {
+                s.push_str(", ");
+            }
+            s.push_str(label);
+            s.push_str(v);
+        }
+    }
+    if s.is_empty() { e.to_string() } else { s }
+}
+
+/// A 207's `errors[].batch_index` → (index, reason); indexes outside the batch are ignored.
+fn partial_errors(resp: &http::Response, len: usize) -> Vec<(usize, String)> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        errors: Vec<serde_json::Value>,
+    }
+    let Ok(body) = serde_json::from_slice::<Body>(&resp.body) else {
+        tracing::warn!(body = %resp.body_excerpt(), "A 207 answer could not be read; counting the batch as delivered.");
+        return Vec::new();
+    };
+    let mut out: Vec<(usize, String)> = body
+        .errors
+        .iter()
+        .filter_map(|e| {
+            let i = e.get("batch_index")?.as_u64()? as usize;
+            (i < len).then(|| (i, format!("Customer.io rejected this item: {}", describe_error_item(e))))
+        })
+        .collect();
+    out.sort_by_key(|(i, _)| *i);
+    out.dedup_by_key(|(i, _)| *i);
+    out
+}
