@@ -36,14 +36,22 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(max_items: usize, max_bytes: usize) -> Self {
-        Self { max_items: max_items.max(1), max_bytes, current: Batch { items: Vec::new(), bytes: ENVELOPE_BYTES } }
+        Self {
+            max_items: max_items.max(1),
+            max_bytes,
+            current: Batch {
+                items: Vec::new(),
+                bytes: ENVELOPE_BYTES,
+            },
+        }
     }
 
     /// Adds an item; returns the batch that had to close to make room, if any.
     pub fn push(&mut self, item: Pending) -> Option<Batch> {
         let added = item.mapped.encoded.len() + usize::from(!self.current.items.is_empty());
         let full = !self.current.items.is_empty()
-            && (self.current.items.len() >= self.max_items || self.current.bytes + added > self.max_bytes);
+            && (self.current.items.len() >= self.max_items
+                || self.current.bytes + added > self.max_bytes);
         let closed = if full { self.take() } else { None };
         let added = item.mapped.encoded.len() + usize::from(!self.current.items.is_empty());
         self.current.bytes += added;
@@ -59,7 +67,13 @@ impl Batcher {
         if self.current.items.is_empty() {
             None
         } else {
-            Some(std::mem::replace(&mut self.current, Batch { items: Vec::new(), bytes: ENVELOPE_BYTES }))
+            Some(std::mem::replace(
+                &mut self.current,
+                Batch {
+                    items: Vec::new(),
+                    bytes: ENVELOPE_BYTES,
+                },
+            ))
         }
     }
 
@@ -90,10 +104,22 @@ mod tests {
 
     fn item(seq: u64, size: usize) -> Pending {
         let op = Operation {
-            subject: Subject::Person { kind: IdentifierKind::Id, value: seq.to_string() },
+            subject: Subject::Person {
+                kind: IdentifierKind::Id,
+                value: seq.to_string(),
+            },
             action: Action::Delete,
         };
-        Pending { seq, line: seq, row_ref: String::new(), values: Vec::new(), mapped: Mapped { op, encoded: vec![b'x'; size] } }
+        Pending {
+            seq,
+            line: seq,
+            row_ref: String::new(),
+            values: Vec::new(),
+            mapped: Mapped {
+                op,
+                encoded: vec![b'x'; size],
+            },
+        }
     }
 
     #[test]
@@ -103,7 +129,10 @@ mod tests {
         assert!(b.push(item(1, 40)).is_none());
         assert!(b.push(item(2, 40)).is_none());
         let closed = b.push(item(3, 40)).expect("closed");
-        assert_eq!(closed.items.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            closed.items.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(v2_body(&closed).len(), closed.bytes);
         assert!(closed.bytes <= 100);
         let last = b.take().unwrap();
@@ -128,6 +157,9 @@ mod tests {
                 sizes.push(v2_body(&batch).len());
             }
         }
-        assert!(sizes.iter().all(|&s| s <= 480_000 && s > 470_000), "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&s| s <= 480_000 && s > 470_000),
+            "{sizes:?}"
+        );
     }
 }

@@ -17,7 +17,11 @@ use crate::runner::{Runner, RunnerError};
 use crate::state::{Outcome, StateStore};
 
 #[derive(Parser, Debug)]
-#[command(name = "cio-sync", version, about = "Scheduled batch syncs between your data and Customer.io")]
+#[command(
+    name = "cio-sync",
+    version,
+    about = "Scheduled batch syncs between your data and Customer.io"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -28,7 +32,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// The daemon's settings; jobs are read from its `jobs_dir`.
-    #[arg(long, global = true, env = "CIO_SYNC_CONFIG", default_value = "config.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CIO_SYNC_CONFIG",
+        default_value = "config.yaml"
+    )]
     pub config: PathBuf,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -126,11 +135,25 @@ pub enum DeadLetterAction {
     Purge { job: String },
 }
 
+/// A mistake in how cio-sync was called (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg))
+}
+
 /// The single exit point: runs the command, prints `cio-sync: <cause chain>` on error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The demo prints its own story; its logs only speak up for problems unless asked.
+    let quiet_default = matches!(cli.command, Command::Demo { .. });
+    init_logging(&cli.global, quiet_default);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cio-sync: cannot start the async runtime: {e}");
@@ -141,15 +164,22 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("cio-sync: {e:#}");
-            let code = if e.downcast_ref::<config::ConfigErrors>().is_some() { exit::CONFIG } else { exit::FAILED };
+            let code = if e.downcast_ref::<config::ConfigErrors>().is_some()
+                || e.downcast_ref::<UsageError>().is_some()
+            {
+                exit::CONFIG
+            } else {
+                exit::FAILED
+            };
             ExitCode::from(code)
         }
     }
 }
 
-fn init_logging(g: &Global) {
+fn init_logging(g: &Global, quiet_default: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let default = if g.quiet {
+    let default = if g.quiet || (quiet_default && g.verbose == 0) {
         "warn"
     } else {
         match g.verbose {
@@ -159,7 +189,11 @@ fn init_logging(g: &Global) {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
     let _ = match g.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -177,7 +211,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Status { json, limit, job } => status(&cli.global, json, limit, job).await,
         Command::DeadLetters(args) => dead_letters(&cli.global, args).await,
         Command::Simulate { listen } => simulate(listen).await,
-        Command::Demo { state } => crate::demo::run(&cli.global.config, state).await.map_err(|e| anyhow!(e)),
+        Command::Demo { state } => crate::demo::run(&cli.global.config, state)
+            .await
+            .map_err(|e| anyhow!(e)),
     }
 }
 
@@ -187,7 +223,11 @@ async fn validate(global: &Global, connect: bool) -> Result<u8> {
             for e in &errors.0 {
                 eprintln!("cio-sync: {e}");
             }
-            eprintln!("cio-sync: {} error{} found", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "cio-sync: {} error{} found",
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
             Ok(exit::CONFIG)
         }
         Ok(cfg) => {
@@ -205,7 +245,11 @@ async fn validate(global: &Global, connect: bool) -> Result<u8> {
                 global.config.display(),
                 cfg.jobs.len(),
                 if cfg.jobs.len() == 1 { "" } else { "s" },
-                cfg.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
+                cfg.jobs
+                    .iter()
+                    .map(|j| j.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(if problems > 0 { exit::CONFIG } else { exit::OK })
         }
@@ -217,16 +261,31 @@ fn select_jobs<'a>(cfg: &'a Config, names: &[String], all: bool) -> Result<Vec<&
         return Ok(cfg.jobs.iter().collect());
     }
     if names.is_empty() {
-        return Err(anyhow!("name the jobs to run, or use --all (jobs: {})", job_names(cfg)));
+        return Err(usage(format!(
+            "name the jobs to run, or use --all (jobs: {})",
+            job_names(cfg)
+        )));
     }
     names
         .iter()
-        .map(|n| cfg.job(n).ok_or_else(|| anyhow!("no job named `{n}` in {} (jobs: {})", cfg.settings.jobs_dir.display(), job_names(cfg))))
+        .map(|n| {
+            cfg.job(n).ok_or_else(|| {
+                usage(format!(
+                    "no job named `{n}` in {} (jobs: {})",
+                    cfg.settings.jobs_dir.display(),
+                    job_names(cfg)
+                ))
+            })
+        })
         .collect()
 }
 
 fn job_names(cfg: &Config) -> String {
-    cfg.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
+    cfg.jobs
+        .iter()
+        .map(|j| j.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn run(global: &Global, args: RunArgs) -> Result<u8> {
@@ -237,17 +296,33 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     }
     let runner = Runner::new(cfg.settings.clone()).await?;
     let signals = crate::shutdown::listen();
-    let stop = StopSignal { stop: signals.stop.clone(), grace: cfg.settings.grace };
+    let stop = StopSignal {
+        stop: signals.stop.clone(),
+        grace: cfg.settings.grace,
+    };
     // A second signal cuts the grace period to nothing.
-    let forced = StopSignal { stop: signals.force.clone(), grace: std::time::Duration::ZERO };
+    let forced = StopSignal {
+        stop: signals.force.clone(),
+        grace: std::time::Duration::ZERO,
+    };
     let mut reports = Vec::new();
     let mut code = exit::OK;
     for job in jobs {
         if signals.stop.is_cancelled() {
             break;
         }
-        let stop = StopSignal { stop: combine(&stop.stop, &forced.stop), grace: if signals.force.is_cancelled() { forced.grace } else { stop.grace } };
-        match runner.run(job, RunMode::Normal { full: args.full }, stop).await {
+        let stop = StopSignal {
+            stop: combine(&stop.stop, &forced.stop),
+            grace: if signals.force.is_cancelled() {
+                forced.grace
+            } else {
+                stop.grace
+            },
+        };
+        match runner
+            .run(job, RunMode::Normal { full: args.full }, stop)
+            .await
+        {
             Ok(report) => {
                 code = code.max(match report.outcome {
                     Outcome::Succeeded => exit::OK,
@@ -277,7 +352,10 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
 }
 
 /// A token cancelled when either is.
-fn combine(a: &tokio_util::sync::CancellationToken, b: &tokio_util::sync::CancellationToken) -> tokio_util::sync::CancellationToken {
+fn combine(
+    a: &tokio_util::sync::CancellationToken,
+    b: &tokio_util::sync::CancellationToken,
+) -> tokio_util::sync::CancellationToken {
     let out = tokio_util::sync::CancellationToken::new();
     let (a, b, o) = (a.clone(), b.clone(), out.clone());
     tokio::spawn(async move {
@@ -311,7 +389,10 @@ pub fn print_report(r: &RunReport) {
     }
     println!("{line}");
     if r.counts.rows_rejected > 0 {
-        println!("  {} rows dead-lettered: see `cio-sync dead-letters {}`", r.counts.rows_rejected, r.job);
+        println!(
+            "  {} rows dead-lettered: see `cio-sync dead-letters {}`",
+            r.counts.rows_rejected, r.job
+        );
     }
     if let Some(e) = &r.error {
         println!("  error: {e}");
@@ -324,7 +405,9 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
     for job in jobs {
         match &job.kind {
             JobKind::Push(push) => {
-                let r = crate::pipeline::dry_run::dry_run(&cfg.settings, job, push, args.limit).await.map_err(|e| anyhow!(e))?;
+                let r = crate::pipeline::dry_run::dry_run(&cfg.settings, job, push, args.limit)
+                    .await
+                    .map_err(|e| anyhow!(e))?;
                 if r.rejected > 0 {
                     code = code.max(exit::REJECTED_ROWS);
                 }
@@ -342,8 +425,27 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
                 }
                 reports.push(serde_json::to_value(&r)?);
             }
-            JobKind::Pull(_) => {
-                println!("{}: pull job (dry run): nothing to show without the App API", job.name);
+            JobKind::Pull(pull) => {
+                let r = crate::pull::dry_run(&cfg.settings, job, pull).await?;
+                if !args.json {
+                    let s = &r.summary;
+                    println!(
+                        "{} (dry run, nothing written to {}): {} segments, {} members of {} segments in {} pages, {} campaigns, {} metric points; {} App API requests",
+                        r.job,
+                        r.target,
+                        s.segments,
+                        s.members,
+                        s.membership_segments,
+                        s.membership_pages,
+                        s.campaigns,
+                        s.metric_points,
+                        s.requests
+                    );
+                    if !s.gone_segments.is_empty() {
+                        println!("  segments that no longer exist: {:?}", s.gone_segments);
+                    }
+                }
+                reports.push(serde_json::to_value(&r)?);
             }
         }
     }
@@ -354,8 +456,11 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
 }
 
 async fn open_state(global: &Global) -> Result<StateStore> {
-    let settings = config::load_settings(&global.config, &config::process_env).map_err(config::ConfigErrors)?;
-    StateStore::open(&settings.state_url).await.context("opening the state database")
+    let settings = config::load_settings(&global.config, &config::process_env)
+        .map_err(config::ConfigErrors)?;
+    StateStore::open(&settings.state_url)
+        .await
+        .context("opening the state database")
 }
 
 async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) -> Result<u8> {
@@ -363,7 +468,12 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
     let runs = state.runs(job.as_deref(), limit).await?;
     let checkpoints = state.checkpoints().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "runs": runs, "checkpoints": checkpoints }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "runs": runs, "checkpoints": checkpoints })
+            )?
+        );
         return Ok(exit::OK);
     }
     println!("Last runs:");
@@ -371,7 +481,9 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
         println!("  (none yet)");
     }
     for r in &runs {
-        let started = chrono::DateTime::from_timestamp_millis(r.started_at).map(|t| t.to_rfc3339()).unwrap_or_default();
+        let started = chrono::DateTime::from_timestamp_millis(r.started_at)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
         println!(
             "  {started}  {:<20} {:<14} read {} delivered {} rejected {} requests {} retries {}{}",
             r.job,
@@ -381,7 +493,10 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
             r.counts.rows_rejected,
             r.counts.requests,
             r.counts.retries,
-            r.error.as_ref().map(|e| format!("\n      error: {e}")).unwrap_or_default()
+            r.error
+                .as_ref()
+                .map(|e| format!("\n      error: {e}"))
+                .unwrap_or_default()
         );
     }
     println!("Checkpoints:");
@@ -389,10 +504,24 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
         println!("  (none yet)");
     }
     for c in &checkpoints {
-        let at = chrono::DateTime::from_timestamp_millis(c.updated_at).map(|t| t.to_rfc3339()).unwrap_or_default();
-        let rows = c.position.pointer("/resume/row").and_then(|v| v.as_u64()).unwrap_or(0);
-        let complete = c.position.get("complete").and_then(|v| v.as_bool()).unwrap_or(false);
-        println!("  {:<20} after row {rows}{}  ({at})", c.job, if complete { ", input complete" } else { "" });
+        let at = chrono::DateTime::from_timestamp_millis(c.updated_at)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        let rows = c
+            .position
+            .pointer("/resume/row")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let complete = c
+            .position
+            .get("complete")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        println!(
+            "  {:<20} after row {rows}{}  ({at})",
+            c.job,
+            if complete { ", input complete" } else { "" }
+        );
     }
     Ok(exit::OK)
 }
@@ -402,23 +531,40 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
         Some(DeadLetterAction::Purge { job }) => {
             let state = open_state(global).await?;
             let n = state.delete_dead_letters(&job, None).await?;
-            println!("{job}: purged {n} dead letter{}", if n == 1 { "" } else { "s" });
+            println!(
+                "{job}: purged {n} dead letter{}",
+                if n == 1 { "" } else { "s" }
+            );
             Ok(exit::OK)
         }
         Some(DeadLetterAction::Retry { job: name }) => {
             let cfg = load(global)?;
-            let job = cfg.job(&name).ok_or_else(|| anyhow!("no job named `{name}` (jobs: {})", job_names(&cfg)))?;
+            let job = cfg.job(&name).ok_or_else(|| {
+                usage(format!("no job named `{name}` (jobs: {})", job_names(&cfg)))
+            })?;
             let runner = Runner::new(cfg.settings.clone()).await?;
             let signals = crate::shutdown::listen();
-            let stop = StopSignal { stop: signals.stop.clone(), grace: cfg.settings.grace };
+            let stop = StopSignal {
+                stop: signals.stop.clone(),
+                grace: cfg.settings.grace,
+            };
             let report = runner.run(job, RunMode::RetryDeadLetters, stop).await?;
             let left = runner.state.count_dead_letters(&name).await?;
             print_report(&report);
-            println!("  {left} dead letter{} left", if left == 1 { "" } else { "s" });
-            Ok(if left > 0 { exit::REJECTED_ROWS } else { exit::OK })
+            println!(
+                "  {left} dead letter{} left",
+                if left == 1 { "" } else { "s" }
+            );
+            Ok(if left > 0 {
+                exit::REJECTED_ROWS
+            } else {
+                exit::OK
+            })
         }
         None => {
-            let job = args.job.ok_or_else(|| anyhow!("name a job: cio-sync dead-letters JOB (or `retry JOB`, `purge JOB`)"))?;
+            let job = args.job.ok_or_else(|| {
+                usage("name a job: cio-sync dead-letters JOB (or `retry JOB`, `purge JOB`)".into())
+            })?;
             let state = open_state(global).await?;
             let letters = state.dead_letters(&job, args.limit).await?;
             if args.json {
@@ -427,7 +573,14 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
                 println!("{job}: no dead letters");
             } else {
                 for l in &letters {
-                    println!("{}  {}:{}  [{}] {}", l.id, l.source, l.line.unwrap_or(0), l.stage, l.reason);
+                    println!(
+                        "{}  {}:{}  [{}] {}",
+                        l.id,
+                        l.source,
+                        l.line.unwrap_or(0),
+                        l.stage,
+                        l.reason
+                    );
                     println!("    row: {}", l.row_data);
                 }
             }
@@ -438,11 +591,22 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
 
 async fn simulate(listen: std::net::SocketAddr) -> Result<u8> {
     let config = crate::simulator::SimConfig::default();
-    let (site, track, app) = (config.site_id.clone(), config.track_api_key.clone(), config.app_api_key.clone());
-    let sim = crate::simulator::Simulator::start_on(listen, config).await.map_err(|e| anyhow!("{e}"))?;
+    let (site, track, app) = (
+        config.site_id.clone(),
+        config.track_api_key.clone(),
+        config.app_api_key.clone(),
+    );
+    let sim = crate::simulator::Simulator::start_on(listen, config)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     println!("Customer.io simulator listening on {}", sim.url());
-    println!("  Track API: HTTP Basic {site}:{track}; App API: Bearer {app} (demo credentials, not secrets)");
-    println!("  set customerio.track_url and customerio.app_url to {} in config.yaml", sim.url());
+    println!(
+        "  Track API: HTTP Basic {site}:{track}; App API: Bearer {app} (demo credentials, not secrets)"
+    );
+    println!(
+        "  set customerio.track_url and customerio.app_url to {} in config.yaml",
+        sim.url()
+    );
     let signals = crate::shutdown::listen();
     signals.stop.cancelled().await;
     sim.shutdown().await;

@@ -2,11 +2,151 @@
 //!
 //! Owns: starting the simulator, pointing the configuration at it with demo credentials,
 //! running every job in `jobs/` with embedded SQLite state, and printing what arrived.
-//! Must not: reach the real Customer.io (the hosts are always the simulator's).
+//! Must not: reach the real Customer.io: hosts and credentials are always the simulator's,
+//! whatever the environment says.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::config::{self, DatabaseUrl, Secret};
+use crate::pipeline::{RunMode, StopSignal};
+use crate::runner::Runner;
+use crate::simulator::{SimConfig, Simulator};
+
 pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String> {
-    let _ = (config_path, state);
-    Err("demo: not built yet".into())
+    let sim_config = SimConfig::default();
+    let sim = Simulator::start(sim_config.clone())
+        .await
+        .map_err(|e| format!("demo: cannot start the simulator: {e}"))?;
+    seed_app_fixtures(&sim);
+
+    // The demo never needs real credentials: unset variables get the simulator's.
+    let demo_env = |name: &str| match name {
+        "CIO_SITE_ID" => Some(sim_config.site_id.clone()),
+        "CIO_TRACK_API_KEY" => Some(sim_config.track_api_key.clone()),
+        "CIO_APP_API_KEY" => Some(sim_config.app_api_key.clone()),
+        other => std::env::var(other).ok(),
+    };
+    let cfg = config::load(config_path, &demo_env).map_err(|e| format!("demo: {e}"))?;
+    let mut settings = cfg.settings.clone();
+    settings.customerio.track_url = sim.url();
+    settings.customerio.app_url = sim.url();
+    settings.customerio.site_id = Some(Secret::new(sim_config.site_id.clone()));
+    settings.customerio.track_api_key = Some(Secret::new(sim_config.track_api_key.clone()));
+    settings.customerio.app_api_key = Some(Secret::new(sim_config.app_api_key.clone()));
+    let base = config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    settings.state_url = DatabaseUrl::new(
+        state.unwrap_or_else(|| format!("sqlite://{}", base.join("state/demo.db").display())),
+    );
+
+    println!(
+        "cio-sync demo: Customer.io simulator at {}, state in {}",
+        sim.url(),
+        settings.state_url
+    );
+    println!(
+        "Running {} jobs from {}:\n",
+        cfg.jobs.len(),
+        settings.jobs_dir.display()
+    );
+    let runner = Runner::new(settings)
+        .await
+        .map_err(|e| format!("demo: {e}"))?;
+    let mut code = crate::exit::OK;
+    for job in &cfg.jobs {
+        // `full`: every demo run starts from the top, so it always shows the whole flow.
+        match runner
+            .run(job, RunMode::Normal { full: true }, StopSignal::never())
+            .await
+        {
+            Ok(report) => {
+                crate::cli::print_report(&report);
+                let letters = runner
+                    .state
+                    .dead_letters(&job.name, 3)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for l in letters {
+                    println!(
+                        "    dead letter, line {}: {}",
+                        l.line.unwrap_or(0),
+                        l.reason
+                    );
+                }
+            }
+            Err(e) => {
+                println!("{}: failed: {e}", job.name);
+                code = crate::exit::FAILED;
+            }
+        }
+    }
+
+    let ops = sim.operations();
+    let mut by_action: BTreeMap<String, usize> = BTreeMap::new();
+    for op in &ops {
+        *by_action.entry(op.action.clone()).or_default() += 1;
+    }
+    println!(
+        "\nThe simulator accepted {} operations: {:?}",
+        ops.len(),
+        by_action
+    );
+    for action in ["identify", "event", "delete"] {
+        if let Some(op) = ops.iter().find(|o| o.action == action) {
+            println!(
+                "  e.g. {action}: {}",
+                serde_json::to_string(op).unwrap_or_default()
+            );
+        }
+    }
+    let added = sim.segment_members_added();
+    if !added.is_empty() {
+        println!("  {} people added to manual segments", added.len());
+    }
+    println!(
+        "\nTry: cio-sync --config {} status --json   (with --state as above for the demo database)",
+        config_path.display()
+    );
+    sim.shutdown().await;
+    Ok(code)
+}
+
+/// Segments and campaigns for the example pull job to bring back.
+fn seed_app_fixtures(sim: &Simulator) {
+    use crate::simulator::Member;
+    use serde_json::json;
+    sim.set_segments(vec![
+        json!({"id": 7, "deduplicate_id": "7:1700000000", "name": "VIP customers", "description": "Fed by jobs/vip-segment.yaml",
+               "state": "finished", "progress": null, "type": "manual", "tags": ["crm"], "created_at": 1700000000, "updated_at": 1730000000}),
+        json!({"id": 12, "deduplicate_id": "12:1700000000", "name": "Pro plan", "description": "plan = pro",
+               "state": "finished", "progress": null, "type": "dynamic", "tags": null, "created_at": 1700000000, "updated_at": 1731000000}),
+    ]);
+    let members = |n: usize, prefix: &str| -> Vec<Member> {
+        (1..=n)
+            .map(|i| Member {
+                id: Some(format!("cus_{i:04}")),
+                email: Some(format!("{prefix}{i}@example.com")),
+                cio_id: format!("a{i:07}"),
+            })
+            .collect()
+    };
+    sim.set_membership(7, members(10, "vip"));
+    sim.set_membership(12, members(25, "pro"));
+    sim.set_campaigns(vec![json!({"id": 5, "deduplicate_id": "5:1700000000", "name": "Welcome series",
+        "description": "Welcome new trial signups", "type": "segment", "created": 1700000000, "updated": 1730000000,
+        "active": true, "state": "running", "actions": [{"id": 259, "type": "email"}], "first_started": 1700000000,
+        "tags": ["welcome"], "trigger_segment_ids": [12], "filter_segment_ids": [], "msg_templates": [{"id": 43, "type": "email"}]})]);
+    sim.set_campaign_metrics(
+        5,
+        [
+            ("sent".to_string(), vec![3, 5, 8, 13]),
+            ("delivered".to_string(), vec![3, 5, 7, 13]),
+            ("opened".to_string(), vec![1, 2, 4, 6]),
+        ]
+        .into_iter()
+        .collect(),
+    );
 }

@@ -19,6 +19,7 @@
 //! - [`simulator`]: a local Customer.io for tests, benchmarks and the demo.
 //! - [`cli`]: the command line; [`exit`]: the documented exit codes.
 
+pub mod app_api;
 pub mod batch;
 pub mod cli;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod exit;
 pub mod http;
 pub mod mapping;
 pub mod pipeline;
+pub mod pull;
 pub mod runner;
 pub mod shutdown;
 pub mod simulator;

@@ -20,6 +20,8 @@ pub enum RunnerError {
     State(#[from] StateError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Pull(#[from] crate::pull::PullError),
     #[error("job `{job}`: {source}")]
     Track {
         job: String,
@@ -43,8 +45,30 @@ pub struct Runner {
     pub holder: String,
 }
 
-/// How long a lease lasts without renewal; renewed every third of it while a job runs.
-const LEASE_MS: i64 = 5 * 60 * 1000;
+/// How long a lease lasts without renewal; renewed every third of it while a job runs. A
+/// replica that dies holds its jobs at most this long.
+const LEASE_MS: i64 = 60 * 1000;
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Holders are `host:pid:ulid`; true when the host is this one and the pid no longer exists.
+fn holder_is_dead_local_process(holder: &str) -> bool {
+    let mut parts = holder.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    host == hostname()
+        && pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
 
 impl Runner {
     pub async fn new(settings: Settings) -> Result<Self, RunnerError> {
@@ -53,7 +77,7 @@ impl Runner {
     }
 
     pub fn with_state(settings: Settings, state: StateStore) -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let host = hostname();
         Self {
             track_gate: Arc::new(RateGate::per_second(settings.track.rate_limit_per_sec)),
             app_gate: Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
@@ -66,7 +90,10 @@ impl Runner {
     pub fn track_client(&self, job: &str) -> Result<TrackClient, RunnerError> {
         let c = &self.settings.customerio;
         let (Some(site), Some(key)) = (c.site_id.clone(), c.track_api_key.clone()) else {
-            return Err(RunnerError::Track { job: job.to_string(), source: TrackError::MissingCredentials });
+            return Err(RunnerError::Track {
+                job: job.to_string(),
+                source: TrackError::MissingCredentials,
+            });
         };
         TrackClient::new(
             &c.track_url,
@@ -76,13 +103,44 @@ impl Runner {
             RetryPolicy::from(&self.settings.retry),
             self.settings.track.timeout,
         )
-        .map_err(|source| RunnerError::Track { job: job.to_string(), source })
+        .map_err(|source| RunnerError::Track {
+            job: job.to_string(),
+            source,
+        })
     }
 
     /// Runs one job once, holding its lease for the duration.
-    pub async fn run(&self, job: &JobSpec, mode: RunMode, stop: StopSignal) -> Result<RunReport, RunnerError> {
-        if !self.state.try_lease(&job.name, &self.holder, LEASE_MS).await? {
-            return Err(RunnerError::Busy { job: job.name.clone(), holder: "another replica".into() });
+    pub async fn run(
+        &self,
+        job: &JobSpec,
+        mode: RunMode,
+        stop: StopSignal,
+    ) -> Result<RunReport, RunnerError> {
+        if !self
+            .state
+            .try_lease(&job.name, &self.holder, LEASE_MS)
+            .await?
+        {
+            let holder = self
+                .state
+                .lease_holder(&job.name)
+                .await?
+                .unwrap_or_default();
+            // A holder on this machine whose process is gone (killed, crashed) cannot renew:
+            // take its lease over instead of waiting for it to expire.
+            let dead_here = holder_is_dead_local_process(&holder);
+            if !(dead_here
+                && self
+                    .state
+                    .steal_lease(&job.name, &holder, &self.holder, LEASE_MS)
+                    .await?)
+            {
+                return Err(RunnerError::Busy {
+                    job: job.name.clone(),
+                    holder,
+                });
+            }
+            tracing::info!(job = %job.name, previous = %holder, "Took over the lease of a process that no longer runs.");
         }
         let renew = {
             let state = self.state.clone();
@@ -108,16 +166,29 @@ impl Runner {
         result
     }
 
-    async fn run_unleased(&self, job: &JobSpec, mode: RunMode, stop: StopSignal) -> Result<RunReport, RunnerError> {
+    async fn run_unleased(
+        &self,
+        job: &JobSpec,
+        mode: RunMode,
+        stop: StopSignal,
+    ) -> Result<RunReport, RunnerError> {
         match &job.kind {
             JobKind::Push(push) => {
-                let ctx = PushContext { settings: self.settings.clone(), state: self.state.clone(), track: self.track_client(&job.name)? };
+                let ctx = PushContext {
+                    settings: self.settings.clone(),
+                    state: self.state.clone(),
+                    track: self.track_client(&job.name)?,
+                };
                 Ok(pipeline::run_push(&ctx, job, push, mode, stop).await?)
             }
-            JobKind::Pull(_) => Err(RunnerError::Job {
-                job: job.name.clone(),
-                message: "pull jobs are not available in this build".into(),
-            }),
+            JobKind::Pull(pull) => {
+                let ctx = crate::pull::PullContext {
+                    settings: self.settings.clone(),
+                    state: self.state.clone(),
+                    app_gate: self.app_gate.clone(),
+                };
+                Ok(crate::pull::run(&ctx, job, pull, stop).await?)
+            }
         }
     }
 }

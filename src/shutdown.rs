@@ -14,23 +14,29 @@ pub struct Signals {
 }
 
 pub fn listen() -> Signals {
-    let signals = Signals { stop: CancellationToken::new(), force: CancellationToken::new() };
+    let signals = Signals {
+        stop: CancellationToken::new(),
+        force: CancellationToken::new(),
+    };
     let s = signals.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGTERM.");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot listen for SIGTERM.");
+                    return;
+                }
+            };
         for n in 0..2 {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             if n == 0 {
-                tracing::info!("Stop signal received: finishing requests in flight and writing checkpoints (send again to stop at once).");
+                tracing::info!(
+                    "Stop signal received: finishing requests in flight and writing checkpoints (send again to stop at once)."
+                );
                 s.stop.cancel();
             } else {
                 tracing::warn!("Second stop signal: abandoning requests in flight.");

@@ -36,10 +36,8 @@ fn walk(
     missing: &mut Vec<MissingVar>,
 ) {
     match value {
-        Value::String(s) => {
-            if s.contains('$') {
-                *s = interpolate_str(s, &path, lookup, missing);
-            }
+        Value::String(s) if s.contains('$') => {
+            *s = interpolate_str(s, &path, lookup, missing);
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -125,7 +123,10 @@ mod tests {
     fn replaces_variables_in_nested_strings() {
         let mut v = json!({"a": {"b": "x-${KEY}-y", "n": 3}, "l": ["${KEY}"], "lit": "$${KEY} $5"});
         interpolate(&mut v, &env).unwrap();
-        assert_eq!(v, json!({"a": {"b": "x-abc-y", "n": 3}, "l": ["abc"], "lit": "${KEY} $5"}));
+        assert_eq!(
+            v,
+            json!({"a": {"b": "x-abc-y", "n": 3}, "l": ["abc"], "lit": "${KEY} $5"})
+        );
     }
 
     #[test]
@@ -135,8 +136,14 @@ mod tests {
         assert_eq!(
             err,
             vec![
-                MissingVar { key: "customerio.site_id".into(), var: "SITE".into() },
-                MissingVar { key: "customerio.key".into(), var: "NOPE".into() },
+                MissingVar {
+                    key: "customerio.site_id".into(),
+                    var: "SITE".into()
+                },
+                MissingVar {
+                    key: "customerio.key".into(),
+                    var: "NOPE".into()
+                },
             ]
         );
     }

@@ -75,7 +75,7 @@ pub struct JobSpec {
 
 #[derive(Debug, Clone)]
 pub enum JobKind {
-    Push(PushJob),
+    Push(Box<PushJob>),
     Pull(PullJob),
 }
 

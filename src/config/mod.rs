@@ -34,7 +34,13 @@ impl fmt::Display for ConfigError {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: `{}`: {}", self.file.display(), self.key, self.message)
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
         }
     }
 }
@@ -58,7 +64,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} configuration error{}", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} configuration error{}",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             write!(f, "\n  {e}")?;
         }
@@ -119,7 +129,10 @@ pub fn load_settings(path: &Path, env: EnvLookup<'_>) -> Result<Settings, Vec<Co
 }
 
 /// Reads every `*.yaml` / `*.yml` in the jobs folder, sorted by name.
-pub fn load_jobs(settings: &Settings, env: EnvLookup<'_>) -> Result<Vec<JobSpec>, Vec<ConfigError>> {
+pub fn load_jobs(
+    settings: &Settings,
+    env: EnvLookup<'_>,
+) -> Result<Vec<JobSpec>, Vec<ConfigError>> {
     let dir = &settings.jobs_dir;
     let entries = std::fs::read_dir(dir).map_err(|e| {
         vec![ConfigError::new(
@@ -144,7 +157,11 @@ pub fn load_jobs(settings: &Settings, env: EnvLookup<'_>) -> Result<Vec<JobSpec>
             Err(mut e) => errors.append(&mut e),
         }
     }
-    if errors.is_empty() { Ok(jobs) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(jobs)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Reads and validates one job file; its name is the file stem.
@@ -155,7 +172,11 @@ pub fn load_job(path: &Path, env: EnvLookup<'_>) -> Result<JobSpec, Vec<ConfigEr
 
 fn parse_file<T: DeserializeOwned>(path: &Path, env: EnvLookup<'_>) -> Result<T, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError::new(path, "", format!("cannot read the file: {e}"))]
+        vec![ConfigError::new(
+            path,
+            "",
+            format!("cannot read the file: {e}"),
+        )]
     })?;
     parse_str(path, &text, env)
 }

@@ -327,6 +327,24 @@ pub enum EmptyPolicy {
     Null,
 }
 
+/// `empty: null` is YAML's null, not the string "null": accept both spellings.
+fn empty_policy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<EmptyPolicy, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None | Some("null") => Ok(EmptyPolicy::Null),
+        Some("skip") => Ok(EmptyPolicy::Skip),
+        Some(other) => Err(serde::de::Error::invalid_value(
+            serde::de::Unexpected::Str(other),
+            &"`skip` (leave the attribute out) or `null` (send null to clear it)",
+        )),
+    }
+}
+
+fn empty_policy_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<EmptyPolicy>, D::Error> {
+    empty_policy(d).map(Some)
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueType {
@@ -369,6 +387,7 @@ pub struct TypedField {
     pub as_type: ValueType,
     #[serde(default)]
     pub format: TimestampFormat,
+    #[serde(default, deserialize_with = "empty_policy_opt")]
     pub empty: Option<EmptyPolicy>,
 }
 
@@ -387,7 +406,7 @@ pub struct IdentifySection {
     pub attributes: Option<FieldsSpec>,
     /// Column with the row's change time: orders updates (`_timestamp` / v2 `timestamp`).
     pub timestamp: Option<TimestampSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_policy")]
     pub empty: EmptyPolicy,
     /// `true`: never create people, only update existing ones (`_update`).
     #[serde(default)]
@@ -445,7 +464,7 @@ pub struct TrackJobSection {
     pub event_id: Option<EventKeySpec>,
     /// Omitted: every other non-empty column, as strings.
     pub data: Option<FieldsSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "empty_policy")]
     pub empty: EmptyPolicy,
 }
 
@@ -534,7 +553,10 @@ impl<'de> Deserialize<'de> for MembershipSelection {
                     Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
                 }
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
                 Vec::<i64>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
                     .map(MembershipSelection::Ids)
             }
@@ -582,7 +604,10 @@ macro_rules! string_or_map {
                     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
                         Ok($ty::$str_variant(v.to_string()))
                     }
-                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<$ty, A::Error> {
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<$ty, A::Error> {
                         <$map_ty>::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                             .map($ty::$map_variant)
                     }
@@ -593,9 +618,27 @@ macro_rules! string_or_map {
     };
 }
 
-string_or_map!(FieldSpec, Column, Typed, TypedField, "a column name or { column, as, format, empty }");
-string_or_map!(TimestampSpec, Column, Typed, TimestampField, "a column name or { column, format }");
-string_or_map!(NameSpec, Fixed, Column, ColumnRef, "an event name or { column: name_column }");
+string_or_map!(
+    FieldSpec,
+    Column,
+    Typed,
+    TypedField,
+    "a column name or { column, as, format, empty }"
+);
+string_or_map!(
+    TimestampSpec,
+    Column,
+    Typed,
+    TimestampField,
+    "a column name or { column, format }"
+);
+string_or_map!(
+    NameSpec,
+    Fixed,
+    Column,
+    ColumnRef,
+    "an event name or { column: name_column }"
+);
 
 impl<'de> Deserialize<'de> for FieldsSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -605,13 +648,21 @@ impl<'de> Deserialize<'de> for FieldsSpec {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a list of columns or a map of attribute name to column")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<FieldsSpec, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<FieldsSpec, A::Error> {
                 Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
                     .map(FieldsSpec::List)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FieldsSpec, A::Error> {
-                BTreeMap::<String, FieldSpec>::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(FieldsSpec::Map)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FieldsSpec, A::Error> {
+                BTreeMap::<String, FieldSpec>::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )
+                .map(FieldsSpec::Map)
             }
         }
         d.deserialize_any(V)
@@ -629,7 +680,10 @@ impl<'de> Deserialize<'de> for EventKeySpec {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventKeySpec, E> {
                 Ok(EventKeySpec::Column(v.to_string()))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<EventKeySpec, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<EventKeySpec, A::Error> {
                 Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
                     .map(EventKeySpec::Columns)
             }

@@ -148,7 +148,10 @@ mod tests {
         assert!(!format!("{u}").contains("hunter2"));
         let q = DatabaseUrl::new("mysql://db/x?user=a&password=hunter2");
         assert!(!q.masked().contains("hunter2"));
-        assert_eq!(DatabaseUrl::new("sqlite://state/x.db").masked(), "sqlite://state/x.db");
+        assert_eq!(
+            DatabaseUrl::new("sqlite://state/x.db").masked(),
+            "sqlite://state/x.db"
+        );
         assert_eq!(q.scheme(), "mysql");
     }
 }

@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::ConfigError;
 use super::job::*;
 use super::raw::{self, EmptyPolicy, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
-use super::ConfigError;
 
 pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -31,7 +31,10 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
         raw::Region::Us => ("https://track.customer.io", "https://api.customer.io"),
         raw::Region::Eu => ("https://track-eu.customer.io", "https://api-eu.customer.io"),
     };
-    for (key, url) in [("customerio.track_url", &c.track_url), ("customerio.app_url", &c.app_url)] {
+    for (key, url) in [
+        ("customerio.track_url", &c.track_url),
+        ("customerio.app_url", &c.app_url),
+    ] {
         if let Some(u) = url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
@@ -43,13 +46,28 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
         }
     }
     let t = raw.track;
-    positive(&mut errors, file, "track.rate_limit_per_sec", t.rate_limit_per_sec as u64);
+    positive(
+        &mut errors,
+        file,
+        "track.rate_limit_per_sec",
+        t.rate_limit_per_sec as u64,
+    );
     positive(&mut errors, file, "track.concurrency", t.concurrency as u64);
     positive(&mut errors, file, "track.timeout_secs", t.timeout_secs);
     check_batch(&mut errors, file, "track.batch", &t.batch);
-    positive(&mut errors, file, "app.rate_limit_per_sec", raw.app.rate_limit_per_sec as u64);
+    positive(
+        &mut errors,
+        file,
+        "app.rate_limit_per_sec",
+        raw.app.rate_limit_per_sec as u64,
+    );
     positive(&mut errors, file, "app.timeout_secs", raw.app.timeout_secs);
-    positive(&mut errors, file, "retry.max_attempts", raw.retry.max_attempts as u64);
+    positive(
+        &mut errors,
+        file,
+        "retry.max_attempts",
+        raw.retry.max_attempts as u64,
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -115,7 +133,12 @@ fn positive(errors: &mut Vec<ConfigError>, file: &Path, key: &str, v: u64) {
 }
 
 fn check_batch(errors: &mut Vec<ConfigError>, file: &Path, key: &str, b: &raw::BatchSection) {
-    positive(errors, file, &format!("{key}.max_items"), b.max_items as u64);
+    positive(
+        errors,
+        file,
+        &format!("{key}.max_items"),
+        b.max_items as u64,
+    );
     if b.max_bytes < 40_000 || b.max_bytes > 500_000 {
         errors.push(ConfigError::new(
             file,
@@ -181,9 +204,17 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
 
     let kind = if let Some(pull) = raw.pull {
         if raw.source.is_some() {
-            errors.push(ConfigError::new(file, "source", "a `pull` job reads from Customer.io: remove `source`"));
+            errors.push(ConfigError::new(
+                file,
+                "source",
+                "a `pull` job reads from Customer.io: remove `source`",
+            ));
         }
-        if !(pull.segments || pull.segment_membership.is_some() || pull.campaigns || pull.campaign_metrics.is_some()) {
+        if !(pull.segments
+            || pull.segment_membership.is_some()
+            || pull.campaigns
+            || pull.campaign_metrics.is_some())
+        {
             errors.push(ConfigError::new(
                 file,
                 "pull",
@@ -191,12 +222,20 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             ));
         }
         if pull.page_size == 0 || pull.page_size > 30_000 {
-            errors.push(ConfigError::new(file, "pull.page_size", "must be between 1 and 30000 (the API's maximum)"));
+            errors.push(ConfigError::new(
+                file,
+                "pull.page_size",
+                "must be between 1 and 30000 (the API's maximum)",
+            ));
         }
         if let Some(m) = &pull.campaign_metrics
             && m.steps > 121
         {
-            errors.push(ConfigError::new(file, "pull.campaign_metrics.steps", "at most 121 periods can be asked for"));
+            errors.push(ConfigError::new(
+                file,
+                "pull.campaign_metrics.steps",
+                "at most 121 periods can be asked for",
+            ));
         }
         JobKind::Pull(pull.into())
     } else {
@@ -215,15 +254,25 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             identifier(file, "identify.identifier", &i.identifier, &mut errors).map(|identifier| {
                 MappingSpec::Identify {
                     identifier,
-                    attributes: field_set(file, "identify.attributes", i.attributes, i.empty, &mut errors),
+                    attributes: field_set(
+                        file,
+                        "identify.attributes",
+                        i.attributes,
+                        i.empty,
+                        &mut errors,
+                    ),
                     timestamp: i.timestamp.map(timestamp_column),
                     update_only: i.update_only,
                 }
             })
         } else if let Some(t) = raw.track {
             let who = match (&t.identifier, &t.anonymous_id) {
-                (Some(id), None) => identifier(file, "track.identifier", id, &mut errors).map(EventSubject::Person),
-                (None, Some(col)) => Some(EventSubject::Anonymous { column: col.clone() }),
+                (Some(id), None) => {
+                    identifier(file, "track.identifier", id, &mut errors).map(EventSubject::Person)
+                }
+                (None, Some(col)) => Some(EventSubject::Anonymous {
+                    column: col.clone(),
+                }),
                 _ => {
                     errors.push(ConfigError::new(
                         file,
@@ -236,7 +285,11 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             let name = match t.name {
                 raw::NameSpec::Fixed(n) => {
                     if n.trim().is_empty() || n.len() > 100 {
-                        errors.push(ConfigError::new(file, "track.name", "an event name must be 1 to 100 bytes"));
+                        errors.push(ConfigError::new(
+                            file,
+                            "track.name",
+                            "an event name must be 1 to 100 bytes",
+                        ));
                     }
                     EventName::Fixed(n)
                 }
@@ -247,7 +300,11 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
                 Some(raw::EventKeySpec::Column(c)) => vec![c],
                 Some(raw::EventKeySpec::Columns(cs)) => {
                     if cs.is_empty() {
-                        errors.push(ConfigError::new(file, "track.event_id", "list at least one column"));
+                        errors.push(ConfigError::new(
+                            file,
+                            "track.event_id",
+                            "list at least one column",
+                        ));
                     }
                     cs
                 }
@@ -261,13 +318,19 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
                 data: field_set(file, "track.data", t.data, t.empty, &mut errors),
             })
         } else if let Some(d) = raw.delete {
-            identifier(file, "delete.identifier", &d.identifier, &mut errors)
-                .map(|identifier| MappingSpec::Delete { identifier, action: d.action })
+            identifier(file, "delete.identifier", &d.identifier, &mut errors).map(|identifier| {
+                MappingSpec::Delete {
+                    identifier,
+                    action: d.action,
+                }
+            })
         } else if let Some(s) = raw.segment {
-            identifier(file, "segment.identifier", &s.identifier, &mut errors).map(|identifier| MappingSpec::Segment {
-                segment_id: s.id,
-                identifier,
-                action: s.action,
+            identifier(file, "segment.identifier", &s.identifier, &mut errors).map(|identifier| {
+                MappingSpec::Segment {
+                    segment_id: s.id,
+                    identifier,
+                    action: s.action,
+                }
             })
         } else {
             None
@@ -276,16 +339,20 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             check_batch(&mut errors, file, "batch", b);
         }
         if raw.concurrency == Some(0) {
-            errors.push(ConfigError::new(file, "concurrency", "must be greater than 0"));
+            errors.push(ConfigError::new(
+                file,
+                "concurrency",
+                "must be greater than 0",
+            ));
         }
         match (source, mapping) {
-            (Some(source), Some(mapping)) => JobKind::Push(PushJob {
+            (Some(source), Some(mapping)) => JobKind::Push(Box::new(PushJob {
                 source,
                 mapping,
                 transport: raw.transport,
                 batch: raw.batch,
                 concurrency: raw.concurrency,
-            }),
+            })),
             _ => return Err(errors),
         }
     };
@@ -326,9 +393,16 @@ fn source(
     match (s.csv, s.sql) {
         (Some(mut csv), None) => {
             if csv.path.as_os_str().is_empty() {
-                errors.push(ConfigError::new(file, "source.csv.path", "must name a file"));
+                errors.push(ConfigError::new(
+                    file,
+                    "source.csv.path",
+                    "must name a file",
+                ));
             }
-            if !csv.delimiter.is_ascii() || !csv.quote.is_ascii() || csv.escape.is_some_and(|c| !c.is_ascii()) {
+            if !csv.delimiter.is_ascii()
+                || !csv.quote.is_ascii()
+                || csv.escape.is_some_and(|c| !c.is_ascii())
+            {
                 errors.push(ConfigError::new(
                     file,
                     "source.csv",
@@ -340,30 +414,51 @@ fn source(
         }
         (None, Some(sql)) => {
             let scheme = sql.url.scheme();
-            if !matches!(scheme.as_str(), "postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite") {
+            if !matches!(
+                scheme.as_str(),
+                "postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite"
+            ) {
                 errors.push(ConfigError::new(
                     file,
                     "source.sql.url",
-                    format!("unsupported scheme `{scheme}`: use postgres://, mysql:// or sqlite://"),
+                    format!(
+                        "unsupported scheme `{scheme}`: use postgres://, mysql:// or sqlite://"
+                    ),
                 ));
             }
             if sql.query.trim().is_empty() {
-                errors.push(ConfigError::new(file, "source.sql.query", "must not be empty"));
+                errors.push(ConfigError::new(
+                    file,
+                    "source.sql.query",
+                    "must not be empty",
+                ));
             }
             if sql.batch_rows == 0 {
-                errors.push(ConfigError::new(file, "source.sql.batch_rows", "must be greater than 0"));
+                errors.push(ConfigError::new(
+                    file,
+                    "source.sql.batch_rows",
+                    "must be greater than 0",
+                ));
             }
             Some(SourceSpec::Sql(sql))
         }
         _ => {
-            errors.push(ConfigError::new(file, "source", "set exactly one of `csv` or `sql`"));
+            errors.push(ConfigError::new(
+                file,
+                "source",
+                "set exactly one of `csv` or `sql`",
+            ));
             None
         }
     }
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 fn identifier(
@@ -394,8 +489,14 @@ fn identifier(
 
 fn timestamp_column(t: TimestampSpec) -> TimestampColumn {
     match t {
-        TimestampSpec::Column(column) => TimestampColumn { column, format: Default::default() },
-        TimestampSpec::Typed(t) => TimestampColumn { column: t.column, format: t.format },
+        TimestampSpec::Column(column) => TimestampColumn {
+            column,
+            format: Default::default(),
+        },
+        TimestampSpec::Typed(t) => TimestampColumn {
+            column: t.column,
+            format: t.format,
+        },
     }
 }
 
@@ -418,12 +519,20 @@ fn field_set(
         Some(FieldsSpec::List(cols)) => FieldSet::Explicit(cols.into_iter().map(plain).collect()),
         Some(FieldsSpec::Map(map)) => {
             if map.len() > 300 {
-                errors.push(ConfigError::new(file, key, "Customer.io accepts at most 300 attributes a call"));
+                errors.push(ConfigError::new(
+                    file,
+                    key,
+                    "Customer.io accepts at most 300 attributes a call",
+                ));
             }
             let mut fields = Vec::new();
             for (name, spec) in map {
                 if name.len() > 150 {
-                    errors.push(ConfigError::new(file, format!("{key}.{name}"), "attribute names are at most 150 bytes"));
+                    errors.push(ConfigError::new(
+                        file,
+                        format!("{key}.{name}"),
+                        "attribute names are at most 150 bytes",
+                    ));
                 }
                 match spec {
                     FieldSpec::Column(column) => fields.push(FieldMapping {

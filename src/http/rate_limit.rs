@@ -20,7 +20,9 @@ pub struct RateGate {
 
 impl std::fmt::Debug for RateGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateGate").field("per_sec", &self.per_sec).finish()
+        f.debug_struct("RateGate")
+            .field("per_sec", &self.per_sec)
+            .finish()
     }
 }
 
@@ -29,8 +31,13 @@ impl RateGate {
         let n = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
         // Burst of one second's worth at most, so a cold start cannot exceed the rate over
         // any one-second window by more than the bucket.
-        let quota = Quota::per_second(n).allow_burst(NonZeroU32::new((per_sec / 10).max(1)).unwrap_or(NonZeroU32::MIN));
-        Self { limiter: RateLimiter::direct(quota), paused_until: Mutex::new(None), per_sec }
+        let quota = Quota::per_second(n)
+            .allow_burst(NonZeroU32::new((per_sec / 10).max(1)).unwrap_or(NonZeroU32::MIN));
+        Self {
+            limiter: RateLimiter::direct(quota),
+            paused_until: Mutex::new(None),
+            per_sec,
+        }
     }
 
     pub fn rate(&self) -> u32 {
@@ -52,10 +59,10 @@ impl RateGate {
     /// The server refused for rate: hold every request back for `wait`.
     pub fn pause_for(&self, wait: Duration) {
         let until = Instant::now() + wait;
-        if let Ok(mut g) = self.paused_until.lock() {
-            if g.is_none_or(|cur| cur < until) {
-                *g = Some(until);
-            }
+        if let Ok(mut g) = self.paused_until.lock()
+            && g.is_none_or(|cur| cur < until)
+        {
+            *g = Some(until);
         }
     }
 }
@@ -81,6 +88,10 @@ mod tests {
             gate.acquire().await;
         }
         // 5 in the initial burst, then 25 more at 50/s: at least ~0.5 s.
-        assert!(start.elapsed() >= Duration::from_millis(450), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

@@ -71,7 +71,10 @@ impl Iterator for FullJitter {
             return None;
         }
         self.remaining -= 1;
-        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.cap);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
         self.attempt += 1;
         let ms = ceiling.as_millis() as u64;
         Some(Duration::from_millis(rand::rng().random_range(0..=ms)))
@@ -88,7 +91,10 @@ pub struct RunCounters {
 
 impl RunCounters {
     pub fn snapshot(&self) -> (u64, u64) {
-        (self.requests.load(Ordering::Relaxed), self.retries.load(Ordering::Relaxed))
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -99,7 +105,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Sends a request built by `build`, retrying per `policy`. Each attempt first takes a permit
@@ -133,9 +142,17 @@ where
         let body = resp.bytes().await.map_err(transport)?;
         if is_retried_status(status) {
             if status == 429 {
-                gate.pause_for(retry_after.unwrap_or(Duration::from_secs(1)).min(policy.max_wait));
+                gate.pause_for(
+                    retry_after
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(policy.max_wait),
+                );
             }
-            return Err(HttpError::Status { status, retry_after, body: excerpt(&String::from_utf8_lossy(&body)) });
+            return Err(HttpError::Status {
+                status,
+                retry_after,
+                body: excerpt(&String::from_utf8_lossy(&body)),
+            });
         }
         Ok(Response { status, body })
     };
@@ -198,8 +215,14 @@ mod tests {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         let later = std::time::SystemTime::now() + Duration::from_secs(120);
         let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(d <= Duration::from_secs(120) && d >= Duration::from_secs(118), "{d:?}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(118),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 

@@ -25,7 +25,9 @@ pub fn convert(v: &Value, as_type: ValueType, format: TimestampFormat) -> Result
         ValueType::Timestamp => timestamp(v, format).map(J::from),
         ValueType::Json => match v {
             Value::Json(j) => Ok(j.clone()),
-            Value::Text(s) => serde_json::from_str(s).map_err(|e| format!("is not valid JSON ({e})")),
+            Value::Text(s) => {
+                serde_json::from_str(s).map_err(|e| format!("is not valid JSON ({e})"))
+            }
             other => Ok(other.to_json()),
         },
     }
@@ -37,7 +39,12 @@ fn number(v: &Value) -> Result<J, String> {
         Value::Float(_) | Value::Decimal(_) => return Ok(v.to_json()),
         Value::Text(s) => s.trim(),
         Value::Json(J::Number(n)) => return Ok(J::Number(n.clone())),
-        other => return Err(format!("{:?} is not a number", other.to_text().unwrap_or_default())),
+        other => {
+            return Err(format!(
+                "{:?} is not a number",
+                other.to_text().unwrap_or_default()
+            ));
+        }
     };
     if let Ok(i) = text.parse::<i64>() {
         return Ok(J::from(i));
@@ -59,7 +66,9 @@ fn boolean(v: &Value) -> Result<J, String> {
             match t.trim().to_ascii_lowercase().as_str() {
                 "true" | "t" | "yes" | "y" | "1" => Ok(J::Bool(true)),
                 "false" | "f" | "no" | "n" | "0" => Ok(J::Bool(false)),
-                _ => Err(format!("{t:?} is not a boolean (use true/false, yes/no or 1/0)")),
+                _ => Err(format!(
+                    "{t:?} is not a boolean (use true/false, yes/no or 1/0)"
+                )),
             }
         }
     }
@@ -69,10 +78,17 @@ fn boolean(v: &Value) -> Result<J, String> {
 pub fn timestamp(v: &Value, format: TimestampFormat) -> Result<i64, String> {
     let secs = match v {
         Value::Timestamp(t) => t.timestamp(),
-        Value::Date(d) => d.and_hms_opt(0, 0, 0).map(|dt| dt.and_utc().timestamp()).unwrap_or(0),
+        Value::Date(d) => d
+            .and_hms_opt(0, 0, 0)
+            .map(|dt| dt.and_utc().timestamp())
+            .unwrap_or(0),
         Value::Int(i) => int_ts(*i, format)?,
         Value::Float(f) => int_ts(*f as i64, format)?,
-        Value::Decimal(d) => int_ts(d.parse::<f64>().map_err(|_| format!("{d:?} is not a timestamp"))? as i64, format)?,
+        Value::Decimal(d) => int_ts(
+            d.parse::<f64>()
+                .map_err(|_| format!("{d:?} is not a timestamp"))? as i64,
+            format,
+        )?,
         other => {
             let text = other.to_text().unwrap_or_default();
             text_ts(text.trim(), format)?
@@ -84,7 +100,9 @@ pub fn timestamp(v: &Value, format: TimestampFormat) -> Result<i64, String> {
         } else {
             " (Customer.io needs dates after 2001-09-09)"
         };
-        return Err(format!("{secs} is outside the accepted range of Unix seconds{hint}"));
+        return Err(format!(
+            "{secs} is outside the accepted range of Unix seconds{hint}"
+        ));
     }
     Ok(secs)
 }
@@ -93,17 +111,25 @@ fn int_ts(i: i64, format: TimestampFormat) -> Result<i64, String> {
     match format {
         TimestampFormat::UnixMs => Ok(i.div_euclid(1000)),
         TimestampFormat::Auto | TimestampFormat::Unix => Ok(i),
-        TimestampFormat::Rfc3339 | TimestampFormat::Date => {
-            Err(format!("{i} is a number, but the column's format is {format:?}"))
-        }
+        TimestampFormat::Rfc3339 | TimestampFormat::Date => Err(format!(
+            "{i} is a number, but the column's format is {format:?}"
+        )),
     }
 }
 
 fn text_ts(s: &str, format: TimestampFormat) -> Result<i64, String> {
-    let bad = || format!("{s:?} is not a timestamp in the column's format ({})", format_name(format));
+    let bad = || {
+        format!(
+            "{s:?} is not a timestamp in the column's format ({})",
+            format_name(format)
+        )
+    };
     match format {
         TimestampFormat::Unix => s.parse::<i64>().map_err(|_| bad()),
-        TimestampFormat::UnixMs => s.parse::<i64>().map(|ms| ms.div_euclid(1000)).map_err(|_| bad()),
+        TimestampFormat::UnixMs => s
+            .parse::<i64>()
+            .map(|ms| ms.div_euclid(1000))
+            .map_err(|_| bad()),
         TimestampFormat::Date => parse_date(s).ok_or_else(bad),
         TimestampFormat::Rfc3339 => parse_datetime(s).ok_or_else(bad),
         TimestampFormat::Auto => {
@@ -137,13 +163,22 @@ fn parse_datetime(s: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp());
     }
-    for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(s, f) {
             return Some(t.timestamp());
         }
     }
     let s = s.trim_end_matches('Z');
-    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
             return Some(Utc.from_utc_datetime(&t).timestamp());
         }
@@ -163,12 +198,21 @@ mod tests {
     fn timestamps_in_every_accepted_format_become_unix_seconds() {
         let f = TimestampFormat::Auto;
         assert_eq!(timestamp(&t("2023-11-14T22:13:20Z"), f), Ok(1_700_000_000));
-        assert_eq!(timestamp(&t("2023-11-14T23:13:20+01:00"), f), Ok(1_700_000_000));
+        assert_eq!(
+            timestamp(&t("2023-11-14T23:13:20+01:00"), f),
+            Ok(1_700_000_000)
+        );
         assert_eq!(timestamp(&t("2023-11-14 22:13:20"), f), Ok(1_700_000_000));
-        assert_eq!(timestamp(&t("2023-11-14T22:13:20.123"), f), Ok(1_700_000_000));
+        assert_eq!(
+            timestamp(&t("2023-11-14T22:13:20.123"), f),
+            Ok(1_700_000_000)
+        );
         assert_eq!(timestamp(&t("2023-11-14"), f), Ok(1_699_920_000));
         assert_eq!(timestamp(&t("1700000000"), f), Ok(1_700_000_000));
-        assert_eq!(timestamp(&t("1700000000123"), TimestampFormat::UnixMs), Ok(1_700_000_000));
+        assert_eq!(
+            timestamp(&t("1700000000123"), TimestampFormat::UnixMs),
+            Ok(1_700_000_000)
+        );
         assert_eq!(timestamp(&Value::Int(1_700_000_000), f), Ok(1_700_000_000));
     }
 
@@ -185,13 +229,25 @@ mod tests {
     fn typed_conversions() {
         let a = TimestampFormat::Auto;
         assert_eq!(convert(&t("42"), ValueType::Number, a), Ok(J::from(42)));
-        assert_eq!(convert(&t("4.5"), ValueType::Number, a), Ok(serde_json::json!(4.5)));
+        assert_eq!(
+            convert(&t("4.5"), ValueType::Number, a),
+            Ok(serde_json::json!(4.5))
+        );
         assert!(convert(&t("x"), ValueType::Number, a).is_err());
         assert_eq!(convert(&t("Yes"), ValueType::Bool, a), Ok(J::Bool(true)));
         assert_eq!(convert(&t("0"), ValueType::Bool, a), Ok(J::Bool(false)));
-        assert_eq!(convert(&t("{\"a\":[1]}"), ValueType::Json, a), Ok(serde_json::json!({"a":[1]})));
-        assert_eq!(convert(&t("7"), ValueType::String, a), Ok(J::String("7".into())));
+        assert_eq!(
+            convert(&t("{\"a\":[1]}"), ValueType::Json, a),
+            Ok(serde_json::json!({"a":[1]}))
+        );
+        assert_eq!(
+            convert(&t("7"), ValueType::String, a),
+            Ok(J::String("7".into()))
+        );
         assert_eq!(convert(&Value::Int(7), ValueType::Auto, a), Ok(J::from(7)));
-        assert_eq!(convert(&Value::Int(7), ValueType::String, a), Ok(J::String("7".into())));
+        assert_eq!(
+            convert(&Value::Int(7), ValueType::String, a),
+            Ok(J::String("7".into()))
+        );
     }
 }

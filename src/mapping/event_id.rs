@@ -20,7 +20,10 @@ pub fn event_id(job: &str, row_key: &str, event_name: &str, timestamp_secs: Opti
     let mut random = [0u8; 16];
     random[6..].copy_from_slice(&digest[..10]);
     // ULID time is 48 bits of ms: mapping already bounds timestamps far below that.
-    let ms = timestamp_secs.map(|s| (s.max(0) as u64).saturating_mul(1000)).unwrap_or(0) & ((1u64 << 48) - 1);
+    let ms = timestamp_secs
+        .map(|s| (s.max(0) as u64).saturating_mul(1000))
+        .unwrap_or(0)
+        & ((1u64 << 48) - 1);
     ulid::Ulid::from_parts(ms, u128::from_be_bytes(random)).to_string()
 }
 
@@ -31,18 +34,33 @@ mod tests {
     #[test]
     fn ids_are_valid_ulids_stable_and_distinct() {
         let a = event_id("orders", "o-1", "purchase", Some(1_700_000_000));
-        assert_eq!(a, event_id("orders", "o-1", "purchase", Some(1_700_000_000)));
+        assert_eq!(
+            a,
+            event_id("orders", "o-1", "purchase", Some(1_700_000_000))
+        );
         assert_eq!(a.len(), 26);
         let parsed = ulid::Ulid::from_string(&a).unwrap();
         assert_eq!(parsed.timestamp_ms(), 1_700_000_000_000);
-        assert_ne!(a, event_id("orders", "o-2", "purchase", Some(1_700_000_000)));
-        assert_ne!(a, event_id("other-job", "o-1", "purchase", Some(1_700_000_000)));
+        assert_ne!(
+            a,
+            event_id("orders", "o-2", "purchase", Some(1_700_000_000))
+        );
+        assert_ne!(
+            a,
+            event_id("other-job", "o-1", "purchase", Some(1_700_000_000))
+        );
         assert_ne!(a, event_id("orders", "o-1", "refund", Some(1_700_000_000)));
         // The separator keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(event_id("ab", "c", "e", None), event_id("a", "bc", "e", None));
+        assert_ne!(
+            event_id("ab", "c", "e", None),
+            event_id("a", "bc", "e", None)
+        );
         // Pinned so an accidental change of the derivation (which would re-send every
         // historical event as new) fails loudly.
-        assert_eq!(event_id("orders", "o-1", "purchase", Some(1_700_000_000)), a);
+        assert_eq!(
+            event_id("orders", "o-1", "purchase", Some(1_700_000_000)),
+            a
+        );
         assert_eq!(&a[..10], "01HF7YAT00");
     }
 }

@@ -13,9 +13,12 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value as J};
 
-use crate::config::raw::{DeleteAction, EmptyPolicy, EventType, SegmentAction, TimestampFormat, ValueType};
+use crate::config::raw::{
+    DeleteAction, EmptyPolicy, EventType, SegmentAction, TimestampFormat, ValueType,
+};
 use crate::config::{
-    EventName, EventSubject, FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec, TimestampColumn,
+    EventName, EventSubject, FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec,
+    TimestampColumn,
 };
 use crate::source::Value;
 pub use operation::{Action, Operation, Subject};
@@ -37,7 +40,9 @@ pub struct RowRejected(pub String);
 
 /// A job's mapping that references a column the source does not have.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the job uses column `{column}` (in `{key}`), but the source has no such column; it has: {available}")]
+#[error(
+    "the job uses column `{column}` (in `{key}`), but the source has no such column; it has: {available}"
+)]
 pub struct UnknownColumn {
     pub column: String,
     pub key: String,
@@ -79,7 +84,10 @@ struct Ts {
 enum Fields {
     Explicit(Vec<Field>),
     /// Every column not used elsewhere, in header order.
-    Rest { cols: Vec<usize>, empty: EmptyPolicy },
+    Rest {
+        cols: Vec<usize>,
+        empty: EmptyPolicy,
+    },
 }
 
 struct Ident {
@@ -88,10 +96,29 @@ struct Ident {
 }
 
 enum Plan {
-    Identify { ident: Ident, fields: Fields, ts: Option<Ts>, update_only: bool },
-    Track { who: Who, name: Name, kind: EventType, ts: Option<Ts>, key: Vec<usize>, fields: Fields },
-    Delete { ident: Ident, action: DeleteAction },
-    Segment { ident: Ident, segment_id: i64, action: SegmentAction },
+    Identify {
+        ident: Ident,
+        fields: Fields,
+        ts: Option<Ts>,
+        update_only: bool,
+    },
+    Track {
+        who: Who,
+        name: Name,
+        kind: EventType,
+        ts: Option<Ts>,
+        key: Vec<usize>,
+        fields: Fields,
+    },
+    Delete {
+        ident: Ident,
+        action: DeleteAction,
+    },
+    Segment {
+        ident: Ident,
+        segment_id: i64,
+        action: SegmentAction,
+    },
 }
 
 enum Who {
@@ -106,7 +133,11 @@ enum Name {
 
 impl Mapper {
     pub fn new(job: &str, spec: &MappingSpec, columns: &[String]) -> Result<Mapper, UnknownColumn> {
-        let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
         let col = |name: &str, key: &str| -> Result<usize, UnknownColumn> {
             index.get(name).copied().ok_or_else(|| UnknownColumn {
                 column: name.to_string(),
@@ -115,10 +146,20 @@ impl Mapper {
             })
         };
         let ident = |s: &IdentifierSpec, key: &str| -> Result<Ident, UnknownColumn> {
-            Ok(Ident { kind: s.kind.clone(), col: col(&s.column, key)? })
+            Ok(Ident {
+                kind: s.kind.clone(),
+                col: col(&s.column, key)?,
+            })
         };
         let ts = |t: &Option<TimestampColumn>, key: &str| -> Result<Option<Ts>, UnknownColumn> {
-            t.as_ref().map(|t| Ok(Ts { col: col(&t.column, key)?, format: t.format })).transpose()
+            t.as_ref()
+                .map(|t| {
+                    Ok(Ts {
+                        col: col(&t.column, key)?,
+                        format: t.format,
+                    })
+                })
+                .transpose()
         };
         let fields = |set: &FieldSet, key: &str, used: &[usize]| -> Result<Fields, UnknownColumn> {
             match set {
@@ -132,7 +173,9 @@ impl Mapper {
                         Ok(Field {
                             name: f.name.clone(),
                             source: match &f.source {
-                                FieldSource::Column(c) => Src::Col(col(c, &format!("{key}.{}", f.name))?),
+                                FieldSource::Column(c) => {
+                                    Src::Col(col(c, &format!("{key}.{}", f.name))?)
+                                }
                                 FieldSource::Constant(v) => Src::Const(v.clone()),
                             },
                             as_type: f.as_type,
@@ -145,24 +188,46 @@ impl Mapper {
             }
         };
         let plan = match spec {
-            MappingSpec::Identify { identifier, attributes, timestamp, update_only } => {
+            MappingSpec::Identify {
+                identifier,
+                attributes,
+                timestamp,
+                update_only,
+            } => {
                 let ident = ident(identifier, "identify.identifier")?;
                 let ts = ts(timestamp, "identify.timestamp")?;
                 let mut used = vec![ident.col];
                 used.extend(ts.as_ref().map(|t| t.col));
-                Plan::Identify { fields: fields(attributes, "identify.attributes", &used)?, ident, ts, update_only: *update_only }
+                Plan::Identify {
+                    fields: fields(attributes, "identify.attributes", &used)?,
+                    ident,
+                    ts,
+                    update_only: *update_only,
+                }
             }
-            MappingSpec::Track { who, name, event_type, timestamp, key_columns, data } => {
+            MappingSpec::Track {
+                who,
+                name,
+                event_type,
+                timestamp,
+                key_columns,
+                data,
+            } => {
                 let who = match who {
                     EventSubject::Person(s) => Who::Person(ident(s, "track.identifier")?),
-                    EventSubject::Anonymous { column } => Who::Anonymous(col(column, "track.anonymous_id")?),
+                    EventSubject::Anonymous { column } => {
+                        Who::Anonymous(col(column, "track.anonymous_id")?)
+                    }
                 };
                 let name = match name {
                     EventName::Fixed(n) => Name::Fixed(n.clone()),
                     EventName::Column(c) => Name::Col(col(c, "track.name.column")?),
                 };
                 let ts = ts(timestamp, "track.timestamp")?;
-                let key = key_columns.iter().map(|c| col(c, "track.event_id")).collect::<Result<Vec<_>, _>>()?;
+                let key = key_columns
+                    .iter()
+                    .map(|c| col(c, "track.event_id"))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut used: Vec<usize> = key.clone();
                 used.push(match &who {
                     Who::Person(i) => i.col,
@@ -172,18 +237,34 @@ impl Mapper {
                 if let Name::Col(c) = &name {
                     used.push(*c);
                 }
-                Plan::Track { fields: fields(data, "track.data", &used)?, who, name, kind: *event_type, ts, key }
+                Plan::Track {
+                    fields: fields(data, "track.data", &used)?,
+                    who,
+                    name,
+                    kind: *event_type,
+                    ts,
+                    key,
+                }
             }
-            MappingSpec::Delete { identifier, action } => {
-                Plan::Delete { ident: ident(identifier, "delete.identifier")?, action: *action }
-            }
-            MappingSpec::Segment { segment_id, identifier, action } => Plan::Segment {
+            MappingSpec::Delete { identifier, action } => Plan::Delete {
+                ident: ident(identifier, "delete.identifier")?,
+                action: *action,
+            },
+            MappingSpec::Segment {
+                segment_id,
+                identifier,
+                action,
+            } => Plan::Segment {
                 ident: ident(identifier, "segment.identifier")?,
                 segment_id: *segment_id,
                 action: *action,
             },
         };
-        Ok(Mapper { job: job.to_string(), columns: columns.to_vec(), plan })
+        Ok(Mapper {
+            job: job.to_string(),
+            columns: columns.to_vec(),
+            plan,
+        })
     }
 
     /// Maps one row (values in header order).
@@ -202,12 +283,23 @@ impl Mapper {
 
     /// The row as a JSON object (column → value), for dead letters and dry runs.
     pub fn row_json(columns: &[String], values: &[Value]) -> J {
-        J::Object(columns.iter().cloned().zip(values.iter().map(Value::to_json)).collect())
+        J::Object(
+            columns
+                .iter()
+                .cloned()
+                .zip(values.iter().map(Value::to_json))
+                .collect(),
+        )
     }
 
     fn operation(&self, values: &[Value]) -> Result<Operation, RowRejected> {
         match &self.plan {
-            Plan::Identify { ident, fields, ts, update_only } => {
+            Plan::Identify {
+                ident,
+                fields,
+                ts,
+                update_only,
+            } => {
                 let subject = self.subject(ident, values)?;
                 let attributes = self.fields(fields, values)?;
                 if attributes.len() + usize::from(*update_only) > limits::ATTRIBUTES {
@@ -230,16 +322,35 @@ impl Mapper {
                     }
                 }
                 let timestamp = self.timestamp(ts, values)?;
-                Ok(Operation { subject, action: Action::Identify { attributes, timestamp, update_only: *update_only } })
+                Ok(Operation {
+                    subject,
+                    action: Action::Identify {
+                        attributes,
+                        timestamp,
+                        update_only: *update_only,
+                    },
+                })
             }
-            Plan::Track { who, name, kind, ts, key, fields } => {
+            Plan::Track {
+                who,
+                name,
+                kind,
+                ts,
+                key,
+                fields,
+            } => {
                 let subject = match who {
                     Who::Person(i) => self.subject(i, values)?,
-                    Who::Anonymous(c) => Subject::Anonymous(self.required_text(*c, values, "anonymous id")?),
+                    Who::Anonymous(c) => {
+                        Subject::Anonymous(self.required_text(*c, values, "anonymous id")?)
+                    }
                 };
                 let name = match name {
                     Name::Fixed(n) => n.clone(),
-                    Name::Col(c) => self.required_text(*c, values, "event name")?.trim().to_string(),
+                    Name::Col(c) => self
+                        .required_text(*c, values, "event name")?
+                        .trim()
+                        .to_string(),
                 };
                 if name.trim().is_empty() || name.len() > limits::EVENT_NAME_BYTES {
                     return Err(RowRejected(format!(
@@ -259,7 +370,16 @@ impl Mapper {
                 }
                 let row_key = self.row_key(key, values)?;
                 let id = event_id::event_id(&self.job, &row_key, &name, timestamp);
-                Ok(Operation { subject, action: Action::Event { kind: *kind, name, id, timestamp, data } })
+                Ok(Operation {
+                    subject,
+                    action: Action::Event {
+                        kind: *kind,
+                        name,
+                        id,
+                        timestamp,
+                        data,
+                    },
+                })
             }
             Plan::Delete { ident, action } => Ok(Operation {
                 subject: self.subject(ident, values)?,
@@ -268,11 +388,19 @@ impl Mapper {
                     DeleteAction::Suppress => Action::Suppress,
                 },
             }),
-            Plan::Segment { ident, segment_id, action } => Ok(Operation {
+            Plan::Segment {
+                ident,
+                segment_id,
+                action,
+            } => Ok(Operation {
                 subject: self.subject(ident, values)?,
                 action: match action {
-                    SegmentAction::Add => Action::SegmentAdd { segment_id: *segment_id },
-                    SegmentAction::Remove => Action::SegmentRemove { segment_id: *segment_id },
+                    SegmentAction::Add => Action::SegmentAdd {
+                        segment_id: *segment_id,
+                    },
+                    SegmentAction::Remove => Action::SegmentRemove {
+                        segment_id: *segment_id,
+                    },
                 },
             }),
         }
@@ -285,12 +413,18 @@ impl Mapper {
     fn required_text(&self, c: usize, values: &[Value], what: &str) -> Result<String, RowRejected> {
         match values.get(c).and_then(Value::to_text) {
             Some(s) if !s.trim().is_empty() => Ok(s),
-            _ => Err(RowRejected(format!("{what} column `{}` is empty", self.column(c)))),
+            _ => Err(RowRejected(format!(
+                "{what} column `{}` is empty",
+                self.column(c)
+            ))),
         }
     }
 
     fn subject(&self, ident: &Ident, values: &[Value]) -> Result<Subject, RowRejected> {
-        let value = self.required_text(ident.col, values, "identifier")?.trim().to_string();
+        let value = self
+            .required_text(ident.col, values, "identifier")?
+            .trim()
+            .to_string();
         if value.len() > limits::ID_BYTES {
             return Err(RowRejected(format!(
                 "identifier `{}` is {} bytes, over Customer.io's limit of {}",
@@ -301,17 +435,25 @@ impl Mapper {
         }
         // The App API returns cio_ids bare; accept the v1 path form too.
         let value = match ident.kind {
-            crate::config::IdentifierKind::CioId => value.strip_prefix("cio_").unwrap_or(&value).to_string(),
+            crate::config::IdentifierKind::CioId => {
+                value.strip_prefix("cio_").unwrap_or(&value).to_string()
+            }
             _ => value,
         };
-        Ok(Subject::Person { kind: ident.kind.clone(), value })
+        Ok(Subject::Person {
+            kind: ident.kind.clone(),
+            value,
+        })
     }
 
     fn timestamp(&self, ts: &Option<Ts>, values: &[Value]) -> Result<Option<i64>, RowRejected> {
         let Some(ts) = ts else { return Ok(None) };
         let v = values.get(ts.col).unwrap_or(&Value::Null);
         if v.is_empty() {
-            return Err(RowRejected(format!("timestamp column `{}` is empty", self.column(ts.col))));
+            return Err(RowRejected(format!(
+                "timestamp column `{}` is empty",
+                self.column(ts.col)
+            )));
         }
         convert::timestamp(v, ts.format)
             .map(Some)

@@ -37,8 +37,12 @@ pub enum Action {
     },
     Delete,
     Suppress,
-    SegmentAdd { segment_id: i64 },
-    SegmentRemove { segment_id: i64 },
+    SegmentAdd {
+        segment_id: i64,
+    },
+    SegmentRemove {
+        segment_id: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,16 +56,28 @@ impl Operation {
     /// segment membership have only v1 endpoints).
     pub fn fits_v2(&self) -> bool {
         matches!(self.subject, Subject::Person { .. })
-            && !matches!(self.action, Action::SegmentAdd { .. } | Action::SegmentRemove { .. })
+            && !matches!(
+                self.action,
+                Action::SegmentAdd { .. } | Action::SegmentRemove { .. }
+            )
     }
 
     /// A short label for logs and dry-run output.
     pub fn action_name(&self) -> &'static str {
         match &self.action {
             Action::Identify { .. } => "identify",
-            Action::Event { kind: EventType::Event, .. } => "event",
-            Action::Event { kind: EventType::Page, .. } => "page",
-            Action::Event { kind: EventType::Screen, .. } => "screen",
+            Action::Event {
+                kind: EventType::Event,
+                ..
+            } => "event",
+            Action::Event {
+                kind: EventType::Page,
+                ..
+            } => "page",
+            Action::Event {
+                kind: EventType::Screen,
+                ..
+            } => "screen",
             Action::Delete => "delete",
             Action::Suppress => "suppress",
             Action::SegmentAdd { .. } => "add_to_segment",
@@ -87,15 +103,31 @@ impl Operation {
             attributes: None,
         };
         match &self.action {
-            Action::Identify { attributes, timestamp, update_only } => {
+            Action::Identify {
+                attributes,
+                timestamp,
+                update_only,
+            } => {
                 item.timestamp = *timestamp;
-                item.attributes = Some(AttributesOut { map: attributes, update: *update_only });
+                item.attributes = Some(AttributesOut {
+                    map: attributes,
+                    update: *update_only,
+                });
             }
-            Action::Event { name, id, timestamp, data, .. } => {
+            Action::Event {
+                name,
+                id,
+                timestamp,
+                data,
+                ..
+            } => {
                 item.name = Some(name);
                 item.id = Some(id);
                 item.timestamp = *timestamp;
-                item.attributes = Some(AttributesOut { map: data, update: false });
+                item.attributes = Some(AttributesOut {
+                    map: data,
+                    update: false,
+                });
             }
             _ => {}
         }

@@ -1,7 +1,9 @@
 use super::*;
 use crate::config::IdentifierKind;
 use crate::config::raw::{EmptyPolicy, EventType, TimestampFormat, ValueType};
-use crate::config::{FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec, TimestampColumn};
+use crate::config::{
+    FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec, TimestampColumn,
+};
 use serde_json::json;
 
 fn cols(names: &[&str]) -> Vec<String> {
@@ -13,7 +15,10 @@ fn row(vals: &[&str]) -> Vec<Value> {
 }
 
 fn id(col: &str) -> IdentifierSpec {
-    IdentifierSpec { kind: IdentifierKind::Id, column: col.into() }
+    IdentifierSpec {
+        kind: IdentifierKind::Id,
+        column: col.into(),
+    }
 }
 
 fn field(name: &str, col: &str, as_type: ValueType) -> FieldMapping {
@@ -39,8 +44,15 @@ fn identify_maps_typed_attributes_and_skips_empty_cells() {
         timestamp: None,
         update_only: false,
     };
-    let m = Mapper::new("people", &spec, &cols(&["customer_id", "email", "signup_at", "seats", "plan"])).unwrap();
-    let out = m.map(&row(&["u 1", "a@x.com", "2023-11-14T22:13:20Z", "3", ""])).unwrap();
+    let m = Mapper::new(
+        "people",
+        &spec,
+        &cols(&["customer_id", "email", "signup_at", "seats", "plan"]),
+    )
+    .unwrap();
+    let out = m
+        .map(&row(&["u 1", "a@x.com", "2023-11-14T22:13:20Z", "3", ""]))
+        .unwrap();
     assert_eq!(
         serde_json::from_slice::<J>(&out.encoded).unwrap(),
         json!({"type":"person","identifiers":{"id":"u 1"},"action":"identify",
@@ -52,8 +64,13 @@ fn identify_maps_typed_attributes_and_skips_empty_cells() {
 fn omitted_attributes_send_every_other_non_empty_column_and_null_policy_clears() {
     let spec = MappingSpec::Identify {
         identifier: id("id"),
-        attributes: FieldSet::AllOtherColumns { empty: EmptyPolicy::Null },
-        timestamp: Some(TimestampColumn { column: "updated".into(), format: TimestampFormat::Unix }),
+        attributes: FieldSet::AllOtherColumns {
+            empty: EmptyPolicy::Null,
+        },
+        timestamp: Some(TimestampColumn {
+            column: "updated".into(),
+            format: TimestampFormat::Unix,
+        }),
         update_only: true,
     };
     let m = Mapper::new("j", &spec, &cols(&["id", "a", "b", "updated"])).unwrap();
@@ -71,37 +88,67 @@ fn events_get_deterministic_ulids_and_unix_timestamps() {
         who: crate::config::EventSubject::Person(id("customer_id")),
         name: crate::config::EventName::Fixed("purchase".into()),
         event_type: EventType::Event,
-        timestamp: Some(TimestampColumn { column: "at".into(), format: TimestampFormat::Auto }),
+        timestamp: Some(TimestampColumn {
+            column: "at".into(),
+            format: TimestampFormat::Auto,
+        }),
         key_columns: vec!["order_id".into()],
         data: FieldSet::Explicit(vec![field("total", "total", ValueType::Number)]),
     };
     let c = cols(&["customer_id", "order_id", "at", "total"]);
     let m = Mapper::new("orders", &spec, &c).unwrap();
-    let a = m.map(&row(&["7", "o-1", "2023-11-14 22:13:20", "9.5"])).unwrap();
-    let b = Mapper::new("orders", &spec, &c).unwrap().map(&row(&["7", "o-1", "2023-11-14 22:13:20", "9.5"])).unwrap();
+    let a = m
+        .map(&row(&["7", "o-1", "2023-11-14 22:13:20", "9.5"]))
+        .unwrap();
+    let b = Mapper::new("orders", &spec, &c)
+        .unwrap()
+        .map(&row(&["7", "o-1", "2023-11-14 22:13:20", "9.5"]))
+        .unwrap();
     assert_eq!(a.encoded, b.encoded);
     let v: J = serde_json::from_slice(&a.encoded).unwrap();
     assert_eq!(v["timestamp"], json!(1_700_000_000));
     assert_eq!(v["attributes"], json!({"total": 9.5}));
-    assert_eq!(v["id"], json!(event_id::event_id("orders", "o-1", "purchase", Some(1_700_000_000))));
+    assert_eq!(
+        v["id"],
+        json!(event_id::event_id(
+            "orders",
+            "o-1",
+            "purchase",
+            Some(1_700_000_000)
+        ))
+    );
 }
 
 #[test]
 fn bad_rows_are_rejected_with_a_reason_naming_the_column() {
     let spec = MappingSpec::Identify {
         identifier: id("id"),
-        attributes: FieldSet::AllOtherColumns { empty: EmptyPolicy::Skip },
+        attributes: FieldSet::AllOtherColumns {
+            empty: EmptyPolicy::Skip,
+        },
         timestamp: None,
         update_only: false,
     };
     let m = Mapper::new("j", &spec, &cols(&["id", "bio"])).unwrap();
-    assert!(m.map(&row(&["", "x"])).unwrap_err().0.contains("identifier column `id` is empty"));
+    assert!(
+        m.map(&row(&["", "x"]))
+            .unwrap_err()
+            .0
+            .contains("identifier column `id` is empty")
+    );
     let long = "é".repeat(501);
     let e = m.map(&row(&["1", &long])).unwrap_err().0;
     assert!(e.contains("attribute \"bio\" is 1002 bytes"), "{e}");
-    assert!(m.map(&row(&[&"x".repeat(151), "b"])).unwrap_err().0.contains("150"));
+    assert!(
+        m.map(&row(&[&"x".repeat(151), "b"]))
+            .unwrap_err()
+            .0
+            .contains("150")
+    );
 
-    let wide: Vec<String> = std::iter::once("id".to_string()).chain((0..301).map(|i| format!("c{i}"))).collect();
+    let wide: Vec<String> = std::iter::once("id".to_string())
+        .chain((0..301).map(|i| format!("c{i}")))
+        .collect();
     let m = Mapper::new("j", &spec, &wide).unwrap();
     let vals: Vec<Value> = (0..302).map(|i| Value::Text(format!("v{i}"))).collect();
     assert!(m.map(&vals).unwrap_err().0.contains("301 attributes"));
@@ -110,21 +157,42 @@ fn bad_rows_are_rejected_with_a_reason_naming_the_column() {
         who: crate::config::EventSubject::Person(id("id")),
         name: crate::config::EventName::Column("name".into()),
         event_type: EventType::Event,
-        timestamp: Some(TimestampColumn { column: "at".into(), format: TimestampFormat::Auto }),
+        timestamp: Some(TimestampColumn {
+            column: "at".into(),
+            format: TimestampFormat::Auto,
+        }),
         key_columns: vec![],
         data: FieldSet::Explicit(vec![field("blob", "blob", ValueType::Auto)]),
     };
     let m = Mapper::new("j", &spec, &cols(&["id", "name", "at", "blob"])).unwrap();
-    assert!(m.map(&row(&["1", &"n".repeat(101), "1700000000", ""])).unwrap_err().0.contains("event name"));
-    assert!(m.map(&row(&["1", "e", "1700000000000", ""])).unwrap_err().0.contains("milliseconds?"));
-    let e = m.map(&row(&["1", "e", "1700000000", &"b".repeat(33_000)])).unwrap_err().0;
+    assert!(
+        m.map(&row(&["1", &"n".repeat(101), "1700000000", ""]))
+            .unwrap_err()
+            .0
+            .contains("event name")
+    );
+    assert!(
+        m.map(&row(&["1", "e", "1700000000000", ""]))
+            .unwrap_err()
+            .0
+            .contains("milliseconds?")
+    );
+    let e = m
+        .map(&row(&["1", "e", "1700000000", &"b".repeat(33_000)]))
+        .unwrap_err()
+        .0;
     assert!(e.contains("per item"), "{e}");
 }
 
 #[test]
 fn unknown_columns_are_reported_with_the_available_ones() {
-    let spec = MappingSpec::Delete { identifier: id("user"), action: crate::config::raw::DeleteAction::Delete };
-    let e = Mapper::new("j", &spec, &cols(&["id", "email"])).err().unwrap();
+    let spec = MappingSpec::Delete {
+        identifier: id("user"),
+        action: crate::config::raw::DeleteAction::Delete,
+    };
+    let e = Mapper::new("j", &spec, &cols(&["id", "email"]))
+        .err()
+        .unwrap();
     assert_eq!(e.column, "user");
     assert!(e.to_string().contains("it has: id, email"));
 }

@@ -32,7 +32,10 @@ impl Tracker {
 
     /// Registers a row just read; returns its sequence number.
     pub fn read(&mut self, resume: ResumePoint) -> u64 {
-        self.entries.push_back(Entry { resume, settled: false });
+        self.entries.push_back(Entry {
+            resume,
+            settled: false,
+        });
         self.base + self.entries.len() as u64 - 1
     }
 
@@ -56,7 +59,11 @@ impl Tracker {
 
     /// The new resume point, if the settled prefix grew since the last call.
     pub fn take_advance(&mut self) -> Option<ResumePoint> {
-        if std::mem::take(&mut self.advanced) { self.settled_point.clone() } else { None }
+        if std::mem::take(&mut self.advanced) {
+            self.settled_point.clone()
+        } else {
+            None
+        }
     }
 
     pub fn settled_point(&self) -> Option<&ResumePoint> {
@@ -74,7 +81,11 @@ mod tests {
     use super::*;
 
     fn p(row: u64) -> ResumePoint {
-        ResumePoint::Csv { byte: row * 10, line: row + 1, row }
+        ResumePoint::Csv {
+            byte: row * 10,
+            line: row + 1,
+            row,
+        }
     }
 
     #[test]

@@ -31,16 +31,28 @@ pub struct Rejection {
     pub reason: String,
 }
 
-pub async fn dry_run(settings: &Settings, job: &JobSpec, push: &PushJob, limit: usize) -> Result<DryRunReport, String> {
+pub async fn dry_run(
+    settings: &Settings,
+    job: &JobSpec,
+    push: &PushJob,
+    limit: usize,
+) -> Result<DryRunReport, String> {
     let mut stream = source::open(&push.source, &job.name, None, CancellationToken::new())
         .await
         .map_err(|e| format!("job `{}`: {e}", job.name))?;
     let mapper = Mapper::new(&job.name, &push.mapping, &stream.columns)
         .map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
     let transport = push.transport.unwrap_or(settings.track.transport);
-    let batch = push.batch.clone().unwrap_or_else(|| settings.track.batch.clone());
+    let batch = push
+        .batch
+        .clone()
+        .unwrap_or_else(|| settings.track.batch.clone());
     let mut batcher = Batcher::new(
-        if transport == crate::config::Transport::V1 { 1 } else { batch.max_items },
+        if transport == crate::config::Transport::V1 {
+            1
+        } else {
+            batch.max_items
+        },
         batch.max_bytes,
     );
     let mut report = DryRunReport {
@@ -66,15 +78,26 @@ pub async fn dry_run(settings: &Settings, job: &JobSpec, push: &PushJob, limit: 
             Err(reason) => {
                 report.rejected += 1;
                 if report.sample_rejections.len() < limit {
-                    report.sample_rejections.push(Rejection { line: row.line, reason });
+                    report.sample_rejections.push(Rejection {
+                        line: row.line,
+                        reason,
+                    });
                 }
             }
             Ok((mapped, values)) => {
                 report.operations += 1;
                 if report.sample_operations.len() < limit {
-                    report.sample_operations.push(serde_json::from_slice(&mapped.encoded).unwrap_or_default());
+                    report
+                        .sample_operations
+                        .push(serde_json::from_slice(&mapped.encoded).unwrap_or_default());
                 }
-                let pending = Pending { seq, line: row.line, row_ref: row.row_ref, values: Vec::new(), mapped };
+                let pending = Pending {
+                    seq,
+                    line: row.line,
+                    row_ref: row.row_ref,
+                    values: Vec::new(),
+                    mapped,
+                };
                 drop(values);
                 if batcher.push(pending).is_some() {
                     report.requests += 1;

@@ -26,8 +26,8 @@ use crate::track::{BatchOutcome, TrackClient, TrackError, Wire};
 
 use ack::Tracker;
 
-/// How often progress is committed at most (a crash re-sends at most this much, and event
-/// ids make the re-send harmless).
+/// Progress is committed after every acknowledged batch, so a crash re-sends at most the
+/// batches in flight. Rows rejected before sending are committed at least this often.
 const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,10 @@ pub struct StopSignal {
 
 impl StopSignal {
     pub fn never() -> Self {
-        Self { stop: CancellationToken::new(), grace: Duration::from_secs(60) }
+        Self {
+            stop: CancellationToken::new(),
+            grace: Duration::from_secs(60),
+        }
     }
 }
 
@@ -107,31 +110,59 @@ pub async fn run_push(
     mode: RunMode,
     stop: StopSignal,
 ) -> Result<RunReport, PipelineError> {
-    let state_err = |source| PipelineError::State { job: job.name.clone(), source };
+    let state_err = |source| PipelineError::State {
+        job: job.name.clone(),
+        source,
+    };
     let started = Instant::now();
     let checkpoint = match &mode {
         RunMode::Normal { full: true } => {
-            ctx.state.reset_checkpoint(&job.name).await.map_err(state_err)?;
+            ctx.state
+                .reset_checkpoint(&job.name)
+                .await
+                .map_err(state_err)?;
             None
         }
-        RunMode::Normal { full: false } => ctx.state.checkpoint(&job.name).await.map_err(state_err)?,
+        RunMode::Normal { full: false } => {
+            ctx.state.checkpoint(&job.name).await.map_err(state_err)?
+        }
         RunMode::RetryDeadLetters => None,
     };
-    let run_id = ctx.state.start_run(&job.name, "push").await.map_err(state_err)?;
+    let run_id = ctx
+        .state
+        .start_run(&job.name, "push")
+        .await
+        .map_err(state_err)?;
     let span = tracing::info_span!("run", job = %job.name, run_id = %run_id);
     let reader_stop = stop.stop.child_token();
     let stream = match &mode {
-        RunMode::RetryDeadLetters => dead_letter_stream(&ctx.state, job, push, reader_stop.clone()).await,
-        RunMode::Normal { .. } => source::open(&push.source, &job.name, checkpoint.as_ref(), reader_stop.clone())
-            .await
-            .map_err(|source| PipelineError::Source { job: job.name.clone(), source }),
+        RunMode::RetryDeadLetters => {
+            dead_letter_stream(&ctx.state, job, push, reader_stop.clone()).await
+        }
+        RunMode::Normal { .. } => source::open(
+            &push.source,
+            &job.name,
+            checkpoint.as_ref(),
+            reader_stop.clone(),
+        )
+        .await
+        .map_err(|source| PipelineError::Source {
+            job: job.name.clone(),
+            source,
+        }),
     };
     let stream = match stream {
         Ok(s) => s,
         Err(e) => {
             let msg = e.to_string();
             ctx.state
-                .finish_run(&run_id, Outcome::Failed, Some(&msg), RunCounts::default(), None)
+                .finish_run(
+                    &run_id,
+                    Outcome::Failed,
+                    Some(&msg),
+                    RunCounts::default(),
+                    None,
+                )
                 .await
                 .map_err(state_err)?;
             return Err(e);
@@ -151,8 +182,15 @@ async fn dead_letter_stream(
     let letters = state
         .dead_letters(&job.name, i64::MAX)
         .await
-        .map_err(|source| PipelineError::State { job: job.name.clone(), source })?;
-    Ok(source::replay::from_dead_letters(letters, push.source.describe(), cancel))
+        .map_err(|source| PipelineError::State {
+            job: job.name.clone(),
+            source,
+        })?;
+    Ok(source::replay::from_dead_letters(
+        letters,
+        push.source.describe(),
+        cancel,
+    ))
 }
 
 struct Run<'a> {
@@ -211,7 +249,10 @@ impl<'a> Run<'a> {
         let batch = self.push.batch.clone().unwrap_or_else(|| s.batch.clone());
         let concurrency = self.push.concurrency.unwrap_or(s.concurrency);
         let (anonymous, segment) = match &self.push.mapping {
-            MappingSpec::Track { who: crate::config::EventSubject::Anonymous { .. }, .. } => (true, false),
+            MappingSpec::Track {
+                who: crate::config::EventSubject::Anonymous { .. },
+                ..
+            } => (true, false),
             MappingSpec::Segment { .. } => (false, true),
             _ => (false, false),
         };
@@ -225,7 +266,11 @@ impl<'a> Run<'a> {
         (wire, max_items, batch.max_bytes, concurrency)
     }
 
-    async fn go(mut self, mut stream: SourceStream, started: Instant) -> Result<RunReport, PipelineError> {
+    async fn go(
+        mut self,
+        mut stream: SourceStream,
+        started: Instant,
+    ) -> Result<RunReport, PipelineError> {
         let resumed_after_rows = stream.resumed_at.as_ref().map(|r| r.rows()).unwrap_or(0);
         if resumed_after_rows > 0 {
             tracing::info!(rows = resumed_after_rows, source = %stream.describe, "Resuming after the checkpoint.");
@@ -233,8 +278,19 @@ impl<'a> Run<'a> {
         let mapper = match Mapper::new(&self.job.name, &self.push.mapping, &stream.columns) {
             Ok(m) => m,
             Err(e) => {
-                let msg = format!("{}: {e}; fix the job file or the source", self.job.file.display());
-                return self.finish(Outcome::Failed, Some(msg), resumed_after_rows, started, None).await;
+                let msg = format!(
+                    "{}: {e}; fix the job file or the source",
+                    self.job.file.display()
+                );
+                return self
+                    .finish(
+                        Outcome::Failed,
+                        Some(msg),
+                        resumed_after_rows,
+                        started,
+                        None,
+                    )
+                    .await;
             }
         };
         let (wire, max_items, max_bytes, concurrency) = self.settings();
@@ -285,7 +341,7 @@ impl<'a> Run<'a> {
                         self.send_stop.cancel();
                         in_flight.abort_all();
                     }
-                    self.maybe_commit(&identity, false).await?;
+                    self.maybe_commit(&identity, true).await?;
                 }
                 _ = self.stop.stop.cancelled(), if !stopping => {
                     tracing::info!(in_flight = in_flight.len(), grace_secs = self.stop.grace.as_secs(), "Stop requested: no more reading; waiting for requests in flight.");
@@ -358,14 +414,19 @@ impl<'a> Run<'a> {
             Outcome::Succeeded
         };
         let error = self.error.clone();
-        self.finish(outcome, error, resumed_after_rows, started, None).await
+        self.finish(outcome, error, resumed_after_rows, started, None)
+            .await
     }
 
     fn spawn(&self, set: &mut JoinSet<Sent>, batch: Batch, wire: Wire) {
         let track = self.ctx.track.clone();
         let counters = self.counters.clone();
         let cancel = self.send_stop.clone();
-        let span = tracing::debug_span!("batch", rows = batch.items.len(), first_line = batch.items.first().map(|p| p.line).unwrap_or(0));
+        let span = tracing::debug_span!(
+            "batch",
+            rows = batch.items.len(),
+            first_line = batch.items.first().map(|p| p.line).unwrap_or(0)
+        );
         set.spawn(
             async move {
                 let outcome = track.send(&batch, wire, &counters, &cancel).await;
@@ -376,7 +437,16 @@ impl<'a> Run<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn reject(&mut self, seq: u64, source: &str, row_ref: &str, line: u64, row_data: String, reason: String, stage: &'static str) {
+    fn reject(
+        &mut self,
+        seq: u64,
+        source: &str,
+        row_ref: &str,
+        line: u64,
+        row_data: String,
+        reason: String,
+        stage: &'static str,
+    ) {
         tracing::debug!(line, reason = %reason, "Row dead-lettered.");
         self.counts.rows_rejected += 1;
         self.dead.push(DeadLetter {
@@ -400,7 +470,15 @@ impl<'a> Run<'a> {
                         let (_, reason) = rejected.next().unwrap_or_default();
                         let data = Mapper::row_json(columns, &p.values).to_string();
                         tracing::warn!(line = p.line, reason = %reason, "Customer.io rejected a row; dead-lettered.");
-                        self.reject(p.seq, describe, &p.row_ref, p.line, data, reason, "customerio");
+                        self.reject(
+                            p.seq,
+                            describe,
+                            &p.row_ref,
+                            p.line,
+                            data,
+                            reason,
+                            "customerio",
+                        );
                     } else {
                         self.counts.rows_delivered += 1;
                         if matches!(self.mode, RunMode::RetryDeadLetters) {
@@ -425,7 +503,9 @@ impl<'a> Run<'a> {
                 tracing::error!(error = %e, "Stopping the run.");
                 self.fatal = true;
                 let msg = match e {
-                    TrackError::Unauthorized { .. } | TrackError::WrongRegion { .. } => e.to_string(),
+                    TrackError::Unauthorized { .. } | TrackError::WrongRegion { .. } => {
+                        e.to_string()
+                    }
                     other => other.to_string(),
                 };
                 self.error = Some(msg);
@@ -440,7 +520,11 @@ impl<'a> Run<'a> {
         self.counts
     }
 
-    async fn maybe_commit(&mut self, identity: &serde_json::Value, force: bool) -> Result<(), PipelineError> {
+    async fn maybe_commit(
+        &mut self,
+        identity: &serde_json::Value,
+        force: bool,
+    ) -> Result<(), PipelineError> {
         if !force && self.last_commit.elapsed() < COMMIT_EVERY && self.dead.len() < 1000 {
             return Ok(());
         }
@@ -449,7 +533,11 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let checkpoint = match (&self.mode, advance) {
-            (RunMode::Normal { .. }, Some(resume)) => Some(Checkpoint { source: identity.clone(), resume, complete: false }),
+            (RunMode::Normal { .. }, Some(resume)) => Some(Checkpoint {
+                source: identity.clone(),
+                resume,
+                complete: false,
+            }),
             _ => None,
         };
         let counts = self.snapshot_counts();
@@ -457,22 +545,41 @@ impl<'a> Run<'a> {
         let resolved = std::mem::take(&mut self.resolved);
         self.ctx
             .state
-            .commit(&self.job.name, &self.run_id, checkpoint.as_ref(), &dead, &resolved, counts)
+            .commit(
+                &self.job.name,
+                &self.run_id,
+                checkpoint.as_ref(),
+                &dead,
+                &resolved,
+                counts,
+            )
             .await
-            .map_err(|source| PipelineError::State { job: self.job.name.clone(), source })?;
+            .map_err(|source| PipelineError::State {
+                job: self.job.name.clone(),
+                source,
+            })?;
         self.last_commit = Instant::now();
         Ok(())
     }
 
     async fn commit_complete(&mut self, identity: &serde_json::Value) -> Result<(), PipelineError> {
-        let Some(resume) = self.tracker.settled_point().cloned() else { return Ok(()) };
-        let cp = Checkpoint { source: identity.clone(), resume, complete: true };
+        let Some(resume) = self.tracker.settled_point().cloned() else {
+            return Ok(());
+        };
+        let cp = Checkpoint {
+            source: identity.clone(),
+            resume,
+            complete: true,
+        };
         let counts = self.snapshot_counts();
         self.ctx
             .state
             .commit(&self.job.name, &self.run_id, Some(&cp), &[], &[], counts)
             .await
-            .map_err(|source| PipelineError::State { job: self.job.name.clone(), source })
+            .map_err(|source| PipelineError::State {
+                job: self.job.name.clone(),
+                source,
+            })
     }
 
     async fn finish(
@@ -486,9 +593,18 @@ impl<'a> Run<'a> {
         let counts = self.snapshot_counts();
         self.ctx
             .state
-            .finish_run(&self.run_id, outcome, error.as_deref(), counts, summary.as_ref())
+            .finish_run(
+                &self.run_id,
+                outcome,
+                error.as_deref(),
+                counts,
+                summary.as_ref(),
+            )
             .await
-            .map_err(|source| PipelineError::State { job: self.job.name.clone(), source })?;
+            .map_err(|source| PipelineError::State {
+                job: self.job.name.clone(),
+                source,
+            })?;
         let report = RunReport {
             job: self.job.name.clone(),
             run_id: self.run_id.clone(),

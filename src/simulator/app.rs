@@ -46,9 +46,9 @@ fn find_by_id(items: &[Value], id: i64) -> Option<&Value> {
         .find(|v| v.get("id").and_then(Value::as_i64) == Some(id))
 }
 
-fn parse_id(raw: &str, what: &str) -> Result<i64, Response> {
-    raw.parse()
-        .map_err(|_| respond::app_error(404, format!("{what} {raw:?} not found")))
+/// Path ids that are not integers name nothing, so they are a 404 like a missing id.
+fn not_found(what: &str, raw: &str) -> Response {
+    respond::app_error(404, format!("{what} {raw} not found"))
 }
 
 async fn list_segments(State(sim): State<Arc<Shared>>) -> Response {
@@ -56,10 +56,9 @@ async fn list_segments(State(sim): State<Arc<Shared>>) -> Response {
     respond::json(200, json!({ "segments": list_or_null(segments) }))
 }
 
-async fn get_segment(State(sim): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id, "segment") {
-        Ok(id) => id,
-        Err(response) => return response,
+async fn get_segment(State(sim): State<Arc<Shared>>, Path(raw): Path<String>) -> Response {
+    let Ok(id) = raw.parse::<i64>() else {
+        return not_found("segment", &raw);
     };
     let st = sim.lock();
     match find_by_id(&st.segments, id) {
@@ -68,10 +67,9 @@ async fn get_segment(State(sim): State<Arc<Shared>>, Path(id): Path<String>) -> 
     }
 }
 
-async fn customer_count(State(sim): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id, "segment") {
-        Ok(id) => id,
-        Err(response) => return response,
+async fn customer_count(State(sim): State<Arc<Shared>>, Path(raw): Path<String>) -> Response {
+    let Ok(id) = raw.parse::<i64>() else {
+        return not_found("segment", &raw);
     };
     let st = sim.lock();
     let members = st.membership.get(&id).map(Vec::len);
@@ -86,12 +84,11 @@ async fn customer_count(State(sim): State<Arc<Shared>>, Path(id): Path<String>) 
 
 async fn membership(
     State(sim): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    Path(raw): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let id = match parse_id(&id, "segment") {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Ok(id) = raw.parse::<i64>() else {
+        return not_found("segment", &raw);
     };
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None => MEMBERSHIP_DEFAULT_LIMIT,
@@ -156,10 +153,9 @@ async fn list_campaigns(State(sim): State<Arc<Shared>>) -> Response {
     respond::json(200, json!({ "campaigns": list_or_null(campaigns) }))
 }
 
-async fn get_campaign(State(sim): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id, "campaign") {
-        Ok(id) => id,
-        Err(response) => return response,
+async fn get_campaign(State(sim): State<Arc<Shared>>, Path(raw): Path<String>) -> Response {
+    let Ok(id) = raw.parse::<i64>() else {
+        return not_found("campaign", &raw);
     };
     let st = sim.lock();
     match find_by_id(&st.campaigns, id) {
@@ -170,12 +166,11 @@ async fn get_campaign(State(sim): State<Arc<Shared>>, Path(id): Path<String>) ->
 
 async fn campaign_metrics(
     State(sim): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    Path(raw): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let id = match parse_id(&id, "campaign") {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Ok(id) = raw.parse::<i64>() else {
+        return not_found("campaign", &raw);
     };
     if let Some(period) = query.get("period")
         && !matches!(period.as_str(), "hours" | "days" | "weeks" | "months")

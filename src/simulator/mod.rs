@@ -319,9 +319,13 @@ impl Simulator {
         self.shared.lock().dups.clone()
     }
 
-    /// Every request answered so far (including faults; dropped connections have status 0).
+    /// Every request answered so far, in arrival order (including faults; dropped connections
+    /// have status 0). Requests still in flight are not listed yet.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.shared.lock().requests.clone()
+        let mut requests = self.shared.lock().requests.clone();
+        // Stored in completion order; concurrent requests with latency finish out of order.
+        requests.sort_by_key(|r| r.at);
+        requests
     }
 
     /// Adds a rule rejecting items / calls for one `identifiers.id`.

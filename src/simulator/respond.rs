@@ -26,7 +26,12 @@ pub(crate) fn v1_error(status: u16, message: impl Into<String>) -> Response {
 }
 
 /// v2 whole-request error: `{"errors":[{"reason","field","message"}]}`.
-pub(crate) fn v2_error(status: u16, reason: &str, field: &str, message: impl Into<String>) -> Response {
+pub(crate) fn v2_error(
+    status: u16,
+    reason: &str,
+    field: &str,
+    message: impl Into<String>,
+) -> Response {
     json(
         status,
         json!({"errors": [{"reason": reason, "field": field, "message": message.into()}]}),

@@ -41,7 +41,9 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking test thread must not take every later assertion down with it: the state
         // stays consistent between statements, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Checks `Authorization: Basic base64(site_id:track_api_key)`.
@@ -105,8 +107,15 @@ impl Bucket {
 
 /// A `RateLimitOnRequest` fault with its trigger turned into an absolute App request number.
 pub(crate) enum ArmedAppFault {
-    RateLimitAt { request_no: usize, retry_after_secs: u64 },
-    FailMembershipPage { segment_id: i64, page_start_offset: usize, status: u16 },
+    RateLimitAt {
+        request_no: usize,
+        retry_after_secs: u64,
+    },
+    FailMembershipPage {
+        segment_id: i64,
+        page_start_offset: usize,
+        status: u16,
+    },
 }
 
 /// What the gate decided before running the route.
@@ -114,7 +123,10 @@ pub(crate) enum Verdict {
     /// Close the connection without applying anything.
     DropBefore,
     /// Answer with this canned status (and `Retry-After` seconds when set).
-    Fail { status: u16, retry_after: Option<u64> },
+    Fail {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     /// Answer 401.
     Unauthorized,
     /// Answer 429 from the server-side limiter.
@@ -197,7 +209,10 @@ impl State {
 
     pub(crate) fn add_app_fault(&mut self, fault: AppFault) {
         let armed = match fault {
-            AppFault::RateLimitOnRequest { n, retry_after_secs } => ArmedAppFault::RateLimitAt {
+            AppFault::RateLimitOnRequest {
+                n,
+                retry_after_secs,
+            } => ArmedAppFault::RateLimitAt {
                 request_no: self.app_requests + n.max(1),
                 retry_after_secs,
             },
@@ -237,9 +252,9 @@ impl State {
         if is_app {
             self.app_requests += 1;
             let n = self.app_requests;
-            let hit = self.app_faults.iter().position(|f| {
-                matches!(f, ArmedAppFault::RateLimitAt { request_no, .. } if *request_no == n)
-            });
+            let hit = self.app_faults.iter().position(
+                |f| matches!(f, ArmedAppFault::RateLimitAt { request_no, .. } if *request_no == n),
+            );
             if let Some(i) = hit {
                 let fault = self.app_faults.remove(i);
                 if let ArmedAppFault::RateLimitAt {

@@ -17,13 +17,19 @@ async fn start() -> Simulator {
         .expect("simulator starts on 127.0.0.1:0")
 }
 
-fn track(c: &reqwest::Client, sim: &Simulator, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+fn track(
+    c: &reqwest::Client,
+    sim: &Simulator,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
     c.request(method, format!("{}{path}", sim.url()))
         .basic_auth("demo-site", Some("demo-track-key"))
 }
 
 fn app(c: &reqwest::Client, sim: &Simulator, path: &str) -> reqwest::RequestBuilder {
-    c.get(format!("{}{path}", sim.url())).bearer_auth("demo-app-key")
+    c.get(format!("{}{path}", sim.url()))
+        .bearer_auth("demo-app-key")
 }
 
 async fn batch(c: &reqwest::Client, sim: &Simulator, items: Value) -> (u16, Value) {
@@ -81,11 +87,17 @@ async fn both_apis_answer_401_without_the_right_credentials() {
         .unwrap();
     assert_eq!(region.status(), 200);
     let body: Value = region.json().await.unwrap();
-    assert_eq!(body, json!({"url": "https://track.customer.io", "region": "us", "environment_id": 1}));
+    assert_eq!(
+        body,
+        json!({"url": "https://track.customer.io", "region": "us", "environment_id": 1})
+    );
 
     let segments = app(&c, &sim, "/v1/segments").send().await.unwrap();
     assert_eq!(segments.status(), 200);
-    assert_eq!(segments.json::<Value>().await.unwrap(), json!({"segments": null}));
+    assert_eq!(
+        segments.json::<Value>().await.unwrap(),
+        json!({"segments": null})
+    );
 
     let seen: Vec<(u16, Api, bool)> = sim
         .requests()
@@ -111,11 +123,16 @@ async fn v1_and_v2_identify_and_event_record_the_same_operation() {
     let sim = start().await;
     let c = reqwest::Client::new();
 
-    let r = track(&c, &sim, reqwest::Method::PUT, "/api/v1/customers/user%2042")
-        .json(&json!({"email": "ann@example.com", "plan": "pro", "_timestamp": 1_717_171_717}))
-        .send()
-        .await
-        .unwrap();
+    let r = track(
+        &c,
+        &sim,
+        reqwest::Method::PUT,
+        "/api/v1/customers/user%2042",
+    )
+    .json(&json!({"email": "ann@example.com", "plan": "pro", "_timestamp": 1_717_171_717}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({}));
     let r = track(&c, &sim, reqwest::Method::POST, "/api/v1/customers/cio_a300/events")
@@ -142,12 +159,18 @@ async fn v1_and_v2_identify_and_event_record_the_same_operation() {
     assert_eq!(ops.len(), 4);
     assert_eq!(ops[0].transport, Transport::V1);
     assert_eq!(ops[2].transport, Transport::V2);
-    assert_eq!(ops[0].identifiers, BTreeMap::from([("id".to_owned(), "user 42".to_owned())]));
+    assert_eq!(
+        ops[0].identifiers,
+        BTreeMap::from([("id".to_owned(), "user 42".to_owned())])
+    );
     assert_eq!(ops[0].timestamp, Some(1_717_171_717));
     assert!(!ops[0].attributes.contains_key("_timestamp"));
     assert_same_op(&ops[0], &ops[2]);
 
-    assert_eq!(ops[1].identifiers, BTreeMap::from([("cio_id".to_owned(), "a300".to_owned())]));
+    assert_eq!(
+        ops[1].identifiers,
+        BTreeMap::from([("cio_id".to_owned(), "a300".to_owned())])
+    );
     assert_eq!(ops[1].name.as_deref(), Some("purchase"));
     let mut v2_event = ops[3].clone();
     v2_event.event_id = ops[1].event_id.clone();
@@ -183,17 +206,29 @@ async fn batch_item_failures_answer_207_with_their_batch_index() {
     assert_eq!(errors[0]["field"], "identifiers");
     assert_eq!(errors[1]["batch_index"], 2);
     assert_eq!(errors[1]["reason"], "invalid timestamp");
-    let applied: Vec<String> = sim.operations().iter().map(|o| o.identifiers["id"].clone()).collect();
+    let applied: Vec<String> = sim
+        .operations()
+        .iter()
+        .map(|o| o.identifiers["id"].clone())
+        .collect();
     assert_eq!(applied, ["1", "4"]);
 
     // The same rule on v1 is a 400 with the reason.
-    let r = track(&c, &sim, reqwest::Method::PUT, "/api/v1/customers/blocked-7")
-        .json(&json!({"a": 3}))
-        .send()
-        .await
-        .unwrap();
+    let r = track(
+        &c,
+        &sim,
+        reqwest::Method::PUT,
+        "/api/v1/customers/blocked-7",
+    )
+    .json(&json!({"a": 3}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"meta": {"errors": ["blocked by test"]}}));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"meta": {"errors": ["blocked by test"]}})
+    );
 
     // fail_batch_containing rejects the whole request and applies nothing.
     sim.fail_batch_containing("poison".into(), 400);
@@ -231,11 +266,17 @@ async fn oversized_batches_are_413_and_oversized_items_207() {
     let items: Vec<Value> = (0..56).map(big_item).collect();
     let (status, body) = batch(&c, &sim, Value::Array(items)).await;
     assert_eq!(status, 413);
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("500000"));
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("500000")
+    );
     assert!(sim.operations().is_empty());
 
-    let attributes: serde_json::Map<String, Value> =
-        (0..40).map(|i| (format!("a{i}"), json!("y".repeat(900)))).collect();
+    let attributes: serde_json::Map<String, Value> = (0..40)
+        .map(|i| (format!("a{i}"), json!("y".repeat(900))))
+        .collect();
     let (status, body) = batch(
         &c,
         &sim,
@@ -263,11 +304,16 @@ async fn an_already_accepted_event_id_is_a_duplicate_not_an_operation() {
     assert_eq!(batch(&c, &sim, json!([event.clone()])).await.0, 200);
     // Twice in one batch and once more via v1: all answered as success.
     assert_eq!(batch(&c, &sim, json!([event.clone(), event])).await.0, 200);
-    let r = track(&c, &sim, reqwest::Method::POST, "/api/v1/customers/42/events")
-        .json(&json!({"name": "paid", "id": ULID_A}))
-        .send()
-        .await
-        .unwrap();
+    let r = track(
+        &c,
+        &sim,
+        reqwest::Method::POST,
+        "/api/v1/customers/42/events",
+    )
+    .json(&json!({"name": "paid", "id": ULID_A}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
 
     assert_eq!(sim.operations().len(), 1);
@@ -276,11 +322,16 @@ async fn an_already_accepted_event_id_is_a_duplicate_not_an_operation() {
     assert!(dups.iter().all(|d| d.event_id.as_deref() == Some(ULID_A)));
 
     // Non-ULID ids are rejected outright.
-    let r = track(&c, &sim, reqwest::Method::POST, "/api/v1/customers/42/events")
-        .json(&json!({"name": "paid", "id": "order-1"}))
-        .send()
-        .await
-        .unwrap();
+    let r = track(
+        &c,
+        &sim,
+        reqwest::Method::POST,
+        "/api/v1/customers/42/events",
+    )
+    .json(&json!({"name": "paid", "id": "order-1"}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     sim.shutdown().await;
 }
@@ -339,14 +390,37 @@ async fn membership_pages_with_opaque_string_tokens_until_an_empty_or_null_next(
         assert_eq!(pages, [2, 2, 1]);
     }
 
-    let too_big = app(&c, &sim, "/v1/segments/8/membership?limit=30001").send().await.unwrap();
+    let too_big = app(&c, &sim, "/v1/segments/8/membership?limit=30001")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(too_big.status(), 400);
-    let count: Value = app(&c, &sim, "/v1/segments/8/customer_count").send().await.unwrap().json().await.unwrap();
+    let count: Value = app(&c, &sim, "/v1/segments/8/customer_count")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(count, json!({"count": 5, "segment_id": 8}));
-    assert_eq!(app(&c, &sim, "/v1/segments/99").send().await.unwrap().status(), 404);
+    assert_eq!(
+        app(&c, &sim, "/v1/segments/99")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
-    sim.app_fault(AppFault::FailMembershipPage { segment_id: 8, page_start_offset: 0, status: 500 });
-    let failed = app(&c, &sim, "/v1/segments/8/membership").send().await.unwrap();
+    sim.app_fault(AppFault::FailMembershipPage {
+        segment_id: 8,
+        page_start_offset: 0,
+        status: 500,
+    });
+    let failed = app(&c, &sim, "/v1/segments/8/membership")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(failed.status(), 500);
     sim.shutdown().await;
 }
@@ -376,24 +450,52 @@ async fn over_the_rate_limit_answers_429_with_retry_after() {
     assert_eq!(last.headers()["retry-after"], "3");
     let body: Value = last.json().await.unwrap();
     assert_eq!(body["errors"][0]["status"], "429");
-    assert!(body["errors"][0]["detail"].as_str().unwrap().starts_with("rate limited"));
+    assert!(
+        body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate limited")
+    );
     assert_eq!(sim.operations().len(), 2);
 
     // Deterministic faults: fail_next on Track and the n-th App request.
     sim.set_faults(Faults::default());
     sim.fail_next(1, 503, Some(2));
-    let r = track(&c, &sim, reqwest::Method::DELETE, "/api/v1/customers/1").send().await.unwrap();
+    let r = track(&c, &sim, reqwest::Method::DELETE, "/api/v1/customers/1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "2");
-    let r = track(&c, &sim, reqwest::Method::DELETE, "/api/v1/customers/1").send().await.unwrap();
+    let r = track(&c, &sim, reqwest::Method::DELETE, "/api/v1/customers/1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
-    sim.app_fault(AppFault::RateLimitOnRequest { n: 2, retry_after_secs: 1 });
-    assert_eq!(app(&c, &sim, "/v1/campaigns").send().await.unwrap().status(), 200);
+    sim.app_fault(AppFault::RateLimitOnRequest {
+        n: 2,
+        retry_after_secs: 1,
+    });
+    assert_eq!(
+        app(&c, &sim, "/v1/campaigns")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let limited = app(&c, &sim, "/v1/campaigns").send().await.unwrap();
     assert_eq!(limited.status(), 429);
     assert_eq!(limited.headers()["retry-after"], "1");
-    assert_eq!(app(&c, &sim, "/v1/campaigns").send().await.unwrap().status(), 200);
+    assert_eq!(
+        app(&c, &sim, "/v1/campaigns")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     sim.shutdown().await;
 }
 
@@ -431,7 +533,10 @@ async fn a_dropped_connection_is_a_transport_error() {
 
     // The same client recovers on a fresh connection.
     sim.set_faults(Faults::default());
-    let r = track(&c, &sim, reqwest::Method::PUT, "/api/v1/customers/3").send().await.unwrap();
+    let r = track(&c, &sim, reqwest::Method::PUT, "/api/v1/customers/3")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(sim.operations().len(), 2);
     sim.shutdown().await;
@@ -451,7 +556,15 @@ async fn random_5xx_faults_are_seeded_and_apply_nothing() {
         sim.set_faults(faults.clone());
         let mut statuses = Vec::new();
         for _ in 0..20 {
-            let r = track(&c, &sim, reqwest::Method::POST, "/api/v1/customers/1/suppress").send().await.unwrap();
+            let r = track(
+                &c,
+                &sim,
+                reqwest::Method::POST,
+                "/api/v1/customers/1/suppress",
+            )
+            .send()
+            .await
+            .unwrap();
             statuses.push(r.status().as_u16());
         }
         runs.push(statuses);
@@ -468,10 +581,15 @@ async fn random_5xx_faults_are_seeded_and_apply_nothing() {
 async fn campaigns_metrics_and_manual_segment_changes() {
     let sim = start().await;
     let c = reqwest::Client::new();
-    sim.set_campaigns(vec![json!({"id": 5, "name": "Welcome", "state": "running"})]);
+    sim.set_campaigns(vec![
+        json!({"id": 5, "name": "Welcome", "state": "running"}),
+    ]);
     sim.set_campaign_metrics(
         5,
-        BTreeMap::from([("sent".to_owned(), vec![1, 2, 3, 4]), ("opened".to_owned(), vec![0, 1])]),
+        BTreeMap::from([
+            ("sent".to_owned(), vec![1, 2, 3, 4]),
+            ("opened".to_owned(), vec![0, 1]),
+        ]),
     );
     let body: Value = app(&c, &sim, "/v1/campaigns/5/metrics?period=days&steps=1")
         .send()
@@ -480,28 +598,60 @@ async fn campaigns_metrics_and_manual_segment_changes() {
         .json()
         .await
         .unwrap();
-    assert_eq!(body, json!({"metric": {"series": {"opened": [0, 1], "sent": [3, 4]}}}));
-    let body: Value = app(&c, &sim, "/v1/campaigns/5").send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"metric": {"series": {"opened": [0, 1], "sent": [3, 4]}}})
+    );
+    let body: Value = app(&c, &sim, "/v1/campaigns/5")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["campaign"]["name"], "Welcome");
-    assert_eq!(app(&c, &sim, "/v1/campaigns/6").send().await.unwrap().status(), 404);
+    assert_eq!(
+        app(&c, &sim, "/v1/campaigns/6")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
-    let r = track(&c, &sim, reqwest::Method::POST, "/api/v1/segments/3/add_customers")
-        .query(&[("id_type", "email")])
-        .json(&json!({"ids": ["a@x.com", "b@x.com"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = track(
+        &c,
+        &sim,
+        reqwest::Method::POST,
+        "/api/v1/segments/3/add_customers",
+    )
+    .query(&[("id_type", "email")])
+    .json(&json!({"ids": ["a@x.com", "b@x.com"]}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
-    let r = track(&c, &sim, reqwest::Method::POST, "/api/v1/segments/3/remove_customers")
-        .json(&json!({"ids": ["9"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = track(
+        &c,
+        &sim,
+        reqwest::Method::POST,
+        "/api/v1/segments/3/remove_customers",
+    )
+    .json(&json!({"ids": ["9"]}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
         sim.segment_members_added(),
-        [(3, "email".to_owned(), "a@x.com".to_owned()), (3, "email".to_owned(), "b@x.com".to_owned())]
+        [
+            (3, "email".to_owned(), "a@x.com".to_owned()),
+            (3, "email".to_owned(), "b@x.com".to_owned())
+        ]
     );
-    assert_eq!(sim.segment_members_removed(), [(3, "id".to_owned(), "9".to_owned())]);
+    assert_eq!(
+        sim.segment_members_removed(),
+        [(3, "id".to_owned(), "9".to_owned())]
+    );
     sim.shutdown().await;
 }

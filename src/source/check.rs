@@ -9,16 +9,23 @@ use crate::config::{JobKind, JobSpec};
 use crate::mapping::Mapper;
 
 pub async fn check_job(job: &JobSpec) -> Result<(), String> {
-    let JobKind::Push(push) = &job.kind else { return Ok(()) };
+    let JobKind::Push(push) = &job.kind else {
+        return Ok(());
+    };
     let cancel = CancellationToken::new();
     let columns = match &push.source {
-        crate::config::SourceSpec::Sql(sql) => super::sql::probe_columns(sql, &job.name).await.map_err(|e| format!("job `{}`: {e}", job.name))?,
+        crate::config::SourceSpec::Sql(sql) => super::sql::probe_columns(sql, &job.name)
+            .await
+            .map_err(|e| format!("job `{}`: {e}", job.name))?,
         spec => {
-            let stream = super::open(spec, &job.name, None, cancel.clone()).await.map_err(|e| format!("job `{}`: {e}", job.name))?;
+            let stream = super::open(spec, &job.name, None, cancel.clone())
+                .await
+                .map_err(|e| format!("job `{}`: {e}", job.name))?;
             cancel.cancel();
             stream.columns.to_vec()
         }
     };
-    Mapper::new(&job.name, &push.mapping, &columns).map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
+    Mapper::new(&job.name, &push.mapping, &columns)
+        .map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
     Ok(())
 }

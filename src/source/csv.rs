@@ -42,7 +42,9 @@ impl FileFingerprint {
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
         let mut head = Vec::with_capacity(HEAD_BYTES);
-        File::open(path)?.take(HEAD_BYTES as u64).read_to_end(&mut head)?;
+        File::open(path)?
+            .take(HEAD_BYTES as u64)
+            .read_to_end(&mut head)?;
         Ok(Self {
             path: path.display().to_string(),
             size: meta.len(),
@@ -62,7 +64,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn is_gzip(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
 fn builder(cfg: &CsvSection) -> csv::ReaderBuilder {
@@ -72,7 +76,11 @@ fn builder(cfg: &CsvSection) -> csv::ReaderBuilder {
         .double_quote(cfg.double_quote)
         .escape(cfg.escape.map(|c| c as u8))
         .quoting(cfg.quoting)
-        .trim(if cfg.trim { csv::Trim::All } else { csv::Trim::None })
+        .trim(if cfg.trim {
+            csv::Trim::All
+        } else {
+            csv::Trim::None
+        })
         // Records with the wrong number of fields are reported per row, not as a fatal error.
         .flexible(true);
     b
@@ -82,7 +90,8 @@ fn builder(cfg: &CsvSection) -> csv::ReaderBuilder {
 fn open_at(path: &Path, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
     let mut file = File::open(path)?;
     if is_gzip(path) {
-        let mut decoder = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, file));
+        let mut decoder =
+            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, file));
         // A gzip stream cannot seek: decompress and discard up to the checkpoint.
         std::io::copy(&mut (&mut decoder).take(offset), &mut std::io::sink())?;
         Ok(Box::new(decoder))
@@ -104,13 +113,29 @@ pub async fn open(
     // Opening touches the disk: keep it off the async workers.
     let opened = tokio::task::spawn_blocking(move || prepare(&cfg, checkpoint.as_ref()))
         .await
-        .map_err(|e| SourceError::Read { path: describe.clone(), line: 0, message: e.to_string() })??;
+        .map_err(|e| SourceError::Read {
+            path: describe.clone(),
+            line: 0,
+            message: e.to_string(),
+        })??;
     let (tx, rx) = mpsc::channel(ROW_CHANNEL);
-    let Prepared { columns, fingerprint, start, reader, cfg_path } = opened;
-    let resumed_at = (start.row > 0).then(|| ResumePoint::Csv { byte: start.byte, line: start.line, row: start.row });
+    let Prepared {
+        columns,
+        fingerprint,
+        start,
+        reader,
+        cfg_path,
+    } = opened;
+    let resumed_at = (start.row > 0).then(|| ResumePoint::Csv {
+        byte: start.byte,
+        line: start.line,
+        row: start.row,
+    });
     let identity = serde_json::to_value(&fingerprint).unwrap_or_default();
     let ncols = columns.len();
-    tokio::task::spawn_blocking(move || read_rows(reader, cfg_path, fingerprint, start, ncols, tx, cancel));
+    tokio::task::spawn_blocking(move || {
+        read_rows(reader, cfg_path, fingerprint, start, ncols, tx, cancel)
+    });
     Ok(SourceStream {
         columns: Arc::new(columns),
         identity,
@@ -138,28 +163,53 @@ struct Prepared {
 fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared, SourceError> {
     let path = &cfg.path;
     let shown = path.display().to_string();
-    let open_err = |source| SourceError::Open { path: shown.clone(), source };
+    let open_err = |source| SourceError::Open {
+        path: shown.clone(),
+        source,
+    };
     let fingerprint = FileFingerprint::of(path).map_err(open_err)?;
 
     // The header, always from the top of the file.
-    let mut head = builder(cfg).has_headers(true).from_reader(open_at(path, 0).map_err(open_err)?);
+    let mut head = builder(cfg)
+        .has_headers(true)
+        .from_reader(open_at(path, 0).map_err(open_err)?);
     let columns: Vec<String> = head
         .headers()
-        .map_err(|e| SourceError::Header { path: shown.clone(), message: e.to_string() })?
+        .map_err(|e| SourceError::Header {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?
         .iter()
         .map(|h| h.trim_start_matches('\u{feff}').to_string())
         .collect();
     if columns.is_empty() || columns.iter().all(|c| c.is_empty()) {
-        return Err(SourceError::Header { path: shown, message: "the file is empty; the first line must name the columns".into() });
+        return Err(SourceError::Header {
+            path: shown,
+            message: "the file is empty; the first line must name the columns".into(),
+        });
     }
-    let data_start = Start { byte: head.position().byte(), line: head.position().line(), row: 0 };
+    let data_start = Start {
+        byte: head.position().byte(),
+        line: head.position().line(),
+        row: 0,
+    };
     drop(head);
 
     let start = match checkpoint {
-        Some(Checkpoint { source, resume: ResumePoint::Csv { byte, line, row }, .. })
-            if serde_json::from_value::<FileFingerprint>(source.clone()).ok().as_ref() == Some(&fingerprint) =>
+        Some(Checkpoint {
+            source,
+            resume: ResumePoint::Csv { byte, line, row },
+            ..
+        }) if serde_json::from_value::<FileFingerprint>(source.clone())
+            .ok()
+            .as_ref()
+            == Some(&fingerprint) =>
         {
-            Start { byte: *byte, line: *line, row: *row }
+            Start {
+                byte: *byte,
+                line: *line,
+                row: *row,
+            }
         }
         Some(_) => {
             tracing::info!(file = %shown, "The file changed since the last checkpoint; reading it from the start.");
@@ -167,8 +217,16 @@ fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared
         }
         None => data_start,
     };
-    let reader = builder(cfg).has_headers(false).from_reader(open_at(path, start.byte).map_err(open_err)?);
-    Ok(Prepared { columns, fingerprint, start, reader, cfg_path: path.clone() })
+    let reader = builder(cfg)
+        .has_headers(false)
+        .from_reader(open_at(path, start.byte).map_err(open_err)?);
+    Ok(Prepared {
+        columns,
+        fingerprint,
+        start,
+        reader,
+        cfg_path: path.clone(),
+    })
 }
 
 fn read_rows(
@@ -200,7 +258,9 @@ fn read_rows(
                     row,
                 };
                 let values = decode(&record, ncols);
-                let raw = values.is_err().then(|| String::from_utf8_lossy(&join(&record)).into_owned());
+                let raw = values
+                    .is_err()
+                    .then(|| String::from_utf8_lossy(&join(&record)).into_owned());
                 let item = SourceRow {
                     line: rec_line,
                     row_ref: format!("{}#L{}", fingerprint.short(), rec_line),
@@ -214,7 +274,11 @@ fn read_rows(
             }
             Err(e) => {
                 let line = e.position().map(|p| p.line() + start.line - 1).unwrap_or(0);
-                let _ = tx.blocking_send(Err(SourceError::Read { path: shown, line, message: e.to_string() }));
+                let _ = tx.blocking_send(Err(SourceError::Read {
+                    path: shown,
+                    line,
+                    message: e.to_string(),
+                }));
                 return;
             }
         }
@@ -234,7 +298,10 @@ fn join(record: &csv::ByteRecord) -> Vec<u8> {
 
 fn decode(record: &csv::ByteRecord, ncols: usize) -> Result<Vec<Value>, String> {
     if record.len() != ncols {
-        return Err(format!("has {} fields, but the header has {ncols}", record.len()));
+        return Err(format!(
+            "has {} fields, but the header has {ncols}",
+            record.len()
+        ));
     }
     record
         .iter()
@@ -242,7 +309,12 @@ fn decode(record: &csv::ByteRecord, ncols: usize) -> Result<Vec<Value>, String> 
         .map(|(i, f)| {
             std::str::from_utf8(f)
                 .map(|s| Value::Text(s.to_string()))
-                .map_err(|e| format!("field {} is not valid UTF-8 ({e}); re-export the file as UTF-8", i + 1))
+                .map_err(|e| {
+                    format!(
+                        "field {} is not valid UTF-8 ({e}); re-export the file as UTF-8",
+                        i + 1
+                    )
+                })
         })
         .collect()
 }
@@ -273,7 +345,12 @@ mod tests {
     }
 
     fn text(r: &SourceRow) -> Vec<String> {
-        r.values.as_ref().unwrap().iter().map(|v| v.to_text().unwrap_or_default()).collect()
+        r.values
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_text().unwrap_or_default())
+            .collect()
     }
 
     #[tokio::test]
@@ -281,9 +358,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.csv");
         let mut f = File::create(&p).unwrap();
-        f.write_all(b"\xEF\xBB\xBFid,name\n1,\"Ann, \"\"A\"\"\"\n2\n3,\"multi\nline\"\n4,\xff\n5,e\n").unwrap();
+        f.write_all(
+            b"\xEF\xBB\xBFid,name\n1,\"Ann, \"\"A\"\"\"\n2\n3,\"multi\nline\"\n4,\xff\n5,e\n",
+        )
+        .unwrap();
         drop(f);
-        let mut s = open(&cfg(&p), None, CancellationToken::new()).await.unwrap();
+        let mut s = open(&cfg(&p), None, CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(*s.columns, vec!["id".to_string(), "name".to_string()]);
         let rows = collect(&mut s).await;
         assert_eq!(rows.len(), 5);
@@ -305,18 +387,32 @@ mod tests {
             let body: String = std::iter::once("id,v\n".to_string())
                 .chain((1..=100).map(|i| format!("{i},x{i}\n")))
                 .collect();
-            if gz {
-                let mut e = flate2::write::GzEncoder::new(File::create(&p).unwrap(), flate2::Compression::fast());
-                e.write_all(body.as_bytes()).unwrap();
-                e.finish().unwrap();
-            } else {
-                std::fs::write(&p, &body).unwrap();
-            }
-            let mut s = open(&cfg(&p), None, CancellationToken::new()).await.unwrap();
+            let write = |body: &str| {
+                if gz {
+                    let mut e = flate2::write::GzEncoder::new(
+                        File::create(&p).unwrap(),
+                        flate2::Compression::fast(),
+                    );
+                    e.write_all(body.as_bytes()).unwrap();
+                    e.finish().unwrap();
+                } else {
+                    std::fs::write(&p, body).unwrap();
+                }
+            };
+            write(&body);
+            let mut s = open(&cfg(&p), None, CancellationToken::new())
+                .await
+                .unwrap();
             let rows = collect(&mut s).await;
             assert_eq!(rows.len(), 100);
-            let cp = Checkpoint { source: s.identity.clone(), resume: rows[41].resume.clone(), complete: false };
-            let mut s2 = open(&cfg(&p), Some(&cp), CancellationToken::new()).await.unwrap();
+            let cp = Checkpoint {
+                source: s.identity.clone(),
+                resume: rows[41].resume.clone(),
+                complete: false,
+            };
+            let mut s2 = open(&cfg(&p), Some(&cp), CancellationToken::new())
+                .await
+                .unwrap();
             let rest = collect(&mut s2).await;
             assert_eq!(rest.len(), 58, "gz={gz}");
             assert_eq!(text(&rest[0]), vec!["43", "x43"]);
@@ -324,8 +420,10 @@ mod tests {
             assert_eq!(rest[0].resume, rows[42].resume);
 
             // A different file at the same path starts over.
-            std::fs::write(&p, "id,v\n1,y\n").unwrap();
-            let mut s3 = open(&cfg(&p), Some(&cp), CancellationToken::new()).await.unwrap();
+            write("id,v\n1,y\n");
+            let mut s3 = open(&cfg(&p), Some(&cp), CancellationToken::new())
+                .await
+                .unwrap();
             assert_eq!(collect(&mut s3).await.len(), 1);
         }
     }

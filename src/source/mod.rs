@@ -45,7 +45,9 @@ impl Value {
             Value::Null => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or(J::Null),
             Value::Decimal(d) => d
                 .parse::<f64>()
                 .ok()
@@ -55,7 +57,9 @@ impl Value {
                 .unwrap_or_else(|| J::String(d.clone())),
             Value::Text(s) => J::String(s.clone()),
             Value::Json(v) => v.clone(),
-            Value::Timestamp(t) => J::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            Value::Timestamp(t) => {
+                J::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }
             Value::Date(d) => J::String(d.to_string()),
             Value::Time(t) => J::String(t.to_string()),
         }
@@ -156,13 +160,23 @@ pub enum SourceError {
         source: std::io::Error,
     },
     #[error("{path}: cannot read line {line}: {message}")]
-    Read { path: String, line: u64, message: String },
+    Read {
+        path: String,
+        line: u64,
+        message: String,
+    },
     #[error("{path}: the header row is missing or unreadable: {message}")]
     Header { path: String, message: String },
     #[error("{describe}: {message}")]
     Database { describe: String, message: String },
-    #[error("{describe}: column `{column}` has type {db_type}, which cio-sync cannot read; cast it in the query (e.g. `{column}::text`)")]
-    UnsupportedType { describe: String, column: String, db_type: String },
+    #[error(
+        "{describe}: column `{column}` has type {db_type}, which cio-sync cannot read; cast it in the query (e.g. `{column}::text`)"
+    )]
+    UnsupportedType {
+        describe: String,
+        column: String,
+        db_type: String,
+    },
 }
 
 /// Channel depth between a source and the pipeline: enough to keep the mapper busy, small

@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use super::{ResumePoint, SourceRow, SourceStream, Value};
 use crate::state::StoredDeadLetter;
 
-pub fn from_dead_letters(letters: Vec<StoredDeadLetter>, describe: String, cancel: CancellationToken) -> SourceStream {
+pub fn from_dead_letters(
+    letters: Vec<StoredDeadLetter>,
+    describe: String,
+    cancel: CancellationToken,
+) -> SourceStream {
     let mut columns: Vec<String> = Vec::new();
     for l in &letters {
         if let serde_json::Value::Object(map) = &l.row_data
@@ -33,9 +37,10 @@ pub fn from_dead_letters(letters: Vec<StoredDeadLetter>, describe: String, cance
                 return;
             }
             let values = match &l.row_data {
-                serde_json::Value::Object(map) if !is_raw(map) => {
-                    Ok(cols.iter().map(|c| map.get(c).map(from_json).unwrap_or(Value::Null)).collect())
-                }
+                serde_json::Value::Object(map) if !is_raw(map) => Ok(cols
+                    .iter()
+                    .map(|c| map.get(c).map(from_json).unwrap_or(Value::Null))
+                    .collect()),
                 _ => Err(format!(
                     "this record could not be read from the source ({}); correct it in the source and run the job again, then purge it",
                     l.reason
@@ -45,7 +50,11 @@ pub fn from_dead_letters(letters: Vec<StoredDeadLetter>, describe: String, cance
             let row = SourceRow {
                 line: l.line.unwrap_or(0).max(0) as u64,
                 row_ref: l.row_ref,
-                resume: ResumePoint::Csv { byte: 0, line: 0, row: i as u64 + 1 },
+                resume: ResumePoint::Csv {
+                    byte: 0,
+                    line: 0,
+                    row: i as u64 + 1,
+                },
                 values,
                 raw,
             };
@@ -72,7 +81,10 @@ fn from_json(v: &serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => n.as_i64().map(Value::Int).unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0))),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0))),
         serde_json::Value::String(s) => Value::Text(s.clone()),
         other => Value::Json(other.clone()),
     }

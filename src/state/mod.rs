@@ -33,13 +33,23 @@ pub enum StateError {
     #[error("migrating the state database {url} failed: {message}")]
     Migrate { url: String, message: String },
     #[error("state database: {what} ({table}) failed: {message}")]
-    Query { what: &'static str, table: &'static str, message: String },
-    #[error("state database: the stored checkpoint of job `{job}` cannot be read ({message}); reset it with `cio-sync run {job} --full`")]
+    Query {
+        what: &'static str,
+        table: &'static str,
+        message: String,
+    },
+    #[error(
+        "state database: the stored checkpoint of job `{job}` cannot be read ({message}); reset it with `cio-sync run {job} --full`"
+    )]
     BadCheckpoint { job: String, message: String },
 }
 
 fn q(what: &'static str, table: &'static str) -> impl FnOnce(sqlx::Error) -> StateError {
-    move |e| StateError::Query { what, table, message: e.to_string() }
+    move |e| StateError::Query {
+        what,
+        table,
+        message: e.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,20 +60,37 @@ pub enum Backend {
 
 /// Connects to a database for cio-sync's own tables (state, or a pull job's target) and
 /// brings its schema up to date.
-pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<(AnyPool, Backend), StateError> {
+pub async fn connect(
+    url: &DatabaseUrl,
+    max_connections: u32,
+) -> Result<(AnyPool, Backend), StateError> {
     sqlx::any::install_default_drivers();
     let shown = url.masked();
     let (backend, conn_url) = match url.scheme().as_str() {
         "sqlite" => {
-            let path = url.expose().trim_start_matches("sqlite://").split('?').next().unwrap_or_default();
-            if !path.is_empty() && path != ":memory:" {
-                if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|source| StateError::CreateDir { path: dir.display().to_string(), source })?;
-                }
+            let path = url
+                .expose()
+                .trim_start_matches("sqlite://")
+                .split('?')
+                .next()
+                .unwrap_or_default();
+            if !path.is_empty()
+                && path != ":memory:"
+                && let Some(dir) = Path::new(path)
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
             }
             let sep = if url.expose().contains('?') { '&' } else { '?' };
-            let u = if url.expose().contains("mode=") { url.expose().to_string() } else { format!("{}{sep}mode=rwc", url.expose()) };
+            let u = if url.expose().contains("mode=") {
+                url.expose().to_string()
+            } else {
+                format!("{}{sep}mode=rwc", url.expose())
+            };
             (Backend::Sqlite, u)
         }
         "postgres" | "postgresql" => (Backend::Postgres, url.expose().to_string()),
@@ -75,7 +102,11 @@ pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<(AnyPool
         }
     };
     let mut opts = AnyPoolOptions::new()
-        .max_connections(if backend == Backend::Sqlite { 1 } else { max_connections })
+        .max_connections(if backend == Backend::Sqlite {
+            1
+        } else {
+            max_connections
+        })
         .acquire_timeout(std::time::Duration::from_secs(30));
     if backend == Backend::Sqlite {
         opts = opts.after_connect(|conn, _| {
@@ -91,12 +122,18 @@ pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<(AnyPool
     let pool = opts
         .connect(&conn_url)
         .await
-        .map_err(|e| StateError::Open { url: shown.clone(), message: e.to_string() })?;
+        .map_err(|e| StateError::Open {
+            url: shown.clone(),
+            message: e.to_string(),
+        })?;
     let migrator = match backend {
         Backend::Sqlite => &SQLITE_MIGRATIONS,
         Backend::Postgres => &POSTGRES_MIGRATIONS,
     };
-    migrator.run(&pool).await.map_err(|e| StateError::Migrate { url: shown, message: e.to_string() })?;
+    migrator.run(&pool).await.map_err(|e| StateError::Migrate {
+        url: shown,
+        message: e.to_string(),
+    })?;
     Ok((pool, backend))
 }
 
@@ -113,7 +150,9 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore").field("url", &self.url).finish()
+        f.debug_struct("StateStore")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -210,7 +249,11 @@ pub struct CheckpointRecord {
 impl StateStore {
     pub async fn open(url: &DatabaseUrl) -> Result<Self, StateError> {
         let (pool, backend) = connect(url, 8).await?;
-        Ok(Self { pool, backend, url: url.clone() })
+        Ok(Self {
+            pool,
+            backend,
+            url: url.clone(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -230,7 +273,11 @@ impl StateStore {
     pub async fn start_run(&self, job: &str, kind: &str) -> Result<String, StateError> {
         let id = ulid::Ulid::generate().to_string();
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(q("starting a run", "runs"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("starting a run", "runs"))?;
         sqlx::query("UPDATE runs SET outcome = 'aborted', finished_at = $1, error = 'the process stopped before the run finished (killed or crashed); the next run resumed from its checkpoint' WHERE job = $2 AND outcome = 'running'")
             .bind(now)
             .bind(job)
@@ -256,10 +303,15 @@ impl StateStore {
             .await
             .map_err(q("reading the checkpoint", "checkpoints"))?;
         let Some(row) = row else { return Ok(None) };
-        let text: String = row.try_get(0).map_err(q("reading the checkpoint", "checkpoints"))?;
+        let text: String = row
+            .try_get(0)
+            .map_err(q("reading the checkpoint", "checkpoints"))?;
         serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| StateError::BadCheckpoint { job: job.to_string(), message: e.to_string() })
+            .map_err(|e| StateError::BadCheckpoint {
+                job: job.to_string(),
+                message: e.to_string(),
+            })
     }
 
     pub async fn reset_checkpoint(&self, job: &str) -> Result<(), StateError> {
@@ -283,7 +335,11 @@ impl StateStore {
         counts: RunCounts,
     ) -> Result<(), StateError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(q("committing progress", "runs"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("committing progress", "runs"))?;
         // Dead letters that a retry delivered leave the table.
         for row_ref in resolved {
             sqlx::query("DELETE FROM dead_letters WHERE job = $1 AND row_ref = $2")
@@ -329,7 +385,9 @@ impl StateStore {
             .await
             .map_err(q("writing the checkpoint", "checkpoints"))?;
         }
-        tx.commit().await.map_err(q("committing progress", "runs"))?;
+        tx.commit()
+            .await
+            .map_err(q("committing progress", "runs"))?;
         Ok(())
     }
 
@@ -341,7 +399,11 @@ impl StateStore {
         counts: RunCounts,
         summary: Option<&serde_json::Value>,
     ) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await.map_err(q("finishing a run", "runs"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("finishing a run", "runs"))?;
         update_counts(&mut tx, run_id, counts).await?;
         sqlx::query("UPDATE runs SET outcome = $1, error = $2, finished_at = $3, summary = $4 WHERE id = $5")
             .bind(outcome.as_str())
@@ -368,14 +430,18 @@ impl StateStore {
         .fetch_all(&self.pool)
         .await
         .map_err(q("listing runs", "runs"))?;
-        rows.iter().map(run_record).collect::<Result<_, _>>().map_err(q("reading runs", "runs"))
+        rows.iter()
+            .map(run_record)
+            .collect::<Result<_, _>>()
+            .map_err(q("reading runs", "runs"))
     }
 
     pub async fn checkpoints(&self) -> Result<Vec<CheckpointRecord>, StateError> {
-        let rows = sqlx::query("SELECT job, position, run_id, updated_at FROM checkpoints ORDER BY job")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("listing checkpoints", "checkpoints"))?;
+        let rows =
+            sqlx::query("SELECT job, position, run_id, updated_at FROM checkpoints ORDER BY job")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("listing checkpoints", "checkpoints"))?;
         rows.iter()
             .map(|r| {
                 let pos: String = r.try_get(1)?;
@@ -390,7 +456,11 @@ impl StateStore {
             .map_err(q("reading checkpoints", "checkpoints"))
     }
 
-    pub async fn dead_letters(&self, job: &str, limit: i64) -> Result<Vec<StoredDeadLetter>, StateError> {
+    pub async fn dead_letters(
+        &self,
+        job: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredDeadLetter>, StateError> {
         let rows = sqlx::query(
             "SELECT id, job, source, row_ref, line, row_data, reason, stage, run_id, created_at, updated_at \
              FROM dead_letters WHERE job = $1 ORDER BY id LIMIT $2",
@@ -409,7 +479,8 @@ impl StateStore {
                     source: r.try_get(2)?,
                     row_ref: r.try_get(3)?,
                     line: r.try_get(4)?,
-                    row_data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+                    row_data: serde_json::from_str(&data)
+                        .unwrap_or(serde_json::Value::String(data)),
                     reason: r.try_get(6)?,
                     stage: r.try_get(7)?,
                     run_id: r.try_get(8)?,
@@ -427,11 +498,16 @@ impl StateStore {
             .fetch_one(&self.pool)
             .await
             .map_err(q("counting dead letters", "dead_letters"))?;
-        row.try_get(0).map_err(q("counting dead letters", "dead_letters"))
+        row.try_get(0)
+            .map_err(q("counting dead letters", "dead_letters"))
     }
 
     /// Deletes dead letters of a job: all of them, or those with the given ids.
-    pub async fn delete_dead_letters(&self, job: &str, ids: Option<&[i64]>) -> Result<u64, StateError> {
+    pub async fn delete_dead_letters(
+        &self,
+        job: &str,
+        ids: Option<&[i64]>,
+    ) -> Result<u64, StateError> {
         match ids {
             None => sqlx::query("DELETE FROM dead_letters WHERE job = $1")
                 .bind(job)
@@ -442,7 +518,11 @@ impl StateStore {
             Some(ids) => {
                 let mut n = 0;
                 for chunk in ids.chunks(500) {
-                    let mut tx = self.pool.begin().await.map_err(q("deleting dead letters", "dead_letters"))?;
+                    let mut tx = self
+                        .pool
+                        .begin()
+                        .await
+                        .map_err(q("deleting dead letters", "dead_letters"))?;
                     for id in chunk {
                         n += sqlx::query("DELETE FROM dead_letters WHERE job = $1 AND id = $2")
                             .bind(job)
@@ -452,7 +532,9 @@ impl StateStore {
                             .map_err(q("deleting dead letters", "dead_letters"))?
                             .rows_affected();
                     }
-                    tx.commit().await.map_err(q("deleting dead letters", "dead_letters"))?;
+                    tx.commit()
+                        .await
+                        .map_err(q("deleting dead letters", "dead_letters"))?;
                 }
                 Ok(n)
             }
@@ -461,7 +543,12 @@ impl StateStore {
 
     /// Takes (or renews) the job's lease so that replicas sharing this database never run
     /// the same job at once. Returns false when another holder's lease is still valid.
-    pub async fn try_lease(&self, job: &str, holder: &str, ttl_ms: i64) -> Result<bool, StateError> {
+    pub async fn try_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<bool, StateError> {
         let now = now_ms();
         let res = sqlx::query(
             "INSERT INTO job_leases (job, holder, expires_at) VALUES ($1, $2, $3) \
@@ -475,6 +562,39 @@ impl StateStore {
         .execute(&self.pool)
         .await
         .map_err(q("taking the job lease", "job_leases"))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// The current holder of a job's lease, if any.
+    pub async fn lease_holder(&self, job: &str) -> Result<Option<String>, StateError> {
+        let row = sqlx::query("SELECT holder FROM job_leases WHERE job = $1")
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading the job lease", "job_leases"))?;
+        row.map(|r| r.try_get(0))
+            .transpose()
+            .map_err(q("reading the job lease", "job_leases"))
+    }
+
+    /// Takes over a lease from `old` (a holder known to be dead); false if it changed hands.
+    pub async fn steal_lease(
+        &self,
+        job: &str,
+        old: &str,
+        new: &str,
+        ttl_ms: i64,
+    ) -> Result<bool, StateError> {
+        let res = sqlx::query(
+            "UPDATE job_leases SET holder = $1, expires_at = $2 WHERE job = $3 AND holder = $4",
+        )
+        .bind(new)
+        .bind(now_ms() + ttl_ms)
+        .bind(job)
+        .bind(old)
+        .execute(&self.pool)
+        .await
+        .map_err(q("taking over the job lease", "job_leases"))?;
         Ok(res.rows_affected() == 1)
     }
 

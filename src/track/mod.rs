@@ -69,7 +69,9 @@ pub enum TrackError {
     Unexpected(String),
     #[error("the HTTP client could not be built: {0}")]
     Client(String),
-    #[error("Track credentials are missing: set customerio.site_id and customerio.track_api_key in config.yaml (e.g. from ${{CIO_SITE_ID}} and ${{CIO_TRACK_API_KEY}})")]
+    #[error(
+        "Track credentials are missing: set customerio.site_id and customerio.track_api_key in config.yaml (e.g. from ${{CIO_SITE_ID}} and ${{CIO_TRACK_API_KEY}})"
+    )]
     MissingCredentials,
 }
 
@@ -115,7 +117,14 @@ impl TrackClient {
     ) -> Result<Self, TrackError> {
         let http = http::build_client(timeout).map_err(|e| TrackError::Client(e.to_string()))?;
         Ok(Self {
-            inner: Arc::new(Inner { http, base: base.trim_end_matches('/').to_string(), site_id, api_key, gate, policy }),
+            inner: Arc::new(Inner {
+                http,
+                base: base.trim_end_matches('/').to_string(),
+                site_id,
+                api_key,
+                gate,
+                policy,
+            }),
         })
     }
 
@@ -127,24 +136,46 @@ impl TrackClient {
         self.inner
             .http
             .request(method, format!("{}{}", self.inner.base, path))
-            .basic_auth(self.inner.site_id.expose(), Some(self.inner.api_key.expose()))
+            .basic_auth(
+                self.inner.site_id.expose(),
+                Some(self.inner.api_key.expose()),
+            )
     }
 
     /// The self-check: which region the credentials belong to.
-    pub async fn region(&self, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> Result<RegionInfo, TrackError> {
-        let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
-            self.request(reqwest::Method::GET, "/api/v1/accounts/region")
-        })
+    pub async fn region(
+        &self,
+        counters: &Arc<RunCounters>,
+        cancel: &CancellationToken,
+    ) -> Result<RegionInfo, TrackError> {
+        let resp = http::retry::send_with_retry(
+            &self.inner.gate,
+            &self.inner.policy,
+            counters,
+            cancel,
+            || self.request(reqwest::Method::GET, "/api/v1/accounts/region"),
+        )
         .await?;
         check_fatal(&resp)?;
         if resp.status != 200 {
-            return Err(TrackError::Unexpected(format!("HTTP {}: {}", resp.status, resp.body_excerpt())));
+            return Err(TrackError::Unexpected(format!(
+                "HTTP {}: {}",
+                resp.status,
+                resp.body_excerpt()
+            )));
         }
-        serde_json::from_slice(&resp.body).map_err(|e| TrackError::Unexpected(format!("region answer: {e}")))
+        serde_json::from_slice(&resp.body)
+            .map_err(|e| TrackError::Unexpected(format!("region answer: {e}")))
     }
 
     /// Sends one batch and reports what happened to each of its rows.
-    pub async fn send(&self, batch: &Batch, wire: Wire, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> BatchOutcome {
+    pub async fn send(
+        &self,
+        batch: &Batch,
+        wire: Wire,
+        counters: &Arc<RunCounters>,
+        cancel: &CancellationToken,
+    ) -> BatchOutcome {
         match wire {
             Wire::V2Batch => self.send_v2(batch, counters, cancel).await,
             Wire::Segment => self.send_segment(batch, counters, cancel).await,
@@ -152,14 +183,25 @@ impl TrackClient {
                 let mut rejected = Vec::new();
                 for (i, item) in batch.items.iter().enumerate() {
                     let req = request::v1(&item.mapped.op);
-                    let body = req.body.as_ref().map(|b| serde_json::to_vec(b).unwrap_or_default());
-                    let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
-                        let r = self.request(req.method.clone(), &req.path);
-                        match &body {
-                            Some(b) => r.header("content-type", "application/json").body(b.clone()),
-                            None => r,
-                        }
-                    })
+                    let body = req
+                        .body
+                        .as_ref()
+                        .map(|b| serde_json::to_vec(b).unwrap_or_default());
+                    let resp = http::retry::send_with_retry(
+                        &self.inner.gate,
+                        &self.inner.policy,
+                        counters,
+                        cancel,
+                        || {
+                            let r = self.request(req.method.clone(), &req.path);
+                            match &body {
+                                Some(b) => {
+                                    r.header("content-type", "application/json").body(b.clone())
+                                }
+                                None => r,
+                            }
+                        },
+                    )
                     .await;
                     match resp {
                         Err(e) => return BatchOutcome::Failed(e),
@@ -178,13 +220,24 @@ impl TrackClient {
         }
     }
 
-    async fn send_v2(&self, batch: &Batch, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> BatchOutcome {
+    async fn send_v2(
+        &self,
+        batch: &Batch,
+        counters: &Arc<RunCounters>,
+        cancel: &CancellationToken,
+    ) -> BatchOutcome {
         let body = bytes::Bytes::from(v2_body(batch));
-        let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
-            self.request(reqwest::Method::POST, "/api/v2/batch")
-                .header("content-type", "application/json")
-                .body(body.clone())
-        })
+        let resp = http::retry::send_with_retry(
+            &self.inner.gate,
+            &self.inner.policy,
+            counters,
+            cancel,
+            || {
+                self.request(reqwest::Method::POST, "/api/v2/batch")
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+        )
         .await;
         let resp = match resp {
             Ok(r) => r,
@@ -194,28 +247,52 @@ impl TrackClient {
             return BatchOutcome::Fatal(e);
         }
         match resp.status {
-            207 => BatchOutcome::Settled { rejected: partial_errors(&resp, batch.items.len()) },
-            200..=299 => BatchOutcome::Settled { rejected: Vec::new() },
+            207 => BatchOutcome::Settled {
+                rejected: partial_errors(&resp, batch.items.len()),
+            },
+            200..=299 => BatchOutcome::Settled {
+                rejected: Vec::new(),
+            },
             _ => {
                 // The whole request was refused (400, 413, 422, …): nothing was applied, and the
                 // same body would be refused again, so every row of it is dead-lettered.
-                let reason = format!("Customer.io rejected the whole batch: {}", rejection_reason(&resp));
-                BatchOutcome::Settled { rejected: (0..batch.items.len()).map(|i| (i, reason.clone())).collect() }
+                let reason = format!(
+                    "Customer.io rejected the whole batch: {}",
+                    rejection_reason(&resp)
+                );
+                BatchOutcome::Settled {
+                    rejected: (0..batch.items.len())
+                        .map(|i| (i, reason.clone()))
+                        .collect(),
+                }
             }
         }
     }
 
-    async fn send_segment(&self, batch: &Batch, counters: &Arc<RunCounters>, cancel: &CancellationToken) -> BatchOutcome {
+    async fn send_segment(
+        &self,
+        batch: &Batch,
+        counters: &Arc<RunCounters>,
+        cancel: &CancellationToken,
+    ) -> BatchOutcome {
         let Some(req) = request::segment(batch) else {
-            return BatchOutcome::Settled { rejected: Vec::new() };
+            return BatchOutcome::Settled {
+                rejected: Vec::new(),
+            };
         };
         let body = serde_json::to_vec(&req.body).unwrap_or_default();
-        let resp = http::retry::send_with_retry(&self.inner.gate, &self.inner.policy, counters, cancel, || {
-            self.request(reqwest::Method::POST, &req.path)
-                .query(&[("id_type", req.id_type)])
-                .header("content-type", "application/json")
-                .body(body.clone())
-        })
+        let resp = http::retry::send_with_retry(
+            &self.inner.gate,
+            &self.inner.policy,
+            counters,
+            cancel,
+            || {
+                self.request(reqwest::Method::POST, &req.path)
+                    .query(&[("id_type", req.id_type)])
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+        )
         .await;
         match resp {
             Err(e) => BatchOutcome::Failed(e),
@@ -224,10 +301,19 @@ impl TrackClient {
                     return BatchOutcome::Fatal(e);
                 }
                 if (200..300).contains(&resp.status) {
-                    BatchOutcome::Settled { rejected: Vec::new() }
+                    BatchOutcome::Settled {
+                        rejected: Vec::new(),
+                    }
                 } else {
-                    let reason = format!("Customer.io rejected the segment update: {}", rejection_reason(&resp));
-                    BatchOutcome::Settled { rejected: (0..batch.items.len()).map(|i| (i, reason.clone())).collect() }
+                    let reason = format!(
+                        "Customer.io rejected the segment update: {}",
+                        rejection_reason(&resp)
+                    );
+                    BatchOutcome::Settled {
+                        rejected: (0..batch.items.len())
+                            .map(|i| (i, reason.clone()))
+                            .collect(),
+                    }
                 }
             }
         }
@@ -237,8 +323,13 @@ impl TrackClient {
 /// 401/403 (credentials) and 3xx (wrong region) end the run.
 fn check_fatal(resp: &http::Response) -> Result<(), TrackError> {
     match resp.status {
-        401 | 403 => Err(TrackError::Unauthorized { status: resp.status }),
-        300..=399 => Err(TrackError::WrongRegion { status: resp.status, location: String::new() }),
+        401 | 403 => Err(TrackError::Unauthorized {
+            status: resp.status,
+        }),
+        300..=399 => Err(TrackError::WrongRegion {
+            status: resp.status,
+            location: String::new(),
+        }),
         _ => Ok(()),
     }
 }
@@ -250,7 +341,10 @@ pub fn rejection_reason(resp: &http::Response) -> String {
         if let Some(e) = v.pointer("/meta/error").and_then(|e| e.as_str()) {
             return Some(e.to_string());
         }
-        let list = v.pointer("/meta/errors").or_else(|| v.get("errors"))?.as_array()?;
+        let list = v
+            .pointer("/meta/errors")
+            .or_else(|| v.get("errors"))?
+            .as_array()?;
         let parts: Vec<String> = list
             .iter()
             .map(|e| match e {
@@ -267,7 +361,12 @@ pub fn rejection_reason(resp: &http::Response) -> String {
 fn describe_error_item(e: &serde_json::Value) -> String {
     let get = |k: &str| e.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
     let mut s = String::new();
-    for (k, label) in [("reason", ""), ("field", "field "), ("message", ""), ("detail", "")] {
+    for (k, label) in [
+        ("reason", ""),
+        ("field", "field "),
+        ("message", ""),
+        ("detail", ""),
+    ] {
         if let Some(v) = get(k) {
             if !s.is_empty() {
                 s.push_str(", ");
@@ -295,7 +394,12 @@ fn partial_errors(resp: &http::Response, len: usize) -> Vec<(usize, String)> {
         .iter()
         .filter_map(|e| {
             let i = e.get("batch_index")?.as_u64()? as usize;
-            (i < len).then(|| (i, format!("Customer.io rejected this item: {}", describe_error_item(e))))
+            (i < len).then(|| {
+                (
+                    i,
+                    format!("Customer.io rejected this item: {}", describe_error_item(e)),
+                )
+            })
         })
         .collect();
     out.sort_by_key(|(i, _)| *i);

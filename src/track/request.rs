@@ -12,7 +12,11 @@ use crate::config::IdentifierKind;
 use crate::mapping::{Action, Operation, Subject};
 
 /// Leave only RFC 3986 unreserved characters, like the official clients.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 pub struct V1Request {
     pub method: reqwest::Method,
@@ -31,11 +35,21 @@ pub fn path_identifier(kind: &IdentifierKind, value: &str) -> String {
 
 pub fn v1(op: &Operation) -> V1Request {
     let person = match &op.subject {
-        Subject::Person { kind, value } => Some(format!("/api/v1/customers/{}", path_identifier(kind, value))),
+        Subject::Person { kind, value } => Some(format!(
+            "/api/v1/customers/{}",
+            path_identifier(kind, value)
+        )),
         Subject::Anonymous(_) => None,
     };
     match (&op.action, person) {
-        (Action::Identify { attributes, timestamp, update_only }, Some(p)) => {
+        (
+            Action::Identify {
+                attributes,
+                timestamp,
+                update_only,
+            },
+            Some(p),
+        ) => {
             let mut body = attributes.clone();
             if let Some(t) = timestamp {
                 body.insert("_timestamp".into(), json!(t));
@@ -43,17 +57,33 @@ pub fn v1(op: &Operation) -> V1Request {
             if *update_only {
                 body.insert("_update".into(), json!(true));
             }
-            V1Request { method: reqwest::Method::PUT, path: p, body: Some(Value::Object(body)) }
+            V1Request {
+                method: reqwest::Method::PUT,
+                path: p,
+                body: Some(Value::Object(body)),
+            }
         }
-        (Action::Event { kind, name, id, timestamp, data }, person) => {
+        (
+            Action::Event {
+                kind,
+                name,
+                id,
+                timestamp,
+                data,
+            },
+            person,
+        ) => {
             let mut body = Map::new();
             body.insert("name".into(), json!(name));
             body.insert("id".into(), json!(id));
-            body.insert("type".into(), json!(match kind {
-                crate::config::raw::EventType::Event => "event",
-                crate::config::raw::EventType::Page => "page",
-                crate::config::raw::EventType::Screen => "screen",
-            }));
+            body.insert(
+                "type".into(),
+                json!(match kind {
+                    crate::config::raw::EventType::Event => "event",
+                    crate::config::raw::EventType::Page => "page",
+                    crate::config::raw::EventType::Screen => "screen",
+                }),
+            );
             if let Some(t) = timestamp {
                 body.insert("timestamp".into(), json!(t));
             }
@@ -66,10 +96,22 @@ pub fn v1(op: &Operation) -> V1Request {
                 }
                 (Subject::Person { .. }, None) => "/api/v1/events".to_string(),
             };
-            V1Request { method: reqwest::Method::POST, path, body: Some(Value::Object(body)) }
+            V1Request {
+                method: reqwest::Method::POST,
+                path,
+                body: Some(Value::Object(body)),
+            }
         }
-        (Action::Delete, Some(p)) => V1Request { method: reqwest::Method::DELETE, path: p, body: None },
-        (Action::Suppress, Some(p)) => V1Request { method: reqwest::Method::POST, path: format!("{p}/suppress"), body: None },
+        (Action::Delete, Some(p)) => V1Request {
+            method: reqwest::Method::DELETE,
+            path: p,
+            body: None,
+        },
+        (Action::Suppress, Some(p)) => V1Request {
+            method: reqwest::Method::POST,
+            path: format!("{p}/suppress"),
+            body: None,
+        },
         // Mapping never builds these for anonymous subjects; send nothing harmful if it did.
         (_, p) => V1Request {
             method: reqwest::Method::GET,
@@ -105,7 +147,11 @@ pub fn segment(batch: &Batch) -> Option<SegmentRequest> {
             Subject::Anonymous(_) => None,
         })
         .collect();
-    Some(SegmentRequest { path: format!("/api/v1/segments/{segment_id}/{verb}"), id_type, body: json!({ "ids": ids }) })
+    Some(SegmentRequest {
+        path: format!("/api/v1/segments/{segment_id}/{verb}"),
+        id_type,
+        body: json!({ "ids": ids }),
+    })
 }
 
 #[cfg(test)]
@@ -114,16 +160,28 @@ mod tests {
 
     #[test]
     fn path_identifiers_are_percent_encoded() {
-        assert_eq!(path_identifier(&IdentifierKind::Email, "a+b@c.com"), "a%2Bb%40c.com");
-        assert_eq!(path_identifier(&IdentifierKind::Id, "user 42/&x"), "user%2042%2F%26x");
+        assert_eq!(
+            path_identifier(&IdentifierKind::Email, "a+b@c.com"),
+            "a%2Bb%40c.com"
+        );
+        assert_eq!(
+            path_identifier(&IdentifierKind::Id, "user 42/&x"),
+            "user%2042%2F%26x"
+        );
         assert_eq!(path_identifier(&IdentifierKind::Id, "A-z_0.9~"), "A-z_0.9~");
-        assert_eq!(path_identifier(&IdentifierKind::CioId, "a3000001"), "cio_a3000001");
+        assert_eq!(
+            path_identifier(&IdentifierKind::CioId, "a3000001"),
+            "cio_a3000001"
+        );
     }
 
     #[test]
     fn identify_and_events_take_their_v1_shapes() {
         let op = Operation {
-            subject: Subject::Person { kind: IdentifierKind::Id, value: "42".into() },
+            subject: Subject::Person {
+                kind: IdentifierKind::Id,
+                value: "42".into(),
+            },
             action: Action::Identify {
                 attributes: [("plan".to_string(), json!("pro"))].into_iter().collect(),
                 timestamp: Some(1_717_171_717),

@@ -1,0 +1,129 @@
+//! Configuration: strict keys, regions, interpolation, validation through the real binary.
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn an_unknown_key_is_rejected_with_its_name_and_file() {
+    let env = TestEnv::new().await;
+    env.write_data("people.csv", &people_csv(1));
+    env.write_job("people", &format!("{PEOPLE_JOB}  atributes_typo: 1\n"));
+    let out = env.cli_output(&["validate"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("people.yaml"), "{err}");
+    assert!(err.contains("unknown field `atributes_typo`"), "{err}");
+    assert!(
+        err.contains("`identify.atributes_typo`"),
+        "the key's path is named: {err}"
+    );
+
+    // The same in config.yaml, and nothing is written by validating.
+    env.write_config("trak: {}\n");
+    let before: Vec<_> = walk(env.path());
+    let out = env.cli_output(&["validate"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("config.yaml: `trak`: unknown field `trak`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(before, walk(env.path()), "validate wrote nothing");
+}
+
+fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        out.push(e.path());
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn every_error_is_listed_with_file_and_key() {
+    let env = TestEnv::new().await;
+    env.write_job("a", "schedule: \"0 2 * * *\"\nsource: { csv: { path: x.csv } }\nidentify: { identifier: { id: a, email: b } }\n");
+    env.write_job(
+        "b",
+        "source: { csv: { path: x.csv } }\ntrack: { identifier: { id: a }, name: \"\" }\n",
+    );
+    let mut c = env.cli();
+    c.arg("validate").env_remove("CIO_TRACK_API_KEY");
+    let out = env.output_of(c).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "config.yaml: `customerio.track_api_key`: uses ${CIO_TRACK_API_KEY}, which is not set"
+        ),
+        "{err}"
+    );
+    let env2 = TestEnv::new().await;
+    env2.write_job("a", "schedule: \"0 2 * * *\"\nsource: { csv: { path: x.csv } }\nidentify: { identifier: { id: a, email: b } }\n");
+    env2.write_job(
+        "b",
+        "source: { csv: { path: x.csv } }\ntrack: { identifier: { id: a }, name: \"\" }\n",
+    );
+    let err = stderr(&env2.cli_output(&["validate"]).await);
+    assert!(
+        err.contains("a.yaml: `schedule`: `0 2 * * *` has 5 fields"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a.yaml: `identify.identifier`: set exactly one of"),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.yaml: `track.name`: an event name must be 1 to 100 bytes"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_eu_region_picks_the_eu_hosts() {
+    let env = TestEnv::new().await;
+    let text = "state: { url: \"sqlite://s.db\" }\ncustomerio: { region: eu, site_id: s, track_api_key: k, app_api_key: a }\n";
+    std::fs::write(env.config_path(), text).expect("write");
+    let settings =
+        cio_sync::config::load_settings(&env.config_path(), &TestEnv::env).expect("settings");
+    assert_eq!(
+        settings.customerio.track_url,
+        "https://track-eu.customer.io"
+    );
+    assert_eq!(settings.customerio.app_url, "https://api-eu.customer.io");
+    let us = text.replace("region: eu", "region: us");
+    std::fs::write(env.config_path(), us).expect("write");
+    let settings =
+        cio_sync::config::load_settings(&env.config_path(), &TestEnv::env).expect("settings");
+    assert_eq!(settings.customerio.track_url, "https://track.customer.io");
+    assert_eq!(settings.customerio.app_url, "https://api.customer.io");
+    let bad = text.replace("region: eu", "region: asia");
+    std::fs::write(env.config_path(), bad).expect("write");
+    let err = cio_sync::config::load_settings(&env.config_path(), &TestEnv::env).unwrap_err();
+    assert_eq!(err[0].key, "customerio.region");
+    assert!(
+        err[0].message.contains("unknown variant `asia`"),
+        "{}",
+        err[0].message
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_config_and_example_jobs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg =
+        cio_sync::config::load(&root.join("config.yaml"), &TestEnv::env).expect("shipped config");
+    assert!(
+        cfg.jobs.len() >= 4,
+        "example jobs: {:?}",
+        cfg.jobs.iter().map(|j| &j.name).collect::<Vec<_>>()
+    );
+    for job in &cfg.jobs {
+        cio_sync::source::check::check_job(job)
+            .await
+            .expect("example job columns");
+    }
+}
