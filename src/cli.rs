@@ -11,10 +11,19 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, JobKind, JobSpec};
+
+/// Prints a line to stdout, ignoring a closed pipe (`cio-sync status | head` must not panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 use crate::exit;
 use crate::pipeline::{RunMode, RunReport, StopSignal};
 use crate::runner::{Runner, RunnerError};
 use crate::state::{Outcome, StateStore};
+pub(crate) use say;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +57,9 @@ pub struct Global {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Use this state database instead of config.yaml's `state.url` (e.g. the demo's).
+    #[arg(long, global = true, env = "CIO_SYNC_STATE")]
+    pub state: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +97,11 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:4010")]
         listen: std::net::SocketAddr,
     },
-    /// Run the example jobs against an in-process simulator, with embedded SQLite state.
-    Demo {
-        /// State database for the demo (default: state/demo.db next to config.yaml).
-        #[arg(long)]
-        state: Option<String>,
-    },
+    /// Run every job on its schedule until SIGTERM/SIGINT (the systemd service).
+    Daemon,
+    /// Run the example jobs against an in-process simulator, with embedded SQLite state
+    /// (state/demo.db next to config.yaml unless --state is given).
+    Demo,
 }
 
 #[derive(Args, Debug)]
@@ -148,7 +159,7 @@ fn usage(msg: String) -> anyhow::Error {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its logs only speak up for problems unless asked.
-    let quiet_default = matches!(cli.command, Command::Demo { .. });
+    let quiet_default = matches!(cli.command, Command::Demo);
     init_logging(&cli.global, quiet_default);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -201,7 +212,11 @@ fn init_logging(g: &Global, quiet_default: bool) {
 }
 
 fn load(global: &Global) -> Result<Config> {
-    Ok(config::load(&global.config, &config::process_env)?)
+    let mut cfg = config::load(&global.config, &config::process_env)?;
+    if let Some(url) = &global.state {
+        cfg.settings.state_url = config::DatabaseUrl::new(url.clone());
+    }
+    Ok(cfg)
 }
 
 async fn dispatch(cli: Cli) -> Result<u8> {
@@ -211,7 +226,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Status { json, limit, job } => status(&cli.global, json, limit, job).await,
         Command::DeadLetters(args) => dead_letters(&cli.global, args).await,
         Command::Simulate { listen } => simulate(listen).await,
-        Command::Demo { state } => crate::demo::run(&cli.global.config, state)
+        Command::Daemon => daemon(&cli.global).await,
+        Command::Demo => crate::demo::run(&cli.global.config, cli.global.state.clone())
             .await
             .map_err(|e| anyhow!(e)),
     }
@@ -240,7 +256,7 @@ async fn validate(global: &Global, connect: bool) -> Result<u8> {
                     }
                 }
             }
-            println!(
+            say!(
                 "{}: OK ({} job{}: {})",
                 global.config.display(),
                 cfg.jobs.len(),
@@ -346,7 +362,7 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        say!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(code)
 }
@@ -387,15 +403,16 @@ pub fn print_report(r: &RunReport) {
     if let Some(s) = &r.summary {
         line.push_str(&format!(" {s}"));
     }
-    println!("{line}");
+    say!("{line}");
     if r.counts.rows_rejected > 0 {
-        println!(
+        say!(
             "  {} rows dead-lettered: see `cio-sync dead-letters {}`",
-            r.counts.rows_rejected, r.job
+            r.counts.rows_rejected,
+            r.job
         );
     }
     if let Some(e) = &r.error {
-        println!("  error: {e}");
+        say!("  error: {e}");
     }
 }
 
@@ -412,15 +429,20 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
                     code = code.max(exit::REJECTED_ROWS);
                 }
                 if !args.json {
-                    println!(
+                    say!(
                         "{} (dry run, nothing sent): {} rows read from {} → {} operations in {} requests, {} rejected",
-                        r.job, r.rows_read, r.source, r.operations, r.requests, r.rejected
+                        r.job,
+                        r.rows_read,
+                        r.source,
+                        r.operations,
+                        r.requests,
+                        r.rejected
                     );
                     for op in &r.sample_operations {
-                        println!("  would send: {op}");
+                        say!("  would send: {op}");
                     }
                     for rej in &r.sample_rejections {
-                        println!("  would reject line {}: {}", rej.line, rej.reason);
+                        say!("  would reject line {}: {}", rej.line, rej.reason);
                     }
                 }
                 reports.push(serde_json::to_value(&r)?);
@@ -429,7 +451,7 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
                 let r = crate::pull::dry_run(&cfg.settings, job, pull).await?;
                 if !args.json {
                     let s = &r.summary;
-                    println!(
+                    say!(
                         "{} (dry run, nothing written to {}): {} segments, {} members of {} segments in {} pages, {} campaigns, {} metric points; {} App API requests",
                         r.job,
                         r.target,
@@ -442,7 +464,7 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
                         s.requests
                     );
                     if !s.gone_segments.is_empty() {
-                        println!("  segments that no longer exist: {:?}", s.gone_segments);
+                        say!("  segments that no longer exist: {:?}", s.gone_segments);
                     }
                 }
                 reports.push(serde_json::to_value(&r)?);
@@ -450,14 +472,30 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        say!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(code)
 }
 
 async fn open_state(global: &Global) -> Result<StateStore> {
-    let settings = config::load_settings(&global.config, &config::process_env)
-        .map_err(config::ConfigErrors)?;
+    // Reading the state needs no Customer.io credentials: tolerate their variables being
+    // unset here (every other unset variable is still an error).
+    let settings = match config::load_settings(&global.config, &config::process_env) {
+        Err(errors)
+            if errors
+                .iter()
+                .all(|e| !e.key.starts_with("state") && e.message.contains("which is not set")) =>
+        {
+            config::load_settings(&global.config, &|n: &str| {
+                Some(config::process_env(n).unwrap_or_default())
+            })
+        }
+        other => other,
+    };
+    let mut settings = settings.map_err(config::ConfigErrors)?;
+    if let Some(url) = &global.state {
+        settings.state_url = config::DatabaseUrl::new(url.clone());
+    }
     StateStore::open(&settings.state_url)
         .await
         .context("opening the state database")
@@ -468,7 +506,7 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
     let runs = state.runs(job.as_deref(), limit).await?;
     let checkpoints = state.checkpoints().await?;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({ "runs": runs, "checkpoints": checkpoints })
@@ -476,15 +514,15 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
         );
         return Ok(exit::OK);
     }
-    println!("Last runs:");
+    say!("Last runs:");
     if runs.is_empty() {
-        println!("  (none yet)");
+        say!("  (none yet)");
     }
     for r in &runs {
         let started = chrono::DateTime::from_timestamp_millis(r.started_at)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
-        println!(
+        say!(
             "  {started}  {:<20} {:<14} read {} delivered {} rejected {} requests {} retries {}{}",
             r.job,
             r.outcome,
@@ -499,9 +537,9 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
                 .unwrap_or_default()
         );
     }
-    println!("Checkpoints:");
+    say!("Checkpoints:");
     if checkpoints.is_empty() {
-        println!("  (none yet)");
+        say!("  (none yet)");
     }
     for c in &checkpoints {
         let at = chrono::DateTime::from_timestamp_millis(c.updated_at)
@@ -517,7 +555,7 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
             .get("complete")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        println!(
+        say!(
             "  {:<20} after row {rows}{}  ({at})",
             c.job,
             if complete { ", input complete" } else { "" }
@@ -531,7 +569,7 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
         Some(DeadLetterAction::Purge { job }) => {
             let state = open_state(global).await?;
             let n = state.delete_dead_letters(&job, None).await?;
-            println!(
+            say!(
                 "{job}: purged {n} dead letter{}",
                 if n == 1 { "" } else { "s" }
             );
@@ -551,7 +589,7 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
             let report = runner.run(job, RunMode::RetryDeadLetters, stop).await?;
             let left = runner.state.count_dead_letters(&name).await?;
             print_report(&report);
-            println!(
+            say!(
                 "  {left} dead letter{} left",
                 if left == 1 { "" } else { "s" }
             );
@@ -568,12 +606,12 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
             let state = open_state(global).await?;
             let letters = state.dead_letters(&job, args.limit).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+                say!("{}", serde_json::to_string_pretty(&letters)?);
             } else if letters.is_empty() {
-                println!("{job}: no dead letters");
+                say!("{job}: no dead letters");
             } else {
                 for l in &letters {
-                    println!(
+                    say!(
                         "{}  {}:{}  [{}] {}",
                         l.id,
                         l.source,
@@ -581,7 +619,7 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
                         l.stage,
                         l.reason
                     );
-                    println!("    row: {}", l.row_data);
+                    say!("    row: {}", l.row_data);
                 }
             }
             Ok(exit::OK)
@@ -599,16 +637,24 @@ async fn simulate(listen: std::net::SocketAddr) -> Result<u8> {
     let sim = crate::simulator::Simulator::start_on(listen, config)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    println!("Customer.io simulator listening on {}", sim.url());
-    println!(
+    say!("Customer.io simulator listening on {}", sim.url());
+    say!(
         "  Track API: HTTP Basic {site}:{track}; App API: Bearer {app} (demo credentials, not secrets)"
     );
-    println!(
+    say!(
         "  set customerio.track_url and customerio.app_url to {} in config.yaml",
         sim.url()
     );
     let signals = crate::shutdown::listen();
     signals.stop.cancelled().await;
     sim.shutdown().await;
+    Ok(exit::OK)
+}
+
+async fn daemon(global: &Global) -> Result<u8> {
+    let cfg = load(global)?;
+    let runner = Runner::new(cfg.settings.clone()).await?;
+    let signals = crate::shutdown::listen();
+    crate::schedule::run_daemon(runner, cfg.jobs, signals).await?;
     Ok(exit::OK)
 }

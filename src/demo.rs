@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::cli::say;
 use crate::config::{self, DatabaseUrl, Secret};
 use crate::pipeline::{RunMode, StopSignal};
 use crate::runner::Runner;
@@ -42,12 +43,12 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
         state.unwrap_or_else(|| format!("sqlite://{}", base.join("state/demo.db").display())),
     );
 
-    println!(
+    say!(
         "cio-sync demo: Customer.io simulator at {}, state in {}",
         sim.url(),
         settings.state_url
     );
-    println!(
+    say!(
         "Running {} jobs from {}:\n",
         cfg.jobs.len(),
         settings.jobs_dir.display()
@@ -70,7 +71,7 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
                     .await
                     .map_err(|e| e.to_string())?;
                 for l in letters {
-                    println!(
+                    say!(
                         "    dead letter, line {}: {}",
                         l.line.unwrap_or(0),
                         l.reason
@@ -78,7 +79,7 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
                 }
             }
             Err(e) => {
-                println!("{}: failed: {e}", job.name);
+                say!("{}: failed: {e}", job.name);
                 code = crate::exit::FAILED;
             }
         }
@@ -89,14 +90,14 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
     for op in &ops {
         *by_action.entry(op.action.clone()).or_default() += 1;
     }
-    println!(
+    say!(
         "\nThe simulator accepted {} operations: {:?}",
         ops.len(),
         by_action
     );
     for action in ["identify", "event", "delete"] {
         if let Some(op) = ops.iter().find(|o| o.action == action) {
-            println!(
+            say!(
                 "  e.g. {action}: {}",
                 serde_json::to_string(op).unwrap_or_default()
             );
@@ -104,11 +105,15 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
     }
     let added = sim.segment_members_added();
     if !added.is_empty() {
-        println!("  {} people added to manual segments", added.len());
+        say!("  {} people added to manual segments", added.len());
     }
-    println!(
-        "\nTry: cio-sync --config {} status --json   (with --state as above for the demo database)",
-        config_path.display()
+    let state = runner.state.url().masked();
+    say!("\nLook around the demo's state database:");
+    say!("  cio-sync --state {state} status");
+    say!("  cio-sync --state {state} dead-letters crm-people");
+    say!(
+        "  sqlite3 {} 'SELECT id, name, type FROM cio_segments'",
+        state.trim_start_matches("sqlite://")
     );
     sim.shutdown().await;
     Ok(code)

@@ -30,6 +30,7 @@ pub mod mapping;
 pub mod pipeline;
 pub mod pull;
 pub mod runner;
+pub mod schedule;
 pub mod shutdown;
 pub mod simulator;
 pub mod source;

@@ -1,0 +1,238 @@
+//! The daemon: runs each job on its cron schedule until SIGTERM/SIGINT.
+//!
+//! Owns: wiring jobs to tokio-cron-scheduler (kept behind this one seam: schedules are UTC,
+//! six fields with seconds), never letting two runs of one job overlap in this process (the
+//! job lease covers other replicas), and the graceful stop: stop firing, let running jobs
+//! finish their batches and write checkpoints within the grace period, then return.
+//! Must not: run a job's pipeline itself (that is `runner`), or exit the process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::task::TaskTracker;
+
+use crate::config::JobSpec;
+use crate::pipeline::{RunMode, StopSignal};
+use crate::runner::{Runner, RunnerError};
+use crate::shutdown::Signals;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("job `{job}`: schedule `{schedule}` was refused by the scheduler: {message}")]
+    Schedule {
+        job: String,
+        schedule: String,
+        message: String,
+    },
+    #[error("the scheduler failed: {0}")]
+    Scheduler(String),
+    #[error(
+        "no job has a `schedule`: add one (e.g. schedule: \"0 0 2 * * *\") or use `cio-sync run`"
+    )]
+    NothingScheduled,
+}
+
+/// What the daemon does on each tick of a job, separate from the ticker so it can be tested
+/// without waiting for wall-clock time.
+#[derive(Clone)]
+pub struct Ticker {
+    runner: Runner,
+    signals: Signals,
+    tracker: TaskTracker,
+    running: Arc<HashMap<String, AtomicBool>>,
+}
+
+/// What one tick did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tick {
+    Started,
+    /// The previous run of the job is still going.
+    SkippedOverlap,
+    /// A stop was requested.
+    SkippedStopping,
+}
+
+impl Ticker {
+    pub fn new(runner: Runner, signals: Signals, jobs: &[JobSpec]) -> Self {
+        Self {
+            runner,
+            signals,
+            tracker: TaskTracker::new(),
+            running: Arc::new(
+                jobs.iter()
+                    .map(|j| (j.name.clone(), AtomicBool::new(false)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Starts a run of `job` in the background unless one is already going.
+    pub fn tick(&self, job: &JobSpec) -> Tick {
+        if self.signals.stop.is_cancelled() {
+            return Tick::SkippedStopping;
+        }
+        let Some(flag) = self.running.get(&job.name) else {
+            return Tick::SkippedStopping;
+        };
+        if flag.swap(true, Ordering::AcqRel) {
+            tracing::warn!(job = %job.name, "The previous run is still going; skipping this tick.");
+            return Tick::SkippedOverlap;
+        }
+        let this = self.clone();
+        let job = job.clone();
+        self.tracker.spawn(async move {
+            let stop = StopSignal {
+                stop: this.signals.stop.clone(),
+                grace: this.runner.settings.grace,
+            };
+            match this
+                .runner
+                .run(&job, RunMode::Normal { full: false }, stop)
+                .await
+            {
+                Ok(report) => tracing::info!(
+                    job = %job.name,
+                    outcome = report.outcome.as_str(),
+                    delivered = report.counts.rows_delivered,
+                    rejected = report.counts.rows_rejected,
+                    "Scheduled run finished."
+                ),
+                Err(RunnerError::Busy { .. }) => {
+                    tracing::info!(job = %job.name, "Another replica is running this job; skipped.")
+                }
+                Err(e) => tracing::error!(job = %job.name, error = %e, "Scheduled run failed."),
+            }
+            if let Some(flag) = this.running.get(&job.name) {
+                flag.store(false, Ordering::Release);
+            }
+        });
+        Tick::Started
+    }
+
+    /// Waits for every started run to finish.
+    pub async fn drain(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Runs the daemon until a stop signal, then waits for running jobs.
+pub async fn run_daemon(
+    runner: Runner,
+    jobs: Vec<JobSpec>,
+    signals: Signals,
+) -> Result<(), ScheduleError> {
+    let scheduled: Vec<JobSpec> = jobs.into_iter().filter(|j| j.schedule.is_some()).collect();
+    if scheduled.is_empty() {
+        return Err(ScheduleError::NothingScheduled);
+    }
+    let ticker = Ticker::new(runner, signals.clone(), &scheduled);
+    let mut sched = JobScheduler::new()
+        .await
+        .map_err(|e| ScheduleError::Scheduler(e.to_string()))?;
+    for job in &scheduled {
+        let schedule = job.schedule.clone().unwrap_or_default();
+        let t = ticker.clone();
+        let spec = job.clone();
+        let cron = Job::new_async(schedule.as_str(), move |_, _| {
+            let t = t.clone();
+            let spec = spec.clone();
+            Box::pin(async move {
+                t.tick(&spec);
+            })
+        })
+        .map_err(|e| ScheduleError::Schedule {
+            job: job.name.clone(),
+            schedule: schedule.clone(),
+            message: e.to_string(),
+        })?;
+        sched
+            .add(cron)
+            .await
+            .map_err(|e| ScheduleError::Scheduler(e.to_string()))?;
+        tracing::info!(job = %job.name, schedule = %schedule, "Scheduled (UTC).");
+    }
+    sched
+        .start()
+        .await
+        .map_err(|e| ScheduleError::Scheduler(e.to_string()))?;
+    tracing::info!(jobs = scheduled.len(), "cio-sync daemon started.");
+    signals.stop.cancelled().await;
+    tracing::info!("Stopping: no new runs; waiting for running jobs to write their checkpoints.");
+    // shutdown() does not wait for running jobs; the ticker's tracker does.
+    if let Err(e) = sched.shutdown().await {
+        tracing::warn!(error = %e, "The scheduler did not shut down cleanly.");
+    }
+    ticker.drain().await;
+    tracing::info!("cio-sync daemon stopped.");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::{CsvSection, DeleteAction};
+    use crate::config::{
+        IdentifierKind, IdentifierSpec, JobKind, MappingSpec, PushJob, SourceSpec,
+    };
+
+    #[tokio::test]
+    async fn a_tick_never_overlaps_a_running_run_of_the_same_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg_path,
+            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
+        )
+        .unwrap();
+        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
+        let runner = Runner::new(settings).await.unwrap();
+        // A job whose file does not exist fails fast; the guard must still be released.
+        let job = JobSpec {
+            name: "j".into(),
+            file: dir.path().join("j.yaml"),
+            schedule: Some("0 0 2 * * *".into()),
+            kind: JobKind::Push(Box::new(PushJob {
+                source: SourceSpec::Csv(CsvSection {
+                    path: dir.path().join("missing.csv"),
+                    delimiter: ',',
+                    quote: '"',
+                    double_quote: true,
+                    escape: None,
+                    quoting: true,
+                    trim: false,
+                }),
+                mapping: MappingSpec::Delete {
+                    identifier: IdentifierSpec {
+                        kind: IdentifierKind::Id,
+                        column: "id".into(),
+                    },
+                    action: DeleteAction::Delete,
+                },
+                transport: None,
+                batch: None,
+                concurrency: None,
+            })),
+        };
+        let signals = Signals {
+            stop: Default::default(),
+            force: Default::default(),
+        };
+        let ticker = Ticker::new(runner, signals.clone(), std::slice::from_ref(&job));
+        assert_eq!(ticker.tick(&job), Tick::Started);
+        assert_eq!(ticker.tick(&job), Tick::SkippedOverlap);
+        while !ticker.tracker.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            ticker.tick(&job),
+            Tick::Started,
+            "the guard is released after the run"
+        );
+        signals.stop.cancel();
+        assert_eq!(ticker.tick(&job), Tick::SkippedStopping);
+        ticker.drain().await;
+    }
+}
