@@ -249,12 +249,39 @@ async fn validate(global: &Global, connect: bool) -> Result<u8> {
         Ok(cfg) => {
             let mut problems = 0;
             if connect {
+                let runner = Runner::new(cfg.settings.clone()).await?;
+                let pushes = cfg.jobs.iter().any(|j| matches!(j.kind, JobKind::Push(_)));
+                if pushes {
+                    match runner
+                        .check_region("validate", &tokio_util::sync::CancellationToken::new())
+                        .await
+                    {
+                        Ok(info) => say!(
+                            "Track API: credentials accepted; workspace {} in region {}",
+                            info.environment_id
+                                .map(|i| i.to_string())
+                                .unwrap_or_default(),
+                            info.region
+                        ),
+                        Err(e) => {
+                            eprintln!("cio-sync: {e}");
+                            problems += 1;
+                        }
+                    }
+                }
                 for job in &cfg.jobs {
                     if let Err(e) = crate::source::check::check_job(job).await {
                         eprintln!("cio-sync: {e}");
                         problems += 1;
                     }
                 }
+            }
+            if problems > 0 {
+                eprintln!(
+                    "cio-sync: {problems} problem{} found",
+                    if problems == 1 { "" } else { "s" }
+                );
+                return Ok(exit::CONFIG);
             }
             say!(
                 "{}: OK ({} job{}: {})",
@@ -267,7 +294,7 @@ async fn validate(global: &Global, connect: bool) -> Result<u8> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            Ok(if problems > 0 { exit::CONFIG } else { exit::OK })
+            Ok(exit::OK)
         }
     }
 }
@@ -312,29 +339,14 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     }
     let runner = Runner::new(cfg.settings.clone()).await?;
     let signals = crate::shutdown::listen();
-    let stop = StopSignal {
-        stop: signals.stop.clone(),
-        grace: cfg.settings.grace,
-    };
-    // A second signal cuts the grace period to nothing.
-    let forced = StopSignal {
-        stop: signals.force.clone(),
-        grace: std::time::Duration::ZERO,
-    };
+    let stop = StopSignal::from_signals(&signals, cfg.settings.grace);
     let mut reports = Vec::new();
     let mut code = exit::OK;
     for job in jobs {
         if signals.stop.is_cancelled() {
             break;
         }
-        let stop = StopSignal {
-            stop: combine(&stop.stop, &forced.stop),
-            grace: if signals.force.is_cancelled() {
-                forced.grace
-            } else {
-                stop.grace
-            },
-        };
+        let stop = stop.clone();
         match runner
             .run(job, RunMode::Normal { full: args.full }, stop)
             .await
@@ -365,23 +377,6 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         say!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(code)
-}
-
-/// A token cancelled when either is.
-fn combine(
-    a: &tokio_util::sync::CancellationToken,
-    b: &tokio_util::sync::CancellationToken,
-) -> tokio_util::sync::CancellationToken {
-    let out = tokio_util::sync::CancellationToken::new();
-    let (a, b, o) = (a.clone(), b.clone(), out.clone());
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = a.cancelled() => {}
-            _ = b.cancelled() => {}
-        }
-        o.cancel();
-    });
-    out
 }
 
 pub fn print_report(r: &RunReport) {
@@ -582,10 +577,7 @@ async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
             })?;
             let runner = Runner::new(cfg.settings.clone()).await?;
             let signals = crate::shutdown::listen();
-            let stop = StopSignal {
-                stop: signals.stop.clone(),
-                grace: cfg.settings.grace,
-            };
+            let stop = StopSignal::from_signals(&signals, cfg.settings.grace);
             let report = runner.run(job, RunMode::RetryDeadLetters, stop).await?;
             let left = runner.state.count_dead_letters(&name).await?;
             print_report(&report);

@@ -43,6 +43,8 @@ pub struct Runner {
     pub app_gate: Arc<RateGate>,
     /// Identifies this process in job leases.
     pub holder: String,
+    /// The region self-check, done once per process before the first push to Customer.io.
+    region_checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// How long a lease lasts without renewal; renewed every third of it while a job runs. A
@@ -83,6 +85,7 @@ impl Runner {
             app_gate: Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
             settings: Arc::new(settings),
             state,
+            region_checked: Arc::new(tokio::sync::OnceCell::new()),
             holder: format!("{host}:{}:{}", std::process::id(), ulid::Ulid::generate()),
         }
     }
@@ -107,6 +110,39 @@ impl Runner {
             job: job.to_string(),
             source,
         })
+    }
+
+    /// Asks Customer.io which region the Track credentials belong to (`GET
+    /// /api/v1/accounts/region`) and fails when it is not the configured one: a wrong region
+    /// would otherwise be redirected, or fail, on every request.
+    pub async fn check_region(
+        &self,
+        job: &str,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<crate::track::RegionInfo, RunnerError> {
+        let client = self.track_client(job)?;
+        let counters = Arc::new(crate::http::RunCounters::default());
+        let info = client
+            .region(&counters, cancel)
+            .await
+            .map_err(|source| RunnerError::Track {
+                job: job.to_string(),
+                source,
+            })?;
+        let configured = match self.settings.customerio.region {
+            crate::config::Region::Us => "us",
+            crate::config::Region::Eu => "eu",
+        };
+        if !info.region.eq_ignore_ascii_case(configured) {
+            return Err(RunnerError::Job {
+                job: job.to_string(),
+                message: format!(
+                    "the Track credentials belong to a workspace in the `{}` region, but config.yaml says `customerio.region: {configured}`; set `customerio.region: {}`",
+                    info.region, info.region
+                ),
+            });
+        }
+        Ok(info)
     }
 
     /// Runs one job once, holding its lease for the duration.
@@ -142,21 +178,44 @@ impl Runner {
             }
             tracing::info!(job = %job.name, previous = %holder, "Took over the lease of a process that no longer runs.");
         }
+        // The run stops when asked to, or when this process loses the lease (the database was
+        // unreachable for longer than the lease, or another replica took it over).
+        let run_stop = tokio_util::sync::CancellationToken::new();
         let renew = {
             let state = self.state.clone();
             let name = job.name.clone();
             let holder = self.holder.clone();
+            let outer = stop.stop.clone();
+            let run_stop = run_stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(LEASE_MS as u64 / 3));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 tick.tick().await;
                 loop {
-                    tick.tick().await;
-                    if let Err(e) = state.try_lease(&name, &holder, LEASE_MS).await {
-                        tracing::warn!(job = %name, error = %e, "Could not renew the job lease.");
+                    tokio::select! {
+                        _ = outer.cancelled() => {
+                            run_stop.cancel();
+                            return;
+                        }
+                        _ = tick.tick() => {}
+                    }
+                    match state.try_lease(&name, &holder, LEASE_MS).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(job = %name, "Lost the job lease to another process; stopping this run.");
+                            run_stop.cancel();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %name, error = %e, "Could not renew the job lease.")
+                        }
                     }
                 }
             })
+        };
+        let stop = StopSignal {
+            stop: run_stop,
+            ..stop
         };
         let result = self.run_unleased(job, mode, stop).await;
         renew.abort();
@@ -174,6 +233,13 @@ impl Runner {
     ) -> Result<RunReport, RunnerError> {
         match &job.kind {
             JobKind::Push(push) => {
+                if !self.settings.customerio.track_url_overridden {
+                    self.region_checked
+                        .get_or_try_init(|| async {
+                            self.check_region(&job.name, &stop.stop).await.map(|_| ())
+                        })
+                        .await?;
+                }
                 let ctx = PushContext {
                     settings: self.settings.clone(),
                     state: self.state.clone(),

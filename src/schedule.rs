@@ -83,10 +83,9 @@ impl Ticker {
         let this = self.clone();
         let job = job.clone();
         self.tracker.spawn(async move {
-            let stop = StopSignal {
-                stop: this.signals.stop.clone(),
-                grace: this.runner.settings.grace,
-            };
+            // Released even if the run panics, so the job is never stuck "running".
+            let _guard = RunningGuard(&this.running, &job.name);
+            let stop = StopSignal::from_signals(&this.signals, this.runner.settings.grace);
             match this
                 .runner
                 .run(&job, RunMode::Normal { full: false }, stop)
@@ -104,9 +103,6 @@ impl Ticker {
                 }
                 Err(e) => tracing::error!(job = %job.name, error = %e, "Scheduled run failed."),
             }
-            if let Some(flag) = this.running.get(&job.name) {
-                flag.store(false, Ordering::Release);
-            }
         });
         Tick::Started
     }
@@ -115,6 +111,16 @@ impl Ticker {
     pub async fn drain(&self) {
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+struct RunningGuard<'a>(&'a HashMap<String, AtomicBool>, &'a str);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.get(self.1) {
+            flag.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct CustomerIo {
     pub app_api_key: Option<Secret>,
     /// The Track API base URL (region host, or the override).
     pub track_url: String,
+    /// `true` when `track_url` was set by hand (a proxy or the simulator).
+    pub track_url_overridden: bool,
     /// The App API base URL (region host, or the override).
     pub app_url: String,
 }

@@ -68,6 +68,30 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
         "retry.max_attempts",
         raw.retry.max_attempts as u64,
     );
+    // Bounds that keep waits meaningful and arithmetic on deadlines safe.
+    for (key, v, lo, hi) in [
+        ("retry.max_attempts", raw.retry.max_attempts as u64, 1, 100),
+        ("retry.base_delay_ms", raw.retry.base_delay_ms, 1, 60_000),
+        ("retry.max_wait_secs", raw.retry.max_wait_secs, 1, 3600),
+        (
+            "retry.max_total_wait_secs",
+            raw.retry.max_total_wait_secs,
+            1,
+            7 * 86_400,
+        ),
+        ("track.timeout_secs", t.timeout_secs, 1, 3600),
+        ("app.timeout_secs", raw.app.timeout_secs, 1, 3600),
+        ("shutdown.grace_secs", raw.shutdown.grace_secs, 0, 86_400),
+        ("track.concurrency", t.concurrency as u64, 1, 256),
+    ] {
+        if v < lo || v > hi {
+            errors.push(ConfigError::new(
+                file,
+                key,
+                format!("{v} is out of range: use {lo}..={hi}"),
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -79,6 +103,7 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
             site_id: c.site_id,
             track_api_key: c.track_api_key,
             app_api_key: c.app_api_key,
+            track_url_overridden: c.track_url.is_some(),
             track_url: c
                 .track_url
                 .unwrap_or_else(|| track_host.to_string())

@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use super::{HttpError, RateGate, Response, RetriesExhausted, excerpt};
 use crate::config::RetrySettings;
 
-/// Statuses worth another attempt. Everything else is final: 400/404/413/422 reject rows,
+/// Statuses worth another attempt: these, and every other 5xx (a server-side failure never
+/// says anything about the rows). Everything else is final: 400/404/413/422 reject rows,
 /// 401/403 stop the run, 3xx means the wrong region.
 pub const RETRIED_STATUSES: [u16; 8] = [408, 429, 500, 502, 503, 504, 522, 524];
 
 pub fn is_retried_status(status: u16) -> bool {
-    RETRIED_STATUSES.contains(&status)
+    RETRIED_STATUSES.contains(&status) || (500..=599).contains(&status)
 }
 
 #[derive(Debug, Clone)]
@@ -247,7 +248,8 @@ mod tests {
         for s in [408, 429, 500, 502, 503, 504, 522, 524] {
             assert!(is_retried_status(s));
         }
-        for s in [200, 207, 301, 400, 401, 403, 404, 413, 422, 501] {
+        assert!(is_retried_status(520));
+        for s in [200, 207, 301, 400, 401, 403, 404, 413, 422] {
             assert!(!is_retried_status(s));
         }
     }

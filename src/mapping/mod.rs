@@ -26,6 +26,7 @@ pub use operation::{Action, Operation, Subject};
 /// Customer.io's documented limits (bytes are UTF-8 bytes; "KB" read as 1000 bytes).
 pub mod limits {
     pub const ID_BYTES: usize = 150;
+    pub const ATTRIBUTE_NAME_BYTES: usize = 150;
     pub const ATTRIBUTE_VALUE_BYTES: usize = 1000;
     pub const ATTRIBUTES: usize = 300;
     pub const EVENT_NAME_BYTES: usize = 100;
@@ -302,14 +303,24 @@ impl Mapper {
             } => {
                 let subject = self.subject(ident, values)?;
                 let attributes = self.fields(fields, values)?;
-                if attributes.len() + usize::from(*update_only) > limits::ATTRIBUTES {
+                let timestamp = self.timestamp(ts, values)?;
+                // Every key of the call counts, `_timestamp` and `_update` included.
+                let keys =
+                    attributes.len() + usize::from(*update_only) + usize::from(timestamp.is_some());
+                if keys > limits::ATTRIBUTES {
                     return Err(RowRejected(format!(
-                        "has {} attributes, over Customer.io's limit of {} per call",
-                        attributes.len(),
+                        "has {keys} attributes, over Customer.io's limit of {} per call",
                         limits::ATTRIBUTES
                     )));
                 }
                 for (k, v) in &attributes {
+                    if k.len() > limits::ATTRIBUTE_NAME_BYTES {
+                        return Err(RowRejected(format!(
+                            "attribute name \"{k}\" is {} bytes, over Customer.io's limit of {}",
+                            k.len(),
+                            limits::ATTRIBUTE_NAME_BYTES
+                        )));
+                    }
                     let size = match v {
                         J::String(s) => s.len(),
                         other => other.to_string().len(),
@@ -321,7 +332,6 @@ impl Mapper {
                         )));
                     }
                 }
-                let timestamp = self.timestamp(ts, values)?;
                 Ok(Operation {
                     subject,
                     action: Action::Identify {

@@ -81,10 +81,11 @@ pub struct PushContext {
 }
 
 /// Stop requests: `stop` ends reading and starts the grace period; in-flight requests are
-/// abandoned when `grace` runs out.
+/// abandoned when `grace` runs out, or at once when `force` is cancelled (a second signal).
 #[derive(Clone)]
 pub struct StopSignal {
     pub stop: CancellationToken,
+    pub force: CancellationToken,
     pub grace: Duration,
 }
 
@@ -92,7 +93,16 @@ impl StopSignal {
     pub fn never() -> Self {
         Self {
             stop: CancellationToken::new(),
+            force: CancellationToken::new(),
             grace: Duration::from_secs(60),
+        }
+    }
+
+    pub fn from_signals(signals: &crate::shutdown::Signals, grace: Duration) -> Self {
+        Self {
+            stop: signals.stop.clone(),
+            force: signals.force.clone(),
+            grace,
         }
     }
 }
@@ -299,6 +309,8 @@ impl<'a> Run<'a> {
         let mut reading = true;
         let mut stopping = false;
         let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let mut stop_seen = false;
+        let mut forced = false;
         let columns = stream.columns.clone();
         let describe = stream.describe.clone();
         let identity = stream.identity.clone();
@@ -331,6 +343,7 @@ impl<'a> Run<'a> {
                         Err(e) => {
                             self.error.get_or_insert_with(|| format!("a sender task failed: {e}"));
                             stopping = true;
+                            self.reader_stop.cancel();
                         }
                     }
                     if self.fatal || (self.error.is_some() && !stopping) {
@@ -343,11 +356,23 @@ impl<'a> Run<'a> {
                     }
                     self.maybe_commit(&identity, true).await?;
                 }
-                _ = self.stop.stop.cancelled(), if !stopping => {
+                // Also after a failure has stopped reading: the grace period must still start,
+                // or retrying requests could outlive systemd's stop timeout.
+                _ = self.stop.stop.cancelled(), if !stop_seen => {
                     tracing::info!(in_flight = in_flight.len(), grace_secs = self.stop.grace.as_secs(), "Stop requested: no more reading; waiting for requests in flight.");
+                    stop_seen = true;
                     stopping = true;
                     self.reader_stop.cancel();
-                    grace_deadline = Some(tokio::time::Instant::now() + self.stop.grace);
+                    let now = tokio::time::Instant::now();
+                    grace_deadline = Some(now.checked_add(self.stop.grace).unwrap_or(now));
+                }
+                _ = self.stop.force.cancelled(), if !forced => {
+                    tracing::warn!(in_flight = in_flight.len(), "Second stop signal: abandoning requests in flight; their rows will be sent again next run.");
+                    forced = true;
+                    stopping = true;
+                    self.reader_stop.cancel();
+                    self.send_stop.cancel();
+                    in_flight.abort_all();
                 }
                 _ = grace => {
                     tracing::warn!(in_flight = in_flight.len(), "Grace period over: abandoning requests in flight; their rows will be sent again next run.");

@@ -121,8 +121,10 @@ pub struct Faults {
     /// Fraction of requests that are applied and then lose their connection before the response,
     /// which is what makes client retries send duplicates.
     pub drop_after_rate: f64,
-    /// Requests per second per API (Track and App have separate buckets, as in Customer.io);
-    /// a token bucket holding one second's worth. Over it: 429 with `Retry-After`.
+    /// Requests per second per API (Track and App have separate buckets, as in Customer.io):
+    /// a token bucket refilled at this rate that holds a tenth of a second's worth (at least
+    /// one) plus one, so only a client pacing itself at this rate avoids 429s. Over it: 429
+    /// with `Retry-After`.
     pub rate_limit_per_sec: Option<u32>,
     /// Seconds sent in `Retry-After` on rate-limited answers; 0 means 1.
     pub retry_after_secs: u64,

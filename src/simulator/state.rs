@@ -77,24 +77,33 @@ fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
     got.eq_ignore_ascii_case(scheme).then_some(rest)
 }
 
-/// Token bucket for the server-side rate limit; holds at most one second's worth.
+/// Token bucket for the server-side rate limit: refilled at `rate` per second, holding a tenth
+/// of a second's worth (at least one) plus one.
+///
+/// A whole second's worth let a client burst to twice the limit in a one-second window without
+/// ever seeing a 429, so a client ignoring the limit went unnoticed. A client pacing itself at
+/// the same rate with a burst of a tenth of a second still never gets a 429: the extra token
+/// absorbs network jitter between its clock and ours.
 pub(crate) struct Bucket {
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
+    fn capacity(rate: u32) -> f64 {
+        f64::from((rate / 10).max(1)) + 1.0
+    }
+
     fn full(rate: Option<u32>, now: Instant) -> Bucket {
         Bucket {
-            tokens: f64::from(rate.unwrap_or(0)),
+            tokens: rate.map_or(0.0, Bucket::capacity),
             last: now,
         }
     }
 
     fn take(&mut self, rate: u32, now: Instant) -> bool {
-        let capacity = f64::from(rate);
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * capacity).min(capacity);
+        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(Bucket::capacity(rate));
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

@@ -54,8 +54,14 @@ impl FileFingerprint {
     }
 
     /// Short form used in dead-letter row references.
-    fn short(&self) -> &str {
-        &self.head_sha256[..12.min(self.head_sha256.len())]
+    /// Short identity of this exact file (size, time and head together), used in dead-letter
+    /// row references so line 5000 of tonight's export never overwrites line 5000 of last
+    /// night's, even when their first 64 KiB are the same.
+    fn short(&self) -> String {
+        let d = Sha256::digest(
+            format!("{}:{}:{}", self.size, self.mtime_ns, self.head_sha256).as_bytes(),
+        );
+        hex(&d[..8])
     }
 }
 
@@ -81,9 +87,21 @@ fn builder(cfg: &CsvSection) -> csv::ReaderBuilder {
         } else {
             csv::Trim::None
         })
+        // Lines end at `\n`; a `\r` before it is dropped from the last field (see `decode`).
+        // csv's default CRLF mode ends records at the `\r` and counts lines one short.
+        .terminator(csv::Terminator::Any(b'\n'))
         // Records with the wrong number of fields are reported per row, not as a fatal error.
         .flexible(true);
     b
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// 3 when the (decompressed) file starts with a UTF-8 byte-order mark, else 0.
+fn bom_len(path: &Path) -> std::io::Result<u64> {
+    let mut head = Vec::with_capacity(3);
+    open_at(path, 0)?.take(3).read_to_end(&mut head)?;
+    Ok(if head == BOM { 3 } else { 0 })
 }
 
 /// The file as a byte stream, decompressed when it ends in `.gz`, starting at `offset`.
@@ -169,10 +187,12 @@ fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared
     };
     let fingerprint = FileFingerprint::of(path).map_err(open_err)?;
 
-    // The header, always from the top of the file.
+    // The header, always from the top of the file (after a byte-order mark, which would
+    // otherwise stick to the first column's name).
+    let bom = bom_len(path).map_err(open_err)?;
     let mut head = builder(cfg)
         .has_headers(true)
-        .from_reader(open_at(path, 0).map_err(open_err)?);
+        .from_reader(open_at(path, bom).map_err(open_err)?);
     let columns: Vec<String> = head
         .headers()
         .map_err(|e| SourceError::Header {
@@ -180,7 +200,7 @@ fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared
             message: e.to_string(),
         })?
         .iter()
-        .map(|h| h.trim_start_matches('\u{feff}').to_string())
+        .map(|h| h.trim_end_matches('\r').to_string())
         .collect();
     if columns.is_empty() || columns.iter().all(|c| c.is_empty()) {
         return Err(SourceError::Header {
@@ -189,7 +209,7 @@ fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared
         });
     }
     let data_start = Start {
-        byte: head.position().byte(),
+        byte: bom + head.position().byte(),
         line: head.position().line(),
         row: 0,
     };
@@ -241,6 +261,7 @@ fn read_rows(
     let shown = path.display().to_string();
     let mut record = csv::ByteRecord::new();
     let mut row = start.row;
+    let short = fingerprint.short();
     loop {
         if cancel.is_cancelled() {
             return;
@@ -248,6 +269,10 @@ fn read_rows(
         match reader.read_byte_record(&mut record) {
             Ok(false) => return,
             Ok(true) => {
+                // A blank line (CRLF files: just the `\r`) is not a row.
+                if record.len() == 1 && matches!(record.get(0), Some(b"" | b"\r")) {
+                    continue;
+                }
                 row += 1;
                 // Positions from this reader count from where it was opened.
                 let rec_line = record.position().map(|p| p.line()).unwrap_or(1) + start.line - 1;
@@ -263,7 +288,7 @@ fn read_rows(
                     .then(|| String::from_utf8_lossy(&join(&record)).into_owned());
                 let item = SourceRow {
                     line: rec_line,
-                    row_ref: format!("{}#L{}", fingerprint.short(), rec_line),
+                    row_ref: format!("{short}#L{rec_line}"),
                     resume,
                     values,
                     raw,
@@ -303,10 +328,17 @@ fn decode(record: &csv::ByteRecord, ncols: usize) -> Result<Vec<Value>, String> 
             record.len()
         ));
     }
+    let last = record.len().saturating_sub(1);
     record
         .iter()
         .enumerate()
         .map(|(i, f)| {
+            // The `\r` of a CRLF line ending stays with the last field: drop it.
+            let f = if i == last {
+                f.strip_suffix(b"\r").unwrap_or(f)
+            } else {
+                f
+            };
             std::str::from_utf8(f)
                 .map(|s| Value::Text(s.to_string()))
                 .map_err(|e| {
@@ -426,6 +458,42 @@ mod tests {
                 .unwrap();
             assert_eq!(collect(&mut s3).await.len(), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn crlf_files_and_a_bom_before_a_quoted_header_keep_lines_and_names_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(
+            &p,
+            b"\xEF\xBB\xBF\"id\",\"name\"\r\n1,a\r\n2,\"b\r\nc\"\r\n3,d\r\n",
+        )
+        .unwrap();
+        let mut s = open(&cfg(&p), None, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(*s.columns, vec!["id".to_string(), "name".to_string()]);
+        let rows = collect(&mut s).await;
+        assert_eq!(
+            rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![2, 3, 5]
+        );
+        assert_eq!(text(&rows[1]), vec!["2", "b\r\nc"]);
+        // Resuming after the second row continues at the third, on its line.
+        let cp = Checkpoint {
+            source: s.identity.clone(),
+            resume: rows[1].resume.clone(),
+            complete: false,
+        };
+        let rest = collect(
+            &mut open(&cfg(&p), Some(&cp), CancellationToken::new())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(rest.len(), 1);
+        assert_eq!(text(&rest[0]), vec!["3", "d"]);
+        assert_eq!(rest[0].line, 5);
     }
 
     #[tokio::test]

@@ -320,7 +320,8 @@ impl TrackClient {
     }
 }
 
-/// 401/403 (credentials) and 3xx (wrong region) end the run.
+/// 401/403 (credentials), 3xx (wrong region) and statuses that say nothing about the rows
+/// end the run; only 400, 404, 413 and 422 reject rows.
 fn check_fatal(resp: &http::Response) -> Result<(), TrackError> {
     match resp.status {
         401 | 403 => Err(TrackError::Unauthorized {
@@ -330,7 +331,14 @@ fn check_fatal(resp: &http::Response) -> Result<(), TrackError> {
             status: resp.status,
             location: String::new(),
         }),
-        _ => Ok(()),
+        // Only these say something about the rows (rejected or accepted).
+        200..=299 | 400 | 404 | 413 | 422 => Ok(()),
+        // A status that says nothing about the rows (405, 409, 415, …, or an unretried 5xx
+        // left over when retries ran out) is a proxy or URL problem: stop, reject nothing.
+        s => Err(TrackError::Unexpected(format!(
+            "HTTP {s}: {}; check `customerio.track_url` and any proxy in between",
+            resp.body_excerpt()
+        ))),
     }
 }
 
@@ -378,31 +386,100 @@ fn describe_error_item(e: &serde_json::Value) -> String {
     if s.is_empty() { e.to_string() } else { s }
 }
 
-/// A 207's `errors[].batch_index` → (index, reason); indexes outside the batch are ignored.
+/// A 207's `errors[].batch_index` → (index, reason). An answer that cannot be read, or an
+/// error entry without a usable index, cannot say which rows failed: then every row of the
+/// batch is dead-lettered with the raw answer (never counted as delivered on a guess;
+/// `dead-letters retry` re-sends them, and identify and event ids make that safe).
 fn partial_errors(resp: &http::Response, len: usize) -> Vec<(usize, String)> {
     #[derive(Deserialize)]
     struct Body {
         #[serde(default)]
-        errors: Vec<serde_json::Value>,
+        errors: Option<Vec<serde_json::Value>>,
     }
-    let Ok(body) = serde_json::from_slice::<Body>(&resp.body) else {
-        tracing::warn!(body = %resp.body_excerpt(), "A 207 answer could not be read; counting the batch as delivered.");
-        return Vec::new();
+    let whole = |why: &str| -> Vec<(usize, String)> {
+        tracing::warn!(body = %resp.body_excerpt(), "{why}; dead-lettering the whole batch.");
+        let reason = format!(
+            "Customer.io answered 207 but {why}: {}",
+            resp.body_excerpt()
+        );
+        (0..len).map(|i| (i, reason.clone())).collect()
     };
-    let mut out: Vec<(usize, String)> = body
-        .errors
-        .iter()
-        .filter_map(|e| {
-            let i = e.get("batch_index")?.as_u64()? as usize;
-            (i < len).then(|| {
-                (
-                    i,
-                    format!("Customer.io rejected this item: {}", describe_error_item(e)),
-                )
-            })
-        })
-        .collect();
+    let Ok(body) = serde_json::from_slice::<Body>(&resp.body) else {
+        return whole("its answer could not be read");
+    };
+    let errors = body.errors.unwrap_or_default();
+    if errors.is_empty() {
+        return whole("it listed no errors");
+    }
+    let mut out = Vec::with_capacity(errors.len());
+    for e in &errors {
+        let index = match e.get("batch_index") {
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        match index.map(|i| i as usize).filter(|i| *i < len) {
+            Some(i) => out.push((
+                i,
+                format!("Customer.io rejected this item: {}", describe_error_item(e)),
+            )),
+            None => return whole("an error entry has no usable batch_index"),
+        }
+    }
     out.sort_by_key(|(i, _)| *i);
     out.dedup_by_key(|(i, _)| *i);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, body: &str) -> http::Response {
+        http::Response {
+            status,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_207_maps_batch_indexes_back_to_rows() {
+        let r = resp(
+            207,
+            r#"{"errors":[{"batch_index":3,"reason":"invalid","field":"timestamp","message":"bad"},{"batch_index":"1","reason":"x"}]}"#,
+        );
+        let out = partial_errors(&r, 5);
+        assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 3]);
+        assert!(
+            out[1].1.contains("invalid, field timestamp, bad"),
+            "{}",
+            out[1].1
+        );
+    }
+
+    #[test]
+    fn an_unreadable_207_dead_letters_the_whole_batch_instead_of_guessing() {
+        for body in [
+            "<html>oops</html>",
+            r#"{"errors":[]}"#,
+            r#"{"errors":[{"reason":"no index"}]}"#,
+            r#"{"errors":[{"batch_index":9}]}"#,
+        ] {
+            let out = partial_errors(&resp(207, body), 3);
+            assert_eq!(out.len(), 3, "{body}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_are_read_leniently() {
+        assert_eq!(
+            rejection_reason(&resp(400, r#"{"meta":{"error":"bad id"}}"#)),
+            "HTTP 400: bad id"
+        );
+        assert_eq!(
+            rejection_reason(&resp(400, r#"{"meta":{"errors":["a","b"]}}"#)),
+            "HTTP 400: a; b"
+        );
+        assert_eq!(rejection_reason(&resp(422, "plain")), "HTTP 422: plain");
+    }
 }

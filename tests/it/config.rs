@@ -127,3 +127,38 @@ async fn the_shipped_config_and_example_jobs_are_valid() {
             .expect("example job columns");
     }
 }
+
+#[tokio::test]
+async fn validate_connect_checks_credentials_region_and_columns() {
+    let env = TestEnv::new().await;
+    env.write_data("people.csv", &people_csv(3));
+    env.write_job("people", PEOPLE_JOB);
+    let out = env.cli_output(&["validate", "--connect"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("credentials accepted") && stdout(&out).contains("region us"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The workspace is in the EU, but config.yaml says us.
+    let eu = TestEnv::with_sim(cio_sync::simulator::SimConfig {
+        region: cio_sync::simulator::Region::Eu,
+        ..Default::default()
+    })
+    .await;
+    eu.write_data("people.csv", "id\n1\n");
+    eu.write_job("people", PEOPLE_JOB);
+    let out = eu.cli_output(&["validate", "--connect"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("belong to a workspace in the `eu` region")
+            && err.contains("set `customerio.region: eu`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("column `customer_id`"),
+        "the missing column is reported too: {err}"
+    );
+}

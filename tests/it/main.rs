@@ -8,3 +8,4 @@ mod faults;
 mod helpers;
 mod push;
 mod resume;
+mod sql;
