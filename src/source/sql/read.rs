@@ -1,0 +1,688 @@
+//! Running the query and handing its rows out, one at a time, in order.
+//!
+//! Owns: the per-backend fetch (always a row stream, never a whole result), turning each row
+//! into a [`SourceRow`] with its position, keyset chunks for incremental reads, and retrying
+//! a read after a lost connection without skipping or repeating a row. Must not: build SQL
+//! text (`plan` does), decide where a read starts (`plan::start`), or know what a row means.
+
+use std::time::Duration;
+
+use futures::stream::{BoxStream, StreamExt};
+use sqlx::pool::PoolConnection;
+use sqlx::{
+    AssertSqlSafe, Column, ColumnIndex, Connection, Database, Executor, MySql, Postgres, Row,
+    SqlSafeStr, Sqlite, Statement, TypeInfo, ValueRef,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::key::{Key, KeyKind};
+use super::mysql::{self, MyDecoder};
+use super::pg::{self, PgDecoder};
+use super::plan::{Backend, CursorPlan, clean_query};
+use super::pool::{self, Db};
+use super::sqlite::{self, LiteDecoder};
+use crate::source::{ResumePoint, SourceError, SourceRow, Value};
+
+/// One backend's reading of its column types and values.
+pub trait Decoder {
+    type Db: Database;
+    /// How a column is read, fixed by its type for the whole result.
+    type Kind: Copy + Send + Sync + 'static;
+    /// `None`: cio-sync cannot read the type.
+    fn kind(ti: &<Self::Db as Database>::TypeInfo) -> Option<Self::Kind>;
+    /// `None`: a column of this kind cannot order an incremental read.
+    fn key_kind(kind: Self::Kind) -> Option<KeyKind>;
+    /// The value; the error completes "column `x` (TYPE) …".
+    fn value(kind: Self::Kind, v: <Self::Db as Database>::ValueRef<'_>) -> Result<Value, String>;
+    /// The exact position value; the error completes "column `x` (TYPE) …".
+    fn key(kind: Self::Kind, v: <Self::Db as Database>::ValueRef<'_>) -> Result<Key, String>;
+}
+
+/// A column of the query as the database describes it.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The database's type name, for messages.
+    pub db_type: String,
+    pub supported: bool,
+    /// What a position in this column looks like, when it can be a cursor or tiebreak.
+    pub key_kind: Option<KeyKind>,
+}
+
+fn column_infos<D: Decoder>(columns: &[<D::Db as Database>::Column]) -> Vec<ColumnInfo> {
+    columns
+        .iter()
+        .map(|c| {
+            let ti = c.type_info();
+            let kind = D::kind(ti);
+            ColumnInfo {
+                name: c.name().to_string(),
+                db_type: ti.name().to_string(),
+                supported: kind.is_some(),
+                key_kind: kind.and_then(D::key_kind),
+            }
+        })
+        .collect()
+}
+
+/// Why a fetch failed.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The database or the connection; may be transient.
+    Db(sqlx::Error),
+    /// A column whose type cio-sync cannot read (found at the first row).
+    Unsupported { column: String, db_type: String },
+    /// The result does not look like the probe said it would.
+    Shape(String),
+}
+
+/// One decoded row.
+pub struct DecodedRow {
+    /// The values, or the first column that could not be read (named, with its type).
+    pub values: Result<Vec<Value>, String>,
+    /// For unreadable rows: the row as JSON text, unreadable columns shown as their error.
+    pub raw: Option<String>,
+    /// (cursor, tiebreak) in incremental reads.
+    pub key: Option<Result<(Key, Key), String>>,
+}
+
+/// The kinds of a result's columns, taken from its first row.
+struct Layout<K> {
+    names: Vec<String>,
+    types: Vec<String>,
+    kinds: Vec<K>,
+}
+
+impl<K: Copy> Layout<K> {
+    fn of<D: Decoder<Kind = K>>(
+        columns: &[<D::Db as Database>::Column],
+        expected: usize,
+    ) -> Result<Self, FetchError> {
+        if columns.len() != expected {
+            return Err(FetchError::Shape(format!(
+                "the query returned {} columns, but {expected} when it was first described; was the table changed during the read?",
+                columns.len()
+            )));
+        }
+        let mut layout = Layout {
+            names: Vec::new(),
+            types: Vec::new(),
+            kinds: Vec::new(),
+        };
+        for c in columns {
+            let ti = c.type_info();
+            let kind = D::kind(ti).ok_or_else(|| FetchError::Unsupported {
+                column: c.name().to_string(),
+                db_type: ti.name().to_string(),
+            })?;
+            layout.names.push(c.name().to_string());
+            layout.types.push(ti.name().to_string());
+            layout.kinds.push(kind);
+        }
+        Ok(layout)
+    }
+
+    fn decode<D: Decoder<Kind = K>>(
+        &self,
+        row: &<D::Db as Database>::Row,
+        keys: Option<(usize, usize)>,
+    ) -> DecodedRow
+    where
+        usize: ColumnIndex<<D::Db as Database>::Row>,
+    {
+        let mut values = Vec::with_capacity(self.kinds.len());
+        let mut first_error: Option<String> = None;
+        let mut shown = Vec::new();
+        for (i, kind) in self.kinds.iter().enumerate() {
+            let read = match row.try_get_raw(i) {
+                Ok(raw) if raw.is_null() => Ok(Value::Null),
+                Ok(raw) => D::value(*kind, raw),
+                Err(e) => Err(e.to_string()),
+            };
+            match read {
+                Ok(v) => values.push(v),
+                Err(why) => {
+                    let msg = format!("column `{}` ({}) {why}", self.names[i], self.types[i]);
+                    first_error.get_or_insert(msg.clone());
+                    shown.push((i, msg));
+                    values.push(Value::Null);
+                }
+            }
+        }
+        let key = keys.map(|(c, t)| Ok((self.key::<D>(row, c)?, self.key::<D>(row, t)?)));
+        match first_error {
+            None => DecodedRow {
+                values: Ok(values),
+                raw: None,
+                key,
+            },
+            Some(msg) => {
+                let mut obj = serde_json::Map::new();
+                for (i, v) in values.iter().enumerate() {
+                    obj.insert(self.names[i].clone(), v.to_json());
+                }
+                for (i, why) in shown {
+                    obj.insert(
+                        self.names[i].clone(),
+                        serde_json::Value::String(format!("<unreadable: {why}>")),
+                    );
+                }
+                DecodedRow {
+                    values: Err(msg),
+                    raw: Some(serde_json::Value::Object(obj).to_string()),
+                    key,
+                }
+            }
+        }
+    }
+
+    fn key<D: Decoder<Kind = K>>(
+        &self,
+        row: &<D::Db as Database>::Row,
+        i: usize,
+    ) -> Result<Key, String>
+    where
+        usize: ColumnIndex<<D::Db as Database>::Row>,
+    {
+        let name = &self.names[i];
+        match row.try_get_raw(i) {
+            Ok(raw) if raw.is_null() => Err(format!(
+                "the cursor column `{name}` is NULL, so the row has no position in the incremental read; make the column NOT NULL or COALESCE it in the query"
+            )),
+            Ok(raw) => D::key(self.kinds[i], raw)
+                .map_err(|why| format!("the cursor column `{name}` ({}) {why}", self.types[i])),
+            Err(e) => Err(format!("the cursor column `{name}`: {e}")),
+        }
+    }
+}
+
+/// Decodes a row stream, fixing the column kinds at the first row.
+fn decoded<'a, D: Decoder + 'a>(
+    rows: BoxStream<'a, Result<<D::Db as Database>::Row, sqlx::Error>>,
+    keys: Option<(usize, usize)>,
+    expected: usize,
+) -> BoxStream<'a, Result<DecodedRow, FetchError>>
+where
+    usize: ColumnIndex<<D::Db as Database>::Row>,
+{
+    let mut layout: Option<Layout<D::Kind>> = None;
+    rows.map(move |r| {
+        let row = r.map_err(FetchError::Db)?;
+        if layout.is_none() {
+            layout = Some(Layout::of::<D>(row.columns(), expected)?);
+        }
+        match &layout {
+            Some(l) => Ok(l.decode::<D>(&row, keys)),
+            None => Err(FetchError::Shape("the result has no column layout".into())),
+        }
+    })
+    .boxed()
+}
+
+/// The one connection a read uses, from its probe to its last chunk.
+pub enum Conn {
+    Pg(PoolConnection<Postgres>),
+    My(PoolConnection<MySql>),
+    Lite(PoolConnection<Sqlite>),
+}
+
+impl Db {
+    /// A connection with an empty statement cache. sqlx caches prepared statements by their
+    /// SQL text, and one cached by an earlier run describes the table as it was then
+    /// (PostgreSQL refuses it outright once a column's type changed).
+    pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
+        Ok(match self {
+            Db::Pg(p) => {
+                let mut c = p.acquire().await?;
+                c.clear_cached_statements().await?;
+                Conn::Pg(c)
+            }
+            Db::My(p) => {
+                let mut c = p.acquire().await?;
+                c.clear_cached_statements().await?;
+                Conn::My(c)
+            }
+            Db::Lite(p) => {
+                let mut c = p.acquire().await?;
+                c.clear_cached_statements().await?;
+                Conn::Lite(c)
+            }
+        })
+    }
+}
+
+impl Conn {
+    /// The query's columns without reading a row: prepared, then run (a `LIMIT 0` query), so
+    /// permission errors surface too.
+    pub async fn describe(&mut self, sql: String) -> Result<Vec<ColumnInfo>, sqlx::Error> {
+        match self {
+            Conn::Pg(c) => {
+                let st = (&mut **c)
+                    .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
+                    .await?;
+                sqlx::query(AssertSqlSafe(sql))
+                    .fetch_optional(&mut **c)
+                    .await?;
+                Ok(column_infos::<PgDecoder>(st.columns()))
+            }
+            Conn::My(c) => {
+                let st = (&mut **c)
+                    .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
+                    .await?;
+                sqlx::query(AssertSqlSafe(sql))
+                    .fetch_optional(&mut **c)
+                    .await?;
+                Ok(column_infos::<MyDecoder>(st.columns()))
+            }
+            Conn::Lite(c) => {
+                let st = (&mut **c)
+                    .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
+                    .await?;
+                sqlx::query(AssertSqlSafe(sql))
+                    .fetch_optional(&mut **c)
+                    .await?;
+                Ok(column_infos::<LiteDecoder>(st.columns()))
+            }
+        }
+    }
+
+    /// Streams `sql` with `params` bound in order.
+    fn fetch(
+        &mut self,
+        sql: String,
+        params: &[Key],
+        keys: Option<(usize, usize)>,
+        expected: usize,
+    ) -> Result<BoxStream<'_, Result<DecodedRow, FetchError>>, String> {
+        Ok(match self {
+            Conn::Pg(c) => {
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for k in params {
+                    q = pg::bind(q, k)?;
+                }
+                decoded::<PgDecoder>(q.fetch(&mut **c), keys, expected)
+            }
+            Conn::My(c) => {
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for k in params {
+                    q = mysql::bind(q, k);
+                }
+                decoded::<MyDecoder>(q.fetch(&mut **c), keys, expected)
+            }
+            Conn::Lite(c) => {
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for k in params {
+                    q = sqlite::bind(q, k);
+                }
+                decoded::<LiteDecoder>(q.fetch(&mut **c), keys, expected)
+            }
+        })
+    }
+
+    /// Closes a connection that failed or stopped mid-result instead of returning it to the
+    /// pool, where its next user would first have to drain the rest of the result.
+    fn discard(self) {
+        match self {
+            Conn::Pg(mut c) => c.close_on_drop(),
+            Conn::My(mut c) => c.close_on_drop(),
+            Conn::Lite(mut c) => c.close_on_drop(),
+        }
+    }
+}
+
+/// Retries of one read after a lost connection, before it fails. A retry that made progress
+/// (handed out a row) resets the count.
+pub const MAX_RETRIES: u32 = 3;
+
+/// Wait before retry `n` (1-based): 1 s, 2 s, 4 s.
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << (n.saturating_sub(1)).min(5))
+}
+
+/// One read of a source: owns the channel's sending end.
+pub struct Reader {
+    pub db: Db,
+    /// The connection that ran the probe; the read continues on it.
+    pub conn: Option<Conn>,
+    pub backend: Backend,
+    pub job: String,
+    /// The masked URL.
+    pub describe: String,
+    pub query: String,
+    pub batch_rows: u32,
+    pub cursor: Option<CursorPlan>,
+    /// Columns the probe found; a result with another count is an error.
+    pub ncols: usize,
+    pub tx: mpsc::Sender<Result<SourceRow, SourceError>>,
+    pub cancel: CancellationToken,
+}
+
+/// What the loop does next after a fetch ended.
+enum Next {
+    Stop,
+    Retry,
+}
+
+/// How one fetch ended.
+enum Ended {
+    /// The result was read to its end.
+    Done,
+    /// Cancelled, or the pipeline stopped listening.
+    Stopped,
+    Failed(FetchError),
+}
+
+impl Reader {
+    /// Reads a full query, skipping the first `skip` rows (settled by an interrupted run).
+    pub async fn full(mut self, skip: u64) {
+        let sql = clean_query(&self.query).to_string();
+        let mut held = self.conn.take();
+        let mut handed = skip;
+        let mut failures = 0;
+        loop {
+            let mut conn = match self.connection(&mut held).await {
+                Ok(c) => c,
+                Err(e) => match self
+                    .after_error(FetchError::Db(e), &mut failures, handed)
+                    .await
+                {
+                    Next::Retry => continue,
+                    Next::Stop => return,
+                },
+            };
+            let mut rows = match conn.fetch(sql.clone(), &[], None, self.ncols) {
+                Ok(r) => r,
+                Err(e) => {
+                    return self
+                        .fail(self.db_error("binding the query's parameters failed", &e))
+                        .await;
+                }
+            };
+            let before = handed;
+            let mut seen = 0u64;
+            let ended = loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break Ended::Stopped,
+                    n = rows.next() => n,
+                };
+                match next {
+                    None => break Ended::Done,
+                    Some(Ok(row)) => {
+                        seen += 1;
+                        // After a retry the query runs again: skip what was already handed out.
+                        if seen <= handed {
+                            continue;
+                        }
+                        handed += 1;
+                        let item = SourceRow {
+                            line: handed,
+                            row_ref: format!("row {handed}"),
+                            resume: ResumePoint::Sql {
+                                cursor: None,
+                                tiebreak: None,
+                                row: handed,
+                            },
+                            values: row.values,
+                            raw: row.raw,
+                        };
+                        if !self.hand_out(item).await {
+                            break Ended::Stopped;
+                        }
+                    }
+                    Some(Err(e)) => break Ended::Failed(e),
+                }
+            };
+            drop(rows);
+            let error = match ended {
+                Ended::Done => return,
+                Ended::Stopped => return conn.discard(),
+                Ended::Failed(e) => {
+                    conn.discard();
+                    e
+                }
+            };
+            if handed > before {
+                failures = 0;
+            }
+            match self.after_error(error, &mut failures, handed).await {
+                Next::Retry => continue,
+                Next::Stop => return,
+            }
+        }
+    }
+
+    /// Reads in keyset chunks strictly after `after`; `row` rows of this pass came before.
+    pub async fn incremental(mut self, mut after: Option<(Key, Key)>, mut row: u64) {
+        let Some(plan) = self.cursor.clone() else {
+            return self
+                .fail(self.db_error(
+                    "the incremental read",
+                    &"no cursor is configured".to_string(),
+                ))
+                .await;
+        };
+        let keys = Some((plan.cursor_index, plan.tiebreak_index));
+        let mut held = self.conn.take();
+        let mut failures = 0;
+        loop {
+            let mut conn = match self.connection(&mut held).await {
+                Ok(c) => c,
+                Err(e) => match self
+                    .after_error(FetchError::Db(e), &mut failures, row)
+                    .await
+                {
+                    Next::Retry => continue,
+                    Next::Stop => return,
+                },
+            };
+            let (sql, params) = match &after {
+                None => (
+                    plan.first_chunk_sql(&self.query, self.batch_rows),
+                    Vec::new(),
+                ),
+                Some((c, t)) => {
+                    let sql = plan.next_chunk_sql(
+                        self.backend,
+                        &self.query,
+                        self.batch_rows,
+                        c.kind(),
+                        t.kind(),
+                    );
+                    let params = if self.backend.positional() {
+                        vec![c.clone(), c.clone(), t.clone()]
+                    } else {
+                        vec![c.clone(), t.clone()]
+                    };
+                    (sql, params)
+                }
+            };
+            let mut rows = match conn.fetch(sql, &params, keys, self.ncols) {
+                Ok(r) => r,
+                Err(e) => {
+                    return self
+                        .fail(self.db_error("binding the checkpoint's position failed", &e))
+                        .await;
+                }
+            };
+            let mut in_chunk = 0u64;
+            let mut advanced = false;
+            let ended = loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break Ended::Stopped,
+                    n = rows.next() => n,
+                };
+                match next {
+                    None => break Ended::Done,
+                    Some(Ok(decoded)) => {
+                        in_chunk += 1;
+                        row += 1;
+                        let key = decoded
+                            .key
+                            .unwrap_or_else(|| Err("the row has no position".into()));
+                        let (values, raw, row_ref) = match key {
+                            Ok((c, t)) => {
+                                let row_ref = format!("{}={t}", plan.tiebreak_name);
+                                after = Some((c, t));
+                                advanced = true;
+                                (decoded.values, decoded.raw, row_ref)
+                            }
+                            // Dead-lettered; the position stays at the previous row.
+                            Err(why) => (Err(why), decoded.raw, format!("row {row}")),
+                        };
+                        let item = SourceRow {
+                            line: row,
+                            row_ref,
+                            resume: ResumePoint::Sql {
+                                cursor: after.as_ref().map(|(c, _)| c.to_json()),
+                                tiebreak: after.as_ref().map(|(_, t)| t.to_json()),
+                                row,
+                            },
+                            values,
+                            raw,
+                        };
+                        if !self.hand_out(item).await {
+                            break Ended::Stopped;
+                        }
+                    }
+                    Some(Err(e)) => break Ended::Failed(e),
+                }
+            };
+            drop(rows);
+            match ended {
+                Ended::Stopped => return conn.discard(),
+                Ended::Done if in_chunk < u64::from(self.batch_rows) => return,
+                Ended::Done if !advanced => {
+                    let msg = format!(
+                        "job `{}`: a whole chunk of {} rows had no usable position (NULL `{}` or `{}`), so the read cannot move forward; make both columns NOT NULL or filter those rows out in `source.sql.query`",
+                        self.job, self.batch_rows, plan.cursor_name, plan.tiebreak_name
+                    );
+                    return self
+                        .fail(SourceError::Database {
+                            describe: self.describe.clone(),
+                            message: msg,
+                        })
+                        .await;
+                }
+                Ended::Done => {
+                    failures = 0;
+                    held = Some(conn);
+                }
+                Ended::Failed(e) => {
+                    conn.discard();
+                    if advanced {
+                        failures = 0;
+                    }
+                    // The chunk is issued again from the last position handed out.
+                    match self.after_error(e, &mut failures, row).await {
+                        Next::Retry => continue,
+                        Next::Stop => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection for the next fetch: the one in hand, or a fresh one after a failure.
+    async fn connection(&self, held: &mut Option<Conn>) -> Result<Conn, sqlx::Error> {
+        match held.take() {
+            Some(c) => Ok(c),
+            None => self.db.acquire().await,
+        }
+    }
+
+    /// Hands a row to the pipeline; `false` when the read should stop.
+    async fn hand_out(&self, row: SourceRow) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            sent = self.tx.send(Ok(row)) => sent.is_ok(),
+        }
+    }
+
+    async fn fail(&self, e: SourceError) {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => {}
+            _ = self.tx.send(Err(e)) => {}
+        }
+    }
+
+    fn db_error(&self, what: &str, message: &dyn std::fmt::Display) -> SourceError {
+        SourceError::Database {
+            describe: self.describe.clone(),
+            message: format!("job `{}`: {what}: {message}", self.job),
+        }
+    }
+
+    /// Retries a transient failure (after a pause) or reports the error and stops.
+    async fn after_error(&self, error: FetchError, failures: &mut u32, rows_so_far: u64) -> Next {
+        let e = match error {
+            FetchError::Db(e) if pool::is_transient(&e) && *failures < MAX_RETRIES => {
+                *failures += 1;
+                let wait = backoff(*failures);
+                tracing::warn!(
+                    job = %self.job,
+                    source = %self.describe,
+                    rows = rows_so_far,
+                    attempt = *failures,
+                    wait_ms = wait.as_millis() as u64,
+                    error = %pool::describe_error(&e),
+                    "Lost the connection to the source database; reading again from the last row handed out."
+                );
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Next::Stop,
+                    _ = tokio::time::sleep(wait) => return Next::Retry,
+                }
+            }
+            FetchError::Db(e) => {
+                let gave_up = if pool::is_transient(&e) {
+                    format!(" (gave up after {MAX_RETRIES} retries)")
+                } else {
+                    String::new()
+                };
+                SourceError::Database {
+                    describe: self.describe.clone(),
+                    message: format!(
+                        "job `{}`: reading the query failed after {rows_so_far} rows{gave_up}: {}; {}",
+                        self.job,
+                        pool::describe_error(&e),
+                        if pool::is_transient(&e) {
+                            pool::CONNECT_FIX
+                        } else {
+                            pool::QUERY_FIX
+                        }
+                    ),
+                }
+            }
+            FetchError::Unsupported { column, db_type } => SourceError::UnsupportedType {
+                describe: self.describe.clone(),
+                column,
+                db_type,
+            },
+            FetchError::Shape(msg) => self.db_error("reading the query failed", &msg),
+        };
+        self.fail(e).await;
+        Next::Stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second() {
+        assert_eq!(
+            [1, 2, 3].map(backoff),
+            [
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(4)
+            ]
+        );
+    }
+}
