@@ -7,7 +7,10 @@
 //! 2. rows/s and requests per delivered row under the fault mix of issue 3 (10% 5xx, 2%
 //!    dropped connections, a server rate limit of 150/s below the client's 2000/s);
 //! 3. peak RSS of the real binary pushing 100k and 1M rows (`CIO_BENCH_RSS=0` skips it),
-//!    read from /proc/<pid>/status (VmHWM) while it runs.
+//!    read from /proc/<pid>/status (VmHWM) while it runs;
+//! 4. PostgreSQL → simulator: rows/s of an incremental (cursor) job over 1M rows, and the
+//!    binary's peak RSS doing it (`CIO_SYNC_TEST_PG`, default the local server; a fresh
+//!    database is created and dropped; `CIO_BENCH_PG=0` skips it).
 //!
 //! Figures, not assertions: targets live here, never in timed tests.
 
@@ -137,8 +140,15 @@ async fn peak_rss(rows: usize) -> u64 {
         rows,
         "track: { rate_limit_per_sec: 1000000, concurrency: 4 }\n",
     );
+    let peak = binary_peak_rss(dir.path()).await;
+    sim.shutdown().await;
+    peak
+}
+
+/// Runs `cio-sync run people` in `dir` and samples its VmHWM until it exits.
+async fn binary_peak_rss(dir: &Path) -> u64 {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cio-sync"))
-        .current_dir(dir.path())
+        .current_dir(dir)
         .args(["--quiet", "--config", "config.yaml", "run", "people"])
         .env("CIO_SITE_ID", "demo-site")
         .env("CIO_TRACK_API_KEY", "demo-track-key")
@@ -166,8 +176,83 @@ async fn peak_rss(rows: usize) -> u64 {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
-    sim.shutdown().await;
     peak
+}
+
+async fn postgres(rows: usize) {
+    use sqlx::Connection;
+    let base = std::env::var("CIO_SYNC_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!(
+        "cio_bench_{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("PostgreSQL (set CIO_SYNC_TEST_PG or CIO_BENCH_PG=0)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create db");
+    let url = format!(
+        "{}/{name}",
+        base.rsplit_once('/').map(|(h, _)| h).unwrap_or(&base)
+    );
+    {
+        let mut db = sqlx::PgConnection::connect(&url).await.expect("bench db");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL, plan text, seats int, \
+             profile jsonb, balance numeric(12,2), updated_at timestamptz NOT NULL); \
+             INSERT INTO customers SELECT g, 'user' || g || '@example.com', (ARRAY['free','pro','team'])[g % 3 + 1], g % 50, \
+             jsonb_build_object('tier', g % 7), (g % 100000) / 100.0, timestamptz '2024-01-01' + (g / 3) * interval '1 second' \
+             FROM generate_series(1, {rows}) g; \
+             CREATE INDEX customers_cursor ON customers (updated_at, id); ANALYZE customers;"
+        )))
+        .execute(&mut db)
+        .await
+        .expect("fill");
+    }
+    let sim = Simulator::start(SimConfig::default()).await.expect("sim");
+    sim.record_operations(false);
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(dir.path().join("jobs")).expect("dirs");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "state: {{ url: \"sqlite://state/state.db\" }}\ncustomerio:\n  site_id: ${{CIO_SITE_ID}}\n  track_api_key: ${{CIO_TRACK_API_KEY}}\n  track_url: {}\ntrack: {{ rate_limit_per_sec: 1000000, concurrency: 4 }}\n",
+            sim.url()
+        ),
+    )
+    .expect("config");
+    std::fs::write(
+        dir.path().join("jobs/people.yaml"),
+        format!(
+            "source:\n  sql:\n    url: {url}\n    query: \"SELECT id AS customer_id, email, plan, seats, profile, balance, updated_at FROM customers\"\n    cursor: {{ column: updated_at, tiebreak: customer_id }}\n\
+             identify:\n  identifier: {{ id: customer_id }}\n  timestamp: updated_at\n"
+        ),
+    )
+    .expect("job");
+    let start = Instant::now();
+    let r = run_in_process(dir.path()).await;
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(r.counts.rows_delivered, rows as u64, "{r:?}");
+    println!(
+        "postgres: {rows} rows (incremental, 5000-row chunks) → mapping → batching → simulator in {secs:.2}s = {:.0} rows/s",
+        rows as f64 / secs
+    );
+    // The same job through the real binary from the start, for its peak memory.
+    std::fs::remove_dir_all(dir.path().join("state")).expect("reset state");
+    let peak = binary_peak_rss(dir.path()).await;
+    println!(
+        "postgres: peak RSS of `cio-sync run` over {rows} rows (VmHWM) = {} MiB",
+        peak / 1024
+    );
+    sim.shutdown().await;
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
 }
 
 fn main() {
@@ -195,6 +280,11 @@ fn main() {
                 small / 1024,
                 large / 1024
             );
+        }
+        if std::env::var("CIO_BENCH_PG").as_deref() != Ok("0") {
+            for rows in [100_000, 1_000_000] {
+                postgres(rows).await;
+            }
         }
     });
 }

@@ -170,7 +170,7 @@ pub enum SourceError {
     #[error("{describe}: {message}")]
     Database { describe: String, message: String },
     #[error(
-        "{describe}: column `{column}` has type {db_type}, which cio-sync cannot read; cast it in the query (e.g. `{column}::text`)"
+        "{describe}: column `{column}` has type {db_type}, which cio-sync cannot read; cast it to text in the query (PostgreSQL `{column}::text`, MySQL `CAST({column} AS CHAR)`)"
     )]
     UnsupportedType {
         describe: String,

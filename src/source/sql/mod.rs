@@ -91,7 +91,7 @@
 //! message.
 //!
 //! Dead letters name a row by its tiebreak (`id=42`) in incremental reads, by its position
-//! in the result (`row 17`) in full reads.
+//! in the result and a hash of its content (`row 17 #9f2c…`) in full reads.
 
 mod key;
 mod mysql;

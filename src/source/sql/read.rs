@@ -418,7 +418,7 @@ impl Reader {
                         handed += 1;
                         let item = SourceRow {
                             line: handed,
-                            row_ref: format!("row {handed}"),
+                            row_ref: content_ref(handed, &row.values, &row.raw),
                             resume: ResumePoint::Sql {
                                 cursor: None,
                                 tiebreak: None,
@@ -530,7 +530,10 @@ impl Reader {
                                 (decoded.values, decoded.raw, row_ref)
                             }
                             // Dead-lettered; the position stays at the previous row.
-                            Err(why) => (Err(why), decoded.raw, format!("row {row}")),
+                            Err(why) => {
+                                let r = content_ref(row, &Err(why.clone()), &decoded.raw);
+                                (Err(why), decoded.raw, r)
+                            }
                         };
                         let item = SourceRow {
                             line: row,
@@ -668,6 +671,20 @@ impl Reader {
         self.fail(e).await;
         Next::Stop
     }
+}
+
+/// A dead-letter reference for a row that has no key: its position plus a hash of its
+/// content, so the same row read again maps to the same dead letter while another row that
+/// lands at the same position in a later run (the table changed) does not overwrite it.
+fn content_ref(
+    n: u64,
+    values: &Result<Vec<crate::source::Value>, String>,
+    raw: &Option<String>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{values:?}|{raw:?}").as_bytes());
+    let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("row {n} #{short}")
 }
 
 #[cfg(test)]
