@@ -84,6 +84,15 @@ pub struct RegionInfo {
     pub environment_id: Option<i64>,
 }
 
+impl BatchOutcome {
+    /// Every row of the batch refused for the same reason.
+    fn reject_all(len: usize, reason: String) -> Self {
+        BatchOutcome::Settled {
+            rejected: (0..len).map(|i| (i, reason.clone())).collect(),
+        }
+    }
+}
+
 /// How a batch is put on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -256,15 +265,13 @@ impl TrackClient {
             _ => {
                 // The whole request was refused (400, 413, 422, …): nothing was applied, and the
                 // same body would be refused again, so every row of it is dead-lettered.
-                let reason = format!(
-                    "Customer.io rejected the whole batch: {}",
-                    rejection_reason(&resp)
-                );
-                BatchOutcome::Settled {
-                    rejected: (0..batch.items.len())
-                        .map(|i| (i, reason.clone()))
-                        .collect(),
-                }
+                BatchOutcome::reject_all(
+                    batch.items.len(),
+                    format!(
+                        "Customer.io rejected the whole batch: {}",
+                        rejection_reason(&resp)
+                    ),
+                )
             }
         }
     }
@@ -305,15 +312,13 @@ impl TrackClient {
                         rejected: Vec::new(),
                     }
                 } else {
-                    let reason = format!(
-                        "Customer.io rejected the segment update: {}",
-                        rejection_reason(&resp)
-                    );
-                    BatchOutcome::Settled {
-                        rejected: (0..batch.items.len())
-                            .map(|i| (i, reason.clone()))
-                            .collect(),
-                    }
+                    BatchOutcome::reject_all(
+                        batch.items.len(),
+                        format!(
+                            "Customer.io rejected the segment update: {}",
+                            rejection_reason(&resp)
+                        ),
+                    )
                 }
             }
         }
