@@ -264,7 +264,15 @@ async fn validate(global: &Global, connect: bool) -> Result<u8> {
                             info.region
                         ),
                         Err(e) => {
-                            eprintln!("cio-sync: {e}");
+                            let e = match e {
+                                RunnerError::Track { source, .. } => source.to_string(),
+                                RunnerError::Job { message, .. } => message,
+                                other => other.to_string(),
+                            };
+                            eprintln!(
+                                "cio-sync: Track API self-check ({}/api/v1/accounts/region): {e}",
+                                cfg.settings.customerio.track_url
+                            );
                             problems += 1;
                         }
                     }

@@ -38,7 +38,7 @@ pub enum PipelineError {
         #[source]
         source: StateError,
     },
-    #[error("job `{job}`: {source}")]
+    #[error("{}", crate::source::with_job(job, source))]
     Source {
         job: String,
         #[source]

@@ -179,6 +179,17 @@ pub enum SourceError {
     },
 }
 
+/// `job `name`: error`, unless the error already names the job (SQL errors do, so that
+/// they read well on their own).
+pub fn with_job(job: &str, error: &dyn std::fmt::Display) -> String {
+    let text = error.to_string();
+    if text.contains(&format!("job `{job}`")) {
+        text
+    } else {
+        format!("job `{job}`: {text}")
+    }
+}
+
 /// Channel depth between a source and the pipeline: enough to keep the mapper busy, small
 /// enough that memory stays flat whatever the input's size.
 pub const ROW_CHANNEL: usize = 4096;
