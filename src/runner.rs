@@ -79,14 +79,20 @@ impl Runner {
     }
 
     pub fn with_state(settings: Settings, state: StateStore) -> Self {
-        let host = hostname();
+        let holder = format!(
+            "{}:{}:{}",
+            hostname(),
+            std::process::id(),
+            ulid::Ulid::generate()
+        );
+        let state = state.fenced_by(&holder);
         Self {
             track_gate: Arc::new(RateGate::per_second(settings.track.rate_limit_per_sec)),
             app_gate: Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
             settings: Arc::new(settings),
             state,
             region_checked: Arc::new(tokio::sync::OnceCell::new()),
-            holder: format!("{host}:{}:{}", std::process::id(), ulid::Ulid::generate()),
+            holder,
         }
     }
 

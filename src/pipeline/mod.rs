@@ -179,7 +179,21 @@ pub async fn run_push(
         }
     };
     let run = Run::new(ctx, job, push, mode, stop, run_id.clone(), reader_stop);
-    run.go(stream, started).instrument(span).await
+    let result = run.go(stream, started).instrument(span).await;
+    if let Err(e) = &result {
+        // Best effort: the run must not stay "running" in the history.
+        let _ = ctx
+            .state
+            .finish_run(
+                &run_id,
+                Outcome::Failed,
+                Some(&e.to_string()),
+                RunCounts::default(),
+                None,
+            )
+            .await;
+    }
+    result
 }
 
 /// A dead-letter retry reads the stored rows back as a source.

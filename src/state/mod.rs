@@ -42,6 +42,10 @@ pub enum StateError {
         "state database: the stored checkpoint of job `{job}` cannot be read ({message}); reset it with `cio-sync run {job} --full`"
     )]
     BadCheckpoint { job: String, message: String },
+    #[error(
+        "job `{job}`: this process no longer holds the job's lease (another replica took it over after the lease expired), so its checkpoint was not written; the other replica carries on from the last checkpoint"
+    )]
+    LeaseLost { job: String },
 }
 
 fn q(what: &'static str, table: &'static str) -> impl FnOnce(sqlx::Error) -> StateError {
@@ -146,6 +150,10 @@ pub struct StateStore {
     pool: AnyPool,
     backend: Backend,
     url: DatabaseUrl,
+    /// The lease holder this process runs jobs as: checkpoints are written only while the
+    /// job's lease is still this holder's, so a replica that lost its lease (a long database
+    /// outage, a paused VM) can never move a checkpoint another replica now owns.
+    fence: Option<std::sync::Arc<str>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -253,7 +261,14 @@ impl StateStore {
             pool,
             backend,
             url: url.clone(),
+            fence: None,
         })
+    }
+
+    /// This store, writing checkpoints only while `holder` holds the job's lease.
+    pub fn fenced_by(mut self, holder: &str) -> Self {
+        self.fence = Some(holder.into());
+        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -373,17 +388,38 @@ impl StateStore {
         update_counts(&mut tx, run_id, counts).await?;
         if let Some(cp) = checkpoint {
             let text = serde_json::to_string(cp).unwrap_or_default();
-            sqlx::query(
-                "INSERT INTO checkpoints (job, position, run_id, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (job) DO UPDATE SET position = excluded.position, run_id = excluded.run_id, updated_at = excluded.updated_at",
-            )
-            .bind(job)
-            .bind(text)
-            .bind(run_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
+            let written = match &self.fence {
+                None => sqlx::query(
+                    "INSERT INTO checkpoints (job, position, run_id, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (job) DO UPDATE SET position = excluded.position, run_id = excluded.run_id, updated_at = excluded.updated_at",
+                )
+                .bind(job)
+                .bind(text)
+                .bind(run_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await,
+                // The WHERE also keeps SQLite's parser from reading ON CONFLICT as a join.
+                Some(holder) => sqlx::query(
+                    "INSERT INTO checkpoints (job, position, run_id, updated_at) \
+                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM job_leases WHERE job = $1 AND holder = $5) \
+                     ON CONFLICT (job) DO UPDATE SET position = excluded.position, run_id = excluded.run_id, updated_at = excluded.updated_at",
+                )
+                .bind(job)
+                .bind(text)
+                .bind(run_id)
+                .bind(now)
+                .bind(holder.as_ref())
+                .execute(&mut *tx)
+                .await,
+            }
             .map_err(q("writing the checkpoint", "checkpoints"))?;
+            if written.rows_affected() == 0 {
+                // Nothing of this step is kept: the new lease holder re-reads these rows.
+                return Err(StateError::LeaseLost {
+                    job: job.to_string(),
+                });
+            }
         }
         tx.commit()
             .await

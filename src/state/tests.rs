@@ -94,3 +94,149 @@ async fn a_lease_keeps_a_second_holder_out_until_it_expires_or_is_released() {
         "expired lease taken over"
     );
 }
+
+#[tokio::test]
+async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
+    let (_d, s) = sqlite().await;
+    let mine = s.clone().fenced_by("me");
+    let run = s.start_run("j", "push").await.unwrap();
+    let cp = Checkpoint {
+        source: serde_json::json!({}),
+        resume: ResumePoint::Csv {
+            byte: 1,
+            line: 1,
+            row: 1,
+        },
+        complete: false,
+    };
+    let counts = RunCounts::default();
+    // No lease yet: refused, and the dead letters of the same step are not kept either.
+    let err = mine
+        .commit("j", &run, Some(&cp), &[letter("a", "x")], &[], counts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StateError::LeaseLost { .. }), "{err}");
+    assert_eq!(s.count_dead_letters("j").await.unwrap(), 0);
+    assert!(s.try_lease("j", "me", 60_000).await.unwrap());
+    mine.commit("j", &run, Some(&cp), &[], &[], counts)
+        .await
+        .unwrap();
+    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp.clone()));
+    // Another replica takes the lease over: this one's next checkpoint is refused.
+    s.release_lease("j", "me").await.unwrap();
+    assert!(s.try_lease("j", "other", 60_000).await.unwrap());
+    let later = Checkpoint {
+        resume: ResumePoint::Csv {
+            byte: 9,
+            line: 9,
+            row: 9,
+        },
+        ..cp.clone()
+    };
+    assert!(
+        mine.commit("j", &run, Some(&later), &[], &[], counts)
+            .await
+            .is_err()
+    );
+    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp));
+}
+
+/// A fresh PostgreSQL database for one test (the server must be up: this never skips).
+async fn postgres() -> (String, StateStore) {
+    use sqlx::Connection;
+    let base = std::env::var("CIO_SYNC_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!(
+        "cio_state_{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/{name}",
+        base.rsplit_once('/').map(|(h, _)| h).unwrap_or(&base)
+    );
+    (
+        name,
+        StateStore::open(&DatabaseUrl::new(url)).await.unwrap(),
+    )
+}
+
+async fn drop_pg(name: &str, store: StateStore) {
+    use sqlx::Connection;
+    store.pool().close().await;
+    let base = std::env::var("CIO_SYNC_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_state_semantics_hold_on_postgresql() {
+    let (name, s) = postgres().await;
+    let run = s.start_run("j", "push").await.unwrap();
+    let cp = Checkpoint {
+        source: serde_json::json!({"f": 1}),
+        resume: ResumePoint::Csv {
+            byte: 10,
+            line: 2,
+            row: 1,
+        },
+        complete: true,
+    };
+    let counts = RunCounts {
+        rows_read: 3,
+        rows_delivered: 2,
+        rows_rejected: 1,
+        requests: 1,
+        retries: 2,
+    };
+    s.commit("j", &run, Some(&cp), &[letter("a", "first")], &[], counts)
+        .await
+        .unwrap();
+    s.commit("j", &run, None, &[letter("a", "second")], &[], counts)
+        .await
+        .unwrap();
+    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp.clone()));
+    let letters = s.dead_letters("j", 10).await.unwrap();
+    assert_eq!((letters.len(), letters[0].reason.as_str()), (1, "second"));
+    s.finish_run(
+        &run,
+        Outcome::RejectedRows,
+        None,
+        counts,
+        Some(&serde_json::json!({"x": 1})),
+    )
+    .await
+    .unwrap();
+    let runs = s.runs(None, 5).await.unwrap();
+    assert_eq!(
+        (runs[0].outcome.as_str(), runs[0].counts),
+        ("rejected_rows", counts)
+    );
+
+    // Leases and the checkpoint fence.
+    let mine = s.clone().fenced_by("me");
+    assert!(s.try_lease("j", "me", 60_000).await.unwrap());
+    assert!(!s.try_lease("j", "other", 60_000).await.unwrap());
+    mine.commit("j", &run, Some(&cp), &[], &[], counts)
+        .await
+        .unwrap();
+    s.release_lease("j", "me").await.unwrap();
+    assert!(s.try_lease("j", "other", 60_000).await.unwrap());
+    assert!(matches!(
+        mine.commit("j", &run, Some(&cp), &[], &[], counts).await,
+        Err(StateError::LeaseLost { .. })
+    ));
+    assert_eq!(s.lease_holder("j").await.unwrap().as_deref(), Some("other"));
+    drop_pg(&name, s).await;
+}
