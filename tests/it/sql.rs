@@ -60,6 +60,7 @@ each_backend! {
     an_unreachable_database_or_a_bad_query_fails_with_the_job_and_the_database_message => errors_name_job_and_database_message;
     a_sql_job_sends_changed_rows_only_through_the_pipeline => sql_job_through_the_pipeline;
     an_unreadable_value_or_a_null_cursor_is_that_rows_error_and_the_read_goes_on => bad_rows_are_row_errors;
+    a_sql_job_killed_twice_mid_run_then_restarted_loses_nothing => killed_sql_job_resumes;
 }
 
 mod a_lost_connection_is_retried_without_skipping_or_repeating_rows {
@@ -1481,5 +1482,59 @@ async fn validate_connect_probes_each_sql_query_and_names_the_job_and_the_databa
         "{err}"
     );
     assert!(!err.contains("job `good`"), "{err}");
+    db.remove().await;
+}
+
+/// The real binary reading an incremental SQL job, SIGKILLed twice mid-run and restarted:
+/// every row arrives, and only batches in flight at a kill are sent twice.
+async fn killed_sql_job_resumes(kind: Kind) {
+    const N: usize = 20_000;
+    let db = TestDb::new(kind).await;
+    create_people(&db, N as u64).await;
+    let env = TestEnv::new().await;
+    env.write_config("track: { concurrency: 4, batch: { max_items: 100, max_bytes: 480000 } }\n");
+    env.write_job(
+        "crm",
+        &format!(
+            "source:\n  sql:\n    url: \"{}\"\n    query: \"SELECT id AS customer_id, email, updated_at FROM people\"\n    cursor: {{ column: updated_at, tiebreak: customer_id }}\n    batch_rows: 1000\n\
+             identify:\n  identifier: {{ id: customer_id }}\n  attributes:\n    email: email\n",
+            db.url
+        ),
+    );
+    env.sim.set_faults(cio_sync::simulator::Faults {
+        latency: std::time::Duration::from_millis(10),
+        ..Default::default()
+    });
+    for at in [5_000, 12_000] {
+        let mut child = tokio::process::Command::from(env.cli())
+            .args(["run", "crm"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cio-sync");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while env.sim.operation_count() < at {
+            assert!(
+                child.try_wait().ok().flatten().is_none(),
+                "the run ended before {at} operations"
+            );
+            assert!(std::time::Instant::now() < deadline, "no progress to {at}");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        child.kill().await.expect("SIGKILL");
+    }
+    let out = env.cli_output(&["run", "crm"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ops = env.sim.operations();
+    let ids: std::collections::HashSet<&str> =
+        ops.iter().map(|o| o.identifiers["id"].as_str()).collect();
+    assert_eq!(ids.len(), N, "every row arrived");
+    // At most the batches in flight (4) and the one being acknowledged, per kill.
+    assert!(ops.len() <= N + 2 * 5 * 100, "{} identify calls", ops.len());
     db.remove().await;
 }
