@@ -319,6 +319,8 @@ impl<'a> Run<'a> {
         };
         let (wire, max_items, max_bytes, concurrency) = self.settings();
         let mut batcher = Batcher::new(max_items, max_bytes);
+        // Rows read but not yet covered by the checkpoint: what a crash may re-send.
+        let window = concurrency.saturating_add(1).saturating_mul(max_items);
         let mut in_flight: JoinSet<Sent> = JoinSet::new();
         let mut reading = true;
         let mut stopping = false;
@@ -331,9 +333,17 @@ impl<'a> Run<'a> {
         let mut last_progress = Instant::now();
 
         loop {
-            // Batches that close are sent at once; reading pauses while all slots are busy.
-            let can_read = reading && !stopping && in_flight.len() < concurrency;
-            if !reading && !stopping && !batcher.is_empty() && in_flight.len() < concurrency {
+            // Batches that close are sent at once; reading pauses while all slots are busy, and
+            // while the rows past the checkpoint fill the window (a slow early batch holds the
+            // checkpoint back; without the window later batches would pile up behind it, and a
+            // crash would re-send all of them, not just the ones in flight).
+            let window_full = self.tracker.pending() >= window;
+            let can_read = reading && !stopping && in_flight.len() < concurrency && !window_full;
+            if (!reading || window_full)
+                && !stopping
+                && !batcher.is_empty()
+                && in_flight.len() < concurrency
+            {
                 if let Some(b) = batcher.take() {
                     self.spawn(&mut in_flight, b, wire);
                 }

@@ -86,7 +86,7 @@ async fn runs_killed_at_three_points_then_restarted_deliver_every_row_and_each_e
     let resent_events = env.sim.duplicate_events().len();
     let identifies = ops.iter().filter(|o| o.action == "identify").count();
     eprintln!("re-sent events: {resent_events}, identify calls: {identifies} for {N} people");
-    // At most the batches in flight (4) plus the one being acknowledged, per kill.
+    // At most the window of rows past the checkpoint, (concurrency + 1) × batch, per kill.
     let bound = 3 * (4 + 1) * 100;
     assert!(resent_events <= bound, "{resent_events}");
     assert!(identifies <= N + bound, "{identifies}");
