@@ -9,6 +9,29 @@ use cio_sync::state::{Outcome, StateStore};
 
 use crate::helpers::*;
 
+/// Runs `work` while moving the simulator's paused clock on by a second each time it has
+/// answered another 429, so rate limiting depends on counts, not on this machine's speed.
+async fn refilling_after_each_429<T>(
+    env: &TestEnv,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut refused = 0;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            // A poll interval; `work` itself is bounded by its retry budget.
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                let now = env.sim.requests().iter().filter(|r| r.status == 429).count();
+                if now > refused {
+                    refused = now;
+                    env.sim.advance_clock(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_arrives_once_under_5xx_dropped_connections_and_a_tighter_server_rate_limit() {
     const N: usize = 20_000;
@@ -18,18 +41,21 @@ async fn every_row_arrives_once_under_5xx_dropped_connections_and_a_tighter_serv
     env.write_data("orders.csv", &orders_csv(N));
     env.write_job("people", PEOPLE_JOB);
     env.write_job("orders", ORDERS_JOB);
+    // The server's bucket runs on a paused clock that moves on only after a refusal: the limit
+    // binds however fast or slow this machine sends, and every 429 is followed by a refill.
+    env.sim.pause_clock();
     env.sim.set_faults(Faults {
         error_5xx_rate: 0.10,
         drop_before_rate: 0.01,
         drop_after_rate: 0.01,
-        // The client may send 2000/s; the server allows 150/s.
-        rate_limit_per_sec: Some(150),
+        // The client may send 2000/s (a burst of 200); the server allows 500/s (a burst of 51).
+        rate_limit_per_sec: Some(500),
         retry_after_secs: 1,
         latency: Duration::ZERO,
         seed: 42,
     });
-    let people = env.run("people").await;
-    let orders = env.run("orders").await;
+    let people = refilling_after_each_429(&env, env.run("people")).await;
+    let orders = refilling_after_each_429(&env, env.run("orders")).await;
     for r in [&people, &orders] {
         assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
         assert_eq!(r.counts.rows_delivered, N as u64);
