@@ -1166,7 +1166,9 @@ async fn errors_name_job_and_database_message(kind: Kind) {
         .await;
         let mut ok = 0;
         let err = loop {
-            match s.rows.recv().await {
+            let row = tokio::time::timeout(crate::helpers::WAIT, s.rows.recv()).await;
+            match row.expect("the stream neither ended nor failed: waited for the division by zero")
+            {
                 Some(Ok(_)) => ok += 1,
                 Some(Err(e)) => break e,
                 None => panic!("the stream ended without the error"),
