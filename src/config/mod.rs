@@ -5,9 +5,10 @@
 //! Must not: write anything (loading never creates files or folders), open network or
 //! database connections, or read a data source.
 
+mod convert;
 pub mod interpolate;
 pub mod job;
-pub mod raw;
+mod raw;
 pub mod secret;
 mod validate;
 
@@ -17,8 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use job::*;
-pub use raw::{Region, Transport};
-pub use secret::{DatabaseUrl, Secret};
+pub use secret::{ApiUrl, DatabaseUrl, Secret};
 
 /// A configuration mistake, always naming the file and, where there is one, the key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::job::*;
-use super::raw::{self, EmptyPolicy, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
+use super::raw::{self, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
+use super::secret::ApiUrl;
 
 pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -41,7 +42,10 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
             errors.push(ConfigError::new(
                 file,
                 key,
-                format!("`{u}` is not an http(s) URL, e.g. http://127.0.0.1:4010"),
+                format!(
+                    "`{}` is not an http(s) URL, e.g. http://127.0.0.1:4010",
+                    super::secret::mask_url_password(u)
+                ),
             ));
         }
     }
@@ -99,29 +103,21 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
         config_file: file.to_path_buf(),
         state_url,
         customerio: CustomerIo {
-            region: c.region,
+            region: c.region.into(),
             site_id: c.site_id,
             track_api_key: c.track_api_key,
             app_api_key: c.app_api_key,
             track_url_overridden: c.track_url.is_some(),
-            track_url: c
-                .track_url
-                .unwrap_or_else(|| track_host.to_string())
-                .trim_end_matches('/')
-                .to_string(),
-            app_url: c
-                .app_url
-                .unwrap_or_else(|| app_host.to_string())
-                .trim_end_matches('/')
-                .to_string(),
+            track_url: ApiUrl::new(c.track_url.unwrap_or_else(|| track_host.to_string())),
+            app_url: ApiUrl::new(c.app_url.unwrap_or_else(|| app_host.to_string())),
         },
         jobs_dir: base.join(raw.jobs_dir),
         track: TrackSettings {
             rate_limit_per_sec: t.rate_limit_per_sec,
             concurrency: t.concurrency,
             timeout: Duration::from_secs(t.timeout_secs),
-            batch: t.batch,
-            transport: t.transport,
+            batch: t.batch.into(),
+            transport: t.transport.into(),
         },
         app: AppSettings {
             rate_limit_per_sec: raw.app.rate_limit_per_sec,
@@ -283,7 +279,7 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
                         file,
                         "identify.attributes",
                         i.attributes,
-                        i.empty,
+                        i.empty.into(),
                         &mut errors,
                     ),
                     timestamp: i.timestamp.map(timestamp_column),
@@ -337,16 +333,16 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             who.map(|who| MappingSpec::Track {
                 who,
                 name,
-                event_type: t.event_type,
+                event_type: t.event_type.into(),
                 timestamp: t.timestamp.map(timestamp_column),
                 key_columns,
-                data: field_set(file, "track.data", t.data, t.empty, &mut errors),
+                data: field_set(file, "track.data", t.data, t.empty.into(), &mut errors),
             })
         } else if let Some(d) = raw.delete {
             identifier(file, "delete.identifier", &d.identifier, &mut errors).map(|identifier| {
                 MappingSpec::Delete {
                     identifier,
-                    action: d.action,
+                    action: d.action.into(),
                 }
             })
         } else if let Some(s) = raw.segment {
@@ -354,7 +350,7 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
                 MappingSpec::Segment {
                     segment_id: s.id,
                     identifier,
-                    action: s.action,
+                    action: s.action.into(),
                 }
             })
         } else {
@@ -374,8 +370,8 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             (Some(source), Some(mapping)) => JobKind::Push(Box::new(PushJob {
                 source,
                 mapping,
-                transport: raw.transport,
-                batch: raw.batch,
+                transport: raw.transport.map(Into::into),
+                batch: raw.batch.map(Into::into),
                 concurrency: raw.concurrency,
             })),
             _ => return Err(errors),
@@ -435,7 +431,7 @@ fn source(
                 ));
             }
             csv.path = resolve(base, &csv.path);
-            Some(SourceSpec::Csv(csv))
+            Some(SourceSpec::Csv(csv.into()))
         }
         (None, Some(sql)) => {
             let scheme = sql.url.scheme();
@@ -465,7 +461,7 @@ fn source(
                     "must be greater than 0",
                 ));
             }
-            Some(SourceSpec::Sql(sql))
+            Some(SourceSpec::Sql(sql.into()))
         }
         _ => {
             errors.push(ConfigError::new(
@@ -520,7 +516,7 @@ fn timestamp_column(t: TimestampSpec) -> TimestampColumn {
         },
         TimestampSpec::Typed(t) => TimestampColumn {
             column: t.column,
-            format: t.format,
+            format: t.format.into(),
         },
     }
 }
@@ -583,9 +579,9 @@ fn field_set(
                         fields.push(FieldMapping {
                             name,
                             source,
-                            as_type: t.as_type,
-                            format: t.format,
-                            empty: t.empty.unwrap_or(empty),
+                            as_type: t.as_type.into(),
+                            format: t.format.into(),
+                            empty: t.empty.map(Into::into).unwrap_or(empty),
                         });
                     }
                 }
