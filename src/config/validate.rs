@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::ConfigError;
 use super::job::*;
 use super::raw::{self, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
-use super::secret::ApiUrl;
+use super::interpolate::VarUse;
+use super::secret::{ApiUrl, Secret};
 
 pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -133,10 +134,11 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
     })
 }
 
-/// `sqlite://relative.db` is relative to the config file's folder, like every other path.
+/// `sqlite://relative.db` (or `sqlite:relative.db`) is relative to the folder of the file
+/// that names it, like every other path: config.yaml for the state, the job file for a source.
 fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseUrl {
     let s = url.expose();
-    if let Some(rest) = s.strip_prefix("sqlite://")
+    if let Some(rest) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:"))
         && !rest.starts_with('/')
         && !rest.starts_with(":memory:")
         && !rest.is_empty()
@@ -145,6 +147,47 @@ fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseU
         return super::DatabaseUrl::new(format!("sqlite://{}", base.join(rest).display()));
     }
     url.clone()
+}
+
+/// Secrets that the jobs need must hold something: `CIO_SITE_ID=` set but empty would
+/// otherwise pass every check and fail only against Customer.io. Pure: looks at what was
+/// loaded, and names the variable that fed the key when there was one.
+pub fn needed_secrets(settings: &Settings, jobs: &[JobSpec], used: &[VarUse]) -> Vec<ConfigError> {
+    let names = |push: bool| -> Vec<&str> {
+        jobs.iter()
+            .filter(|j| matches!(j.kind, JobKind::Push(_)) == push)
+            .map(|j| j.name.as_str())
+            .collect()
+    };
+    let (pushes, pulls) = (names(true), names(false));
+    let c = &settings.customerio;
+    let mut errors = Vec::new();
+    for (key, value, jobs, what) in [
+        ("customerio.site_id", &c.site_id, &pushes, "the Site ID"),
+        ("customerio.track_api_key", &c.track_api_key, &pushes, "the Track API key"),
+        ("customerio.app_api_key", &c.app_api_key, &pulls, "an App API key"),
+    ] {
+        if jobs.is_empty() || !value.as_ref().is_some_and(Secret::is_empty) {
+            continue;
+        }
+        let needed_by = format!(
+            "job{} {} need{} it",
+            if jobs.len() == 1 { "" } else { "s" },
+            jobs.join(", "),
+            if jobs.len() == 1 { "s" } else { "" }
+        );
+        let message = match used.iter().find(|u| u.key == key && u.empty) {
+            Some(u) => format!(
+                "${{{var}}} is set but empty, and {needed_by}: set {var} to {what} from Customer.io's Account settings → API credentials",
+                var = u.var
+            ),
+            None => format!(
+                "is empty, and {needed_by}: set it to {what} from Customer.io's Account settings → API credentials"
+            ),
+        };
+        errors.push(ConfigError::new(&settings.config_file, key, message));
+    }
+    errors
 }
 
 fn positive(errors: &mut Vec<ConfigError>, file: &Path, key: &str, v: u64) {
@@ -433,7 +476,8 @@ fn source(
             csv.path = resolve(base, &csv.path);
             Some(SourceSpec::Csv(csv.into()))
         }
-        (None, Some(sql)) => {
+        (None, Some(mut sql)) => {
+            sql.url = resolve_sqlite_url(&sql.url, base);
             let scheme = sql.url.scheme();
             if !matches!(
                 scheme.as_str(),
