@@ -85,9 +85,19 @@ pub(super) fn deserialize<T: DeserializeOwned>(
             },
         ));
         o.active = false;
-        match o.created_from {
-            Some(i) => remove(tree, &o.path[..=i]),
-            None => set(tree, &o.path, o.original.take()),
+        set(tree, &o.path, o.original.take());
+        // Sections made for this override alone go too (another override may share them).
+        if let Some(from) = o.created_from {
+            for end in (from..o.path.len() - 1).rev() {
+                let section = &o.path[..=end];
+                let empty = parent(tree, section)
+                    .and_then(|m| m.get(&section[end]))
+                    .is_some_and(|v| v.as_object().is_some_and(Map::is_empty));
+                if !empty {
+                    break;
+                }
+                set(tree, section, None);
+            }
         }
     }
 }
@@ -190,8 +200,4 @@ fn set(tree: &mut Value, path: &[String], value: Option<Value>) {
             }
         }
     }
-}
-
-fn remove(tree: &mut Value, path: &[String]) {
-    set(tree, path, None);
 }

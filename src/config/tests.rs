@@ -84,10 +84,21 @@ fn an_override_of_an_unknown_key_is_refused_by_the_variables_name() {
             ("CIO_SYNC__TRAK__RATE_LIMIT_PER_SEC", "5"),
             ("CIO_SYNC__TRACK____X", "5"),
             ("CIO_SYNC__TRACK__RATE_LIMIT_PER_SEC", "50"),
+            // A section the file lacks, shared with a bad value: both are reported.
+            ("CIO_SYNC__APP__RATE", "1"),
+            ("CIO_SYNC__APP__TIMEOUT_SECS", "soon"),
         ],
     );
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
-    assert_eq!(errs.len(), 3, "one problem per stray variable, none for the good one: {text:#?}");
+    assert_eq!(errs.len(), 5, "one problem per stray variable, none for the good one: {text:#?}");
+    assert!(
+        text.iter().any(|e| e.contains("CIO_SYNC__APP__RATE sets a key")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|e| e.contains("`app.timeout_secs`: CIO_SYNC__APP__TIMEOUT_SECS does not hold a valid value")),
+        "{text:#?}"
+    );
     assert!(
         text.iter().any(|e| e.contains("`track.rate_limt`")
             && e.contains("CIO_SYNC__TRACK__RATE_LIMT sets a key config.yaml does not have")
