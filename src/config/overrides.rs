@@ -4,7 +4,8 @@
 //! Owns: turning a variable's name into a key path (`CIO_SYNC__TRACK__RATE_LIMIT_PER_SEC` is
 //! `track.rate_limit_per_sec`), giving its text the key's type (number, bool or string, as the
 //! typed parse accepts), and naming the variable when its key is unknown or its value does not
-//! fit. Must not: read the environment itself (the caller passes the variables), expand
+//! fit; and going on past a file's first parse error, so each of its problems is listed.
+//! Must not: read the environment itself (the caller passes the variables), expand
 //! `${VAR}` in an override, or show an override's value (it may be a secret).
 
 use std::path::Path;
@@ -13,6 +14,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{ConfigError, OVERRIDE_PREFIX};
+
+/// Past this many, a file is probably not a configuration file at all: stop listing.
+const MAX_PROBLEMS_PER_FILE: usize = 50;
 
 /// One override being tried.
 struct Override<'a> {
@@ -46,6 +50,9 @@ pub(super) fn deserialize<T: DeserializeOwned>(
             Err(e) => errors.push(e),
         }
     }
+    // Keys of the file taken out after their error was recorded, so the parse can go on and
+    // report the file's next problem too (serde stops at the first).
+    let mut removed: Vec<Vec<String>> = Vec::new();
     loop {
         let err = match serde_path_to_error::deserialize::<_, T>(tree.clone()) {
             Ok(t) if errors.is_empty() => return Ok(t),
@@ -54,6 +61,14 @@ pub(super) fn deserialize<T: DeserializeOwned>(
         };
         let at = err.path().to_string();
         let at = if at == "." { String::new() } else { at };
+        let keys: Option<Vec<String>> = err
+            .path()
+            .iter()
+            .map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
         let message = err.into_inner().to_string();
         let unknown = message.starts_with("unknown field");
         let culprit = active.iter_mut().find(|o| {
@@ -61,8 +76,30 @@ pub(super) fn deserialize<T: DeserializeOwned>(
                 && (o.key == at || (unknown && o.key.starts_with(&format!("{at}."))))
         });
         let Some(o) = culprit else {
+            // A required key missing only because it was taken out is no new problem.
+            let follows_removal = keys.as_ref().is_some_and(|k| {
+                removed.iter().any(|r| {
+                    r.len() == k.len() + 1
+                        && r.starts_with(k)
+                        && message.starts_with(&format!("missing field `{}`", r[k.len()]))
+                })
+            });
+            if follows_removal {
+                return Err(errors);
+            }
             errors.push(ConfigError::new(file, at, message));
-            return Err(errors);
+            match keys {
+                Some(k)
+                    if !k.is_empty()
+                        && errors.len() < MAX_PROBLEMS_PER_FILE
+                        && parent(tree, &k).is_some_and(|m| m.contains_key(&k[k.len() - 1])) =>
+                {
+                    set(tree, &k, None);
+                    removed.push(k);
+                    continue;
+                }
+                _ => return Err(errors),
+            }
         };
         if o.at + 1 < o.candidates.len() {
             o.at += 1;

@@ -149,6 +149,23 @@ fn every_problem_of_config_yaml_and_every_job_file_is_listed_at_once() {
     let err = load_layered(&path, &env, &[]).expect_err("three problems");
     let text = err.to_string();
     assert!(text.starts_with("3 problems"), "{text}");
+    // More than one problem in one file, too.
+    let (_dir2, path2) = folder(
+        &format!("{CONFIG}trak: {{}}\nretry: {{ max_attempts: many }}\n"),
+        &[(
+            "a",
+            &format!("{JOB}atributes: [x]\nconcurrency: -1\n"),
+        )],
+    );
+    let err2 = load_layered(&path2, &env, &[]).expect_err("four problems").to_string();
+    assert!(err2.starts_with("4 problems"), "{err2}");
+    assert!(err2.contains("config.yaml: `retry.max_attempts`: invalid type"), "{err2}");
+    assert!(err2.contains("a.yaml: `concurrency`: invalid value"), "{err2}");
+    // A required key taken out after its error is not reported again as missing.
+    let (_dir3, path3) = folder(&CONFIG.replace("url: \"sqlite://state/s.db\"", "url: 5"), &[]);
+    let errs = problems(&path3, &[]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "state.url");
     assert!(text.contains("config.yaml: `trak`: unknown field `trak`"), "{text}");
     assert!(text.contains("a.yaml: `atributes`: unknown field `atributes`"), "{text}");
     assert!(text.contains("b.yaml: `track.name`: an event name must be 1 to 100 bytes"), "{text}");
