@@ -105,7 +105,7 @@ impl Runner {
             });
         };
         TrackClient::new(
-            &c.track_url,
+            c.track_url.expose(),
             site,
             key,
             self.track_gate.clone(),

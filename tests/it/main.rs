@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod config_load;
 mod faults;
 mod helpers;
 mod pull;
