@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod exit;
+pub mod preflight;
 pub mod http;
 pub mod mapping;
 pub mod pipeline;
