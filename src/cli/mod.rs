@@ -701,3 +701,51 @@ fn next_run(
         .find_next_occurrence(&now, false)
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_flag_and_argument_has_a_help_line() {
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "cio-sync", &mut missing);
+        assert!(missing.is_empty(), "no --help line: {missing:?}");
+    }
+
+    #[test]
+    fn a_config_error_is_exit_2_and_a_usage_error_too() {
+        let config = anyhow::Error::new(config::ConfigErrors(vec![]));
+        assert_eq!(exit_code(&config), exit::CONFIG);
+        assert_eq!(exit_code(&usage("x".into())), exit::CONFIG);
+        assert_eq!(exit_code(&anyhow!("a job failed")), exit::FAILED);
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(chain(&e), "outer: inner");
+    }
+}

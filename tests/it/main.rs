@@ -3,9 +3,11 @@
 //! database and simulator.
 
 mod cli;
+mod cli_output;
 mod config;
 mod faults;
 mod helpers;
+mod preflight;
 mod push;
 mod resume;
 mod sql;
