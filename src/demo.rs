@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::cli::output::{count, print_report, say};
+use crate::cli::output::{count, print_report_as, say};
 use crate::config::{self, ConfigErrors, DatabaseUrl, Secret};
 use crate::pipeline::{RunMode, StopSignal};
 use crate::runner::{Runner, RunnerError};
@@ -79,6 +79,7 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, DemoEr
     );
     let runner = Runner::new(settings).await?;
     let me = invocation();
+    let me_here = format!("{me} --state {}", runner.state.url().masked());
     let mut code = crate::exit::OK;
     for job in &cfg.jobs {
         // `full`: every demo run starts from the top, so it always shows the whole flow.
@@ -87,7 +88,7 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, DemoEr
             .await
         {
             Ok(report) => {
-                print_report(&report);
+                print_report_as(&report, &me_here);
                 let letters = runner
                     .state
                     .dead_letters(&job.name, SHOWN_DEAD_LETTERS)
@@ -102,11 +103,7 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, DemoEr
                 let total = runner.state.count_dead_letters(&job.name).await?;
                 let more = total - letters.len() as i64;
                 if more > 0 {
-                    say!(
-                        "    … and {more} more: `{me} --state {} dead-letters {}`",
-                        runner.state.url().masked(),
-                        job.name
-                    );
+                    say!("    … and {more} more");
                 }
                 if !matches!(
                     report.outcome,

@@ -483,23 +483,37 @@ struct StateView {
 }
 
 fn load_for_state(global: &Global) -> Result<StateView> {
-    let lenient = |n: &str| Some(config::process_env(n).unwrap_or_else(|| UNSET_FOR_STATE.into()));
-    let tolerable = |errors: &[config::ConfigError]| {
-        errors
-            .iter()
-            .all(|e| e.unset_var.is_some() && !e.key.starts_with("state"))
-    };
-    let mut settings = match config::load_settings(&global.config, &config::process_env) {
-        Err(errors) if tolerable(&errors) => {
-            config::load_settings(&global.config, &lenient).map_err(config::ConfigErrors)?
-        }
-        other => other.map_err(config::ConfigErrors)?,
-    };
+    let settings = tolerating_unset(|env| config::load_settings(&global.config, env), true);
+    let mut settings = settings.map_err(config::ConfigErrors)?;
     if let Some(url) = &global.state {
         settings.state_url = config::DatabaseUrl::new(url.clone());
     }
-    let jobs = config::load_jobs(&settings, &lenient).map_err(|e| e.len());
+    let jobs = tolerating_unset(|env| config::load_jobs(&settings, env), false).map_err(|e| e.len());
     Ok(StateView { settings, jobs })
+}
+
+/// Loads with the process environment; when the only errors are unset variables (outside
+/// `state`, when `spare_state`), loads again with a stand-in for exactly those variables, so
+/// `${VAR:-default}` keeps its default.
+fn tolerating_unset<T>(
+    load: impl Fn(config::EnvLookup<'_>) -> Result<T, Vec<config::ConfigError>>,
+    spare_state: bool,
+) -> Result<T, Vec<config::ConfigError>> {
+    match load(&config::process_env) {
+        Err(errors)
+            if errors.iter().all(|e| {
+                e.unset_var.is_some() && !(spare_state && e.key.starts_with("state"))
+            }) =>
+        {
+            let unset: std::collections::BTreeSet<String> =
+                errors.into_iter().filter_map(|e| e.unset_var).collect();
+            load(&|n: &str| {
+                config::process_env(n)
+                    .or_else(|| unset.contains(n).then(|| UNSET_FOR_STATE.to_string()))
+            })
+        }
+        other => other,
+    }
 }
 
 async fn open_state(settings: &config::Settings) -> Result<StateStore> {

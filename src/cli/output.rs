@@ -73,8 +73,14 @@ pub fn table(rows: &[Vec<String>]) -> Vec<String> {
         .collect()
 }
 
-/// The one-paragraph summary of a finished run (`run`, `dead-letters retry`, the demo).
+/// The one-paragraph summary of a finished run (`run`, `dead-letters retry`).
 pub fn print_report(r: &RunReport) {
+    print_report_as(r, "cio-sync");
+}
+
+/// [`print_report`], with `me` as the command that looks at the dead letters (the demo says
+/// `cargo run -- --state …`).
+pub fn print_report_as(r: &RunReport, me: &str) {
     let secs = r.elapsed_ms as f64 / 1000.0;
     let mut line = format!(
         "{}: {} — read {}, delivered {}, rejected {}, requests {}, retries {} in {:.1}s",
@@ -96,7 +102,7 @@ pub fn print_report(r: &RunReport) {
     say!("{line}");
     if r.counts.rows_rejected > 0 {
         say!(
-            "  {} dead-lettered: see `cio-sync dead-letters {}`",
+            "  {} dead-lettered: see `{me} dead-letters {}`",
             count(r.counts.rows_rejected, "row"),
             r.job
         );

@@ -227,10 +227,21 @@ async fn the_demo_counts_hidden_dead_letters_and_its_suggested_commands_work() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("… and "), "hidden dead letters counted: {text}");
+    // Commands on their own line, and those quoted in backticks.
     let suggested: Vec<&str> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("cargo run -- "))
+        .chain(
+            text.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter_map(|quoted| quoted.strip_prefix("cargo run -- ")),
+        )
         .collect();
+    assert!(
+        suggested.iter().any(|s| s.contains("dead-letters crm-people")),
+        "{text}"
+    );
     assert!(
         suggested.iter().any(|s| s.ends_with(" status")),
         "the demo suggests commands cargo can run: {text}"
@@ -346,5 +357,28 @@ async fn a_state_database_that_refuses_connections_is_reported_at_once_by_every_
             "{args:?} reported at once, not after a pool timeout ({:?})",
             started.elapsed()
         );
+    }
+}
+
+#[tokio::test]
+async fn status_needs_no_credentials_and_keeps_variable_defaults() {
+    let env = TestEnv::new().await;
+    with_one_dead_letter(&env).await;
+    let config = std::fs::read_to_string(env.config_path()).expect("config");
+    std::fs::write(
+        env.config_path(),
+        config.replace("region: us", "region: ${CIO_REGION:-us}"),
+    )
+    .expect("config");
+    for args in [&["status"][..], &["dead-letters", "people"][..]] {
+        let mut c = env.cli();
+        c.args(args)
+            .env_remove("CIO_SITE_ID")
+            .env_remove("CIO_TRACK_API_KEY")
+            .env_remove("CIO_APP_API_KEY")
+            .env_remove("CIO_REGION");
+        let out = env.output_of(c).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).contains("people"), "{}", stdout(&out));
     }
 }
