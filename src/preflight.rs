@@ -334,7 +334,10 @@ mod tests {
             sqlite_path(&DatabaseUrl::new("sqlite:///var/x.db"), base),
             Some(PathBuf::from("/var/x.db"))
         );
-        assert_eq!(sqlite_path(&DatabaseUrl::new("sqlite::memory:"), base), None);
+        assert_eq!(
+            sqlite_path(&DatabaseUrl::new("sqlite::memory:"), base),
+            None
+        );
         assert_eq!(
             sqlite_path(&DatabaseUrl::new("postgres://u@h/db"), base),
             None

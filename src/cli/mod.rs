@@ -488,7 +488,8 @@ fn load_for_state(global: &Global) -> Result<StateView> {
     if let Some(url) = &global.state {
         settings.state_url = config::DatabaseUrl::new(url.clone());
     }
-    let jobs = tolerating_unset(|env| config::load_jobs(&settings, env), false).map_err(|e| e.len());
+    let jobs =
+        tolerating_unset(|env| config::load_jobs(&settings, env), false).map_err(|e| e.len());
     Ok(StateView { settings, jobs })
 }
 
@@ -501,9 +502,9 @@ fn tolerating_unset<T>(
 ) -> Result<T, Vec<config::ConfigError>> {
     match load(&config::process_env) {
         Err(errors)
-            if errors.iter().all(|e| {
-                e.unset_var.is_some() && !(spare_state && e.key.starts_with("state"))
-            }) =>
+            if errors
+                .iter()
+                .all(|e| e.unset_var.is_some() && !(spare_state && e.key.starts_with("state"))) =>
         {
             let unset: std::collections::BTreeSet<String> =
                 errors.into_iter().filter_map(|e| e.unset_var).collect();

@@ -227,9 +227,7 @@ impl StatusView<'_> {
         if self.runs.iter().any(|r| self.removed(&r.job))
             || self.checkpoints.iter().any(|c| self.removed(&c.job))
         {
-            say!(
-                "(removed): no job file has this name any more; its history stays until deleted"
-            );
+            say!("(removed): no job file has this name any more; its history stays until deleted");
         }
     }
 

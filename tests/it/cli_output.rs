@@ -69,7 +69,9 @@ async fn status_aligns_columns_filters_by_job_marks_removed_jobs_and_shows_next_
         .map(|l| at(l, "succeeded").min(at(l, "rejected_rows")))
         .collect();
     assert!(
-        outcome_cols.iter().all(|c| *c == outcome_cols[0] && *c != usize::MAX),
+        outcome_cols
+            .iter()
+            .all(|c| *c == outcome_cols[0] && *c != usize::MAX),
         "{text}"
     );
     assert!(
@@ -226,7 +228,10 @@ async fn the_demo_counts_hidden_dead_letters_and_its_suggested_commands_work() {
     let out = env.output_of(c).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("… and "), "hidden dead letters counted: {text}");
+    assert!(
+        text.contains("… and "),
+        "hidden dead letters counted: {text}"
+    );
     // Commands on their own line, and those quoted in backticks.
     let suggested: Vec<&str> = text
         .lines()
@@ -239,7 +244,9 @@ async fn the_demo_counts_hidden_dead_letters_and_its_suggested_commands_work() {
         )
         .collect();
     assert!(
-        suggested.iter().any(|s| s.contains("dead-letters crm-people")),
+        suggested
+            .iter()
+            .any(|s| s.contains("dead-letters crm-people")),
         "{text}"
     );
     assert!(
@@ -261,7 +268,11 @@ async fn a_config_mistake_makes_the_demo_exit_2() {
     env.write_config("trak: {}\n");
     let out = env.cli_output(&["demo"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("unknown field `trak`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown field `trak`"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("1 problem found"), "{}", stderr(&out));
 }
 
@@ -297,11 +308,18 @@ async fn the_daemon_log_has_none_of_the_scheduler_crates_chatter() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if log.lock().map(|l| l.contains("daemon started")).unwrap_or(false) {
+        if log
+            .lock()
+            .map(|l| l.contains("daemon started"))
+            .unwrap_or(false)
+        {
             break;
         }
         if let Some(status) = child.try_wait().expect("poll daemon") {
-            panic!("the daemon exited ({status}) before it started: {:?}", log.lock().map(|l| l.clone()));
+            panic!(
+                "the daemon exited ({status}) before it started: {:?}",
+                log.lock().map(|l| l.clone())
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -349,7 +367,8 @@ async fn a_state_database_that_refuses_connections_is_reported_at_once_by_every_
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
         assert!(
-            err.contains(&format!("127.0.0.1:{port}")) && err.to_lowercase().contains("connection refused"),
+            err.contains(&format!("127.0.0.1:{port}"))
+                && err.to_lowercase().contains("connection refused"),
             "{args:?} names the root cause: {err}"
         );
         assert!(

@@ -38,7 +38,10 @@ async fn validate_lists_every_missing_file_column_and_state_problem_in_one_pass(
         config.replace("sqlite://state/state.db", "sqlite://blocker/state.db"),
     )
     .expect("config");
-    env.write_job("missing", "source: { csv: { path: data/nope.csv } }\nidentify: { identifier: { id: customer_id } }\n");
+    env.write_job(
+        "missing",
+        "source: { csv: { path: data/nope.csv } }\nidentify: { identifier: { id: customer_id } }\n",
+    );
     env.write_data("people.csv", "id,mail\nu-1,a@x.com\n");
     env.write_job("people", PEOPLE_JOB);
     env.write_job(
@@ -79,7 +82,11 @@ async fn validate_passes_a_good_config_and_creates_no_state() {
     env.write_job("people", PEOPLE_JOB);
     let out = env.cli_output(&["validate"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("OK (1 job: people)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("OK (1 job: people)"),
+        "{}",
+        stdout(&out)
+    );
     assert!(!env.path().join("state").exists(), "nothing created");
 }
 
@@ -97,13 +104,20 @@ async fn validate_connect_fails_a_wrong_app_key_naming_cio_app_api_key() {
         err.contains("App API check") && err.contains("CIO_APP_API_KEY"),
         "{err}"
     );
-    assert!(!err.contains("not-the-app-key"), "the key is not shown: {err}");
+    assert!(
+        !err.contains("not-the-app-key"),
+        "the key is not shown: {err}"
+    );
     assert!(err.contains("1 problem found"), "{err}");
 
     // The right key passes, with one App request and nothing written.
     let out = env.cli_output(&["validate", "--connect"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("App API: key accepted"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("App API: key accepted"),
+        "{}",
+        stdout(&out)
+    );
     assert!(!env.path().join("state").exists(), "nothing created");
 }
 
