@@ -8,6 +8,7 @@ mod config;
 mod faults;
 mod helpers;
 mod preflight;
+mod pull;
 mod push;
 mod resume;
 mod sql;
