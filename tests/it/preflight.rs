@@ -145,13 +145,20 @@ async fn validate_connect_fails_at_once_when_the_state_postgres_refuses_connecti
 }
 
 #[tokio::test]
-async fn validate_connect_opens_a_reachable_state_postgres() {
-    let Ok(url) = std::env::var("CIO_SYNC_TEST_PG") else {
-        panic!("CIO_SYNC_TEST_PG is not set: export the test PostgreSQL URL");
-    };
-    let env = TestEnv::new().await;
-    let out = env
-        .cli_output(&["--state", &url, "validate", "--connect"])
-        .await;
+async fn validate_connect_opens_a_reachable_state_postgres_and_migrates_nothing() {
+    let env = TestEnv::with_state(StateDb::Postgres).await;
+    env.write_config("");
+    let out = env.cli_output(&["validate", "--connect"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    use sqlx::{Connection, Row};
+    let mut db = sqlx::PgConnection::connect(&env.state_url())
+        .await
+        .expect("the test's state database");
+    let tables: i64 =
+        sqlx::query("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&mut db)
+            .await
+            .expect("count tables")
+            .get(0);
+    assert_eq!(tables, 0, "validate --connect created no table");
 }
