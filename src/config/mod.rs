@@ -29,6 +29,9 @@ pub struct ConfigError {
     /// Dotted key path (`source.csv.path`), empty when the error is about the whole file.
     pub key: String,
     pub message: String,
+    /// Set when the error is that this `${VAR}` is not set, so callers that can do without
+    /// a variable (reading the state needs no credentials) decide by type, not by text.
+    pub unset_var: Option<String>,
 }
 
 impl fmt::Display for ConfigError {
@@ -55,6 +58,7 @@ impl ConfigError {
             file: file.to_path_buf(),
             key: key.into(),
             message: message.into(),
+            unset_var: None,
         }
     }
 }
@@ -304,14 +308,17 @@ fn tree_of(
         interpolate::InterpolateError::Missing(missing) => missing
             .into_iter()
             .map(|m| {
-                ConfigError::new(
-                    path,
-                    m.key,
-                    format!(
-                        "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile)",
-                        m.var, m.var
-                    ),
-                )
+                ConfigError {
+                    unset_var: Some(m.var.clone()),
+                    ..ConfigError::new(
+                        path,
+                        m.key,
+                        format!(
+                            "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile)",
+                            m.var, m.var
+                        ),
+                    )
+                }
             })
             .collect::<Vec<_>>(),
         interpolate::InterpolateError::TooLarge { key, var, limit } => vec![ConfigError::new(
