@@ -125,7 +125,7 @@ pub fn load(config_path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigErro
 /// Reads and validates `config.yaml` alone.
 pub fn load_settings(path: &Path, env: EnvLookup<'_>) -> Result<Settings, Vec<ConfigError>> {
     let raw: raw::DaemonFile = parse_file(path, env)?;
-    validate::settings(path, raw)
+    validate::settings(path, raw, env("STATE_DIRECTORY").as_deref())
 }
 
 /// Reads every `*.yaml` / `*.yml` in the jobs folder, sorted by name.

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod faults;
 mod helpers;
+mod install;
 mod push;
 mod resume;
 mod sql;
