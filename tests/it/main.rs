@@ -9,4 +9,5 @@ mod helpers;
 mod install;
 mod push;
 mod resume;
+mod signals;
 mod sql;
