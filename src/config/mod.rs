@@ -1,6 +1,7 @@
 //! Loading configuration: read → YAML → `${VAR}` interpolation → strict typed parse → validate.
 //!
-//! Owns: finding and reading `config.yaml` and `jobs/*.yaml`, and turning them into
+//! Owns: finding and reading `config.yaml`, `jobs/*.yaml` (and the systemd credentials a
+//! `${VAR}` falls back to), and turning them into
 //! [`Settings`] and [`JobSpec`]s, collecting every error with its file and key.
 //! Must not: write anything (loading never creates files or folders), open network or
 //! database connections, or read a data source.
@@ -81,8 +82,30 @@ impl std::error::Error for ConfigErrors {}
 /// The environment used for `${VAR}`; tests pass their own.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The process environment, then systemd credentials: a `${NAME}` the environment does not
+/// set is read from `$CREDENTIALS_DIRECTORY/NAME` (the unit's `LoadCredential=NAME:…`).
 pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    std::env::var(name).ok().or_else(|| {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+        credential(Path::new(&dir), name)
+    })
+}
+
+/// Credential `name` in `dir`, without one trailing newline (`echo key > file` adds it).
+/// `None` when it is missing, unreadable or not UTF-8 (the `${NAME}` is then reported as not
+/// set), or when `name` is not a plain file name.
+pub fn credential(dir: &Path, name: &str) -> Option<String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return None;
+    }
+    let mut value = std::fs::read_to_string(dir.join(name)).ok()?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    Some(value)
 }
 
 /// `config.yaml` and every job it points at, validated.
@@ -200,8 +223,8 @@ pub fn parse_str<T: DeserializeOwned>(
                     path,
                     m.key,
                     format!(
-                        "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile)",
-                        m.var, m.var
+                        "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile, or pass it with LoadCredential={}:PATH)",
+                        m.var, m.var, m.var
                     ),
                 )
             })

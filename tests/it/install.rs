@@ -1,7 +1,8 @@
 //! The documented systemd install, as the unit runs it: the shipped `config.yaml` in a
 //! read-only config folder, `STATE_DIRECTORY` set as `StateDirectory=` sets it, the working
-//! directory elsewhere, a clean environment with the secrets of `EnvironmentFile=`; the real
-//! binary's `validate` (the unit's `ExecStartPre`) and `daemon` against the simulator.
+//! directory elsewhere, a clean environment with the secrets of `EnvironmentFile=` (or of
+//! `LoadCredential=`, in `CREDENTIALS_DIRECTORY`); the real binary's `validate` (the unit's
+//! `ExecStartPre`), `daemon` and `run` against the simulator.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -125,9 +126,9 @@ impl Install {
         self.logs.path().join("stderr.log")
     }
 
-    /// The binary with the unit's environment only: what `StateDirectory=` and
-    /// `EnvironmentFile=` give it, in `WorkingDirectory=`.
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
+    /// The binary with the unit's environment only: what `StateDirectory=` gives it, in
+    /// `WorkingDirectory=`, and no secrets.
+    fn bare_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_cio-sync"));
         c.env_clear()
             .current_dir(self.cwd.path())
@@ -139,12 +140,18 @@ impl Install {
                     self.other_state.path().display()
                 ),
             )
-            .env("CIO_SITE_ID", SITE)
-            .env("CIO_TRACK_API_KEY", TRACK_KEY)
-            .env("CIO_APP_API_KEY", APP_KEY)
             .args(args)
             .arg("--config")
             .arg(self.config());
+        c
+    }
+
+    /// [`Install::bare_command`] with the secrets `EnvironmentFile=` gives it.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = self.bare_command(args);
+        c.env("CIO_SITE_ID", SITE)
+            .env("CIO_TRACK_API_KEY", TRACK_KEY)
+            .env("CIO_APP_API_KEY", APP_KEY);
         c
     }
 }
@@ -335,4 +342,96 @@ async fn a_relative_sqlite_state_path_is_rooted_at_the_first_state_directory_els
         err.contains("state.url") && err.contains("STATE_DIRECTORY=`var/lib/cio-sync`"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_the_environment_does_not_set_are_read_from_systemd_credentials() {
+    let env = TestEnv::new().await;
+    let install = Install::new(&env.sim.url());
+    // What `LoadCredential=NAME:/etc/cio-sync/credentials/NAME` leaves in
+    // $CREDENTIALS_DIRECTORY: files written with a trailing newline, readable by us only.
+    let creds = tempfile::tempdir().expect("tempdir");
+    std::fs::write(creds.path().join("CIO_TRACK_API_KEY"), format!("{TRACK_KEY}\n"))
+        .expect("credential");
+    std::fs::write(creds.path().join("CIO_APP_API_KEY"), format!("{APP_KEY}\r\n"))
+        .expect("credential");
+    // The environment wins over a credential of the same name.
+    std::fs::write(creds.path().join("CIO_SITE_ID"), "not-the-site\n").expect("credential");
+    let command = |args: &[&str]| {
+        let mut c = install.bare_command(args);
+        c.env("CREDENTIALS_DIRECTORY", creds.path())
+            .env("CIO_SITE_ID", SITE);
+        c
+    };
+
+    let out = command(&["validate"]).output().await.expect("validate");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "validate: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = command(&["run", "people"]).output().await.expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the simulator took the credentials: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(env.sim.operation_count(), ROWS, "every row delivered");
+    for secret in [TRACK_KEY, APP_KEY] {
+        assert!(
+            !stdout(&out).contains(secret) && !stderr(&out).contains(secret),
+            "a credential's value is never printed"
+        );
+    }
+
+    // Without the credential (and not in the environment), the error says both ways to give it.
+    std::fs::remove_file(creds.path().join("CIO_TRACK_API_KEY")).expect("remove");
+    let out = command(&["validate"]).output().await.expect("validate");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "`customerio.track_api_key`: uses ${CIO_TRACK_API_KEY}, which is not set: export CIO_TRACK_API_KEY (or add it to the service's EnvironmentFile, or pass it with LoadCredential=CIO_TRACK_API_KEY:PATH)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_credential_loses_one_trailing_newline_and_only_plain_names_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, value: &str| {
+        std::fs::write(dir.path().join(name), value).expect("credential");
+    };
+    write("A", "key\n");
+    write("B", "key\r\n");
+    write("C", "key\n\n");
+    write("D", "");
+    write("E", " spaced key ");
+    assert_eq!(config::credential(dir.path(), "A").as_deref(), Some("key"));
+    assert_eq!(config::credential(dir.path(), "B").as_deref(), Some("key"));
+    assert_eq!(
+        config::credential(dir.path(), "C").as_deref(),
+        Some("key\n"),
+        "only one newline is the file's end"
+    );
+    assert_eq!(config::credential(dir.path(), "D").as_deref(), Some(""));
+    assert_eq!(
+        config::credential(dir.path(), "E").as_deref(),
+        Some(" spaced key ")
+    );
+    assert_eq!(config::credential(dir.path(), "MISSING"), None);
+    std::fs::create_dir(dir.path().join("sub")).expect("sub");
+    std::fs::write(dir.path().join("sub/F"), "key").expect("credential");
+    for name in ["sub/F", "../A", "..", ".", ""] {
+        assert_eq!(
+            config::credential(dir.path(), name),
+            None,
+            "`{name}` is not a credential name"
+        );
+    }
 }
