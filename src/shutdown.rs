@@ -166,7 +166,10 @@ mod tests {
         let signals = Signals::new();
         signals.request_reload();
         let mut a = signals.reload_requests();
-        assert!(!a.has_changed().unwrap(), "a request before subscribing is not replayed");
+        assert!(
+            !a.has_changed().unwrap(),
+            "a request before subscribing is not replayed"
+        );
         signals.request_reload();
         signals.request_reload();
         assert!(a.has_changed().unwrap());

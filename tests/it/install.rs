@@ -200,7 +200,8 @@ async fn the_shipped_config_under_the_units_environment_keeps_state_in_the_state
         .spawn()
         .expect("spawn the daemon");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !(env.sim.operation_count() >= ROWS && read(&install.log()).contains("Scheduled run finished"))
+    while !(env.sim.operation_count() >= ROWS
+        && read(&install.log()).contains("Scheduled run finished"))
     {
         if let Some(status) = daemon.try_wait().expect("try_wait") {
             panic!(
@@ -351,10 +352,16 @@ async fn secrets_the_environment_does_not_set_are_read_from_systemd_credentials(
     // What `LoadCredential=NAME:/etc/cio-sync/credentials/NAME` leaves in
     // $CREDENTIALS_DIRECTORY: files written with a trailing newline, readable by us only.
     let creds = tempfile::tempdir().expect("tempdir");
-    std::fs::write(creds.path().join("CIO_TRACK_API_KEY"), format!("{TRACK_KEY}\n"))
-        .expect("credential");
-    std::fs::write(creds.path().join("CIO_APP_API_KEY"), format!("{APP_KEY}\r\n"))
-        .expect("credential");
+    std::fs::write(
+        creds.path().join("CIO_TRACK_API_KEY"),
+        format!("{TRACK_KEY}\n"),
+    )
+    .expect("credential");
+    std::fs::write(
+        creds.path().join("CIO_APP_API_KEY"),
+        format!("{APP_KEY}\r\n"),
+    )
+    .expect("credential");
     // The environment wins over a credential of the same name.
     std::fs::write(creds.path().join("CIO_SITE_ID"), "not-the-site\n").expect("credential");
     let command = |args: &[&str]| {
