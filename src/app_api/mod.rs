@@ -66,6 +66,37 @@ pub enum AppError {
     Client(String),
 }
 
+/// Why [`AppClient::check_credentials`] did not pass. `validate --connect` tells the user
+/// which of these it is, because the fix differs: a wrong key is fixed in config, an
+/// unreachable host in the network or the region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialCheckError {
+    /// 401 or 403: the key is wrong, belongs to another workspace or region, or lacks scope.
+    #[error(
+        "Customer.io refused the App API key (HTTP {status} on {CHECK_PATH}): check CIO_APP_API_KEY (`customerio.app_api_key` in config.yaml), that it is an App API key (not a Track key) of this workspace and region, and that its scope allows reading"
+    )]
+    Rejected { status: u16 },
+    /// No HTTP answer at all: DNS, refused connection, TLS, timeout.
+    #[error(
+        "cannot reach the App API at {url}: {error}; check `customerio.app_url` / `customerio.region` in config.yaml, DNS, firewalls and proxies"
+    )]
+    Unreachable { url: String, error: String },
+    /// 3xx: Customer.io redirects a call to the other region's host.
+    #[error(
+        "the App API redirected {CHECK_PATH} (HTTP {status}): the workspace is in another region; set `customerio.region` in config.yaml to match it"
+    )]
+    WrongRegion { status: u16 },
+    /// Any other answer (a 5xx, a 404, a proxy's page): whether the key is good is unknown.
+    #[error(
+        "the App API answered {CHECK_PATH} unexpectedly ({answer}), so the key could not be checked; try again later, and check any proxy in between"
+    )]
+    Unexpected { answer: String },
+}
+
+/// The request the credential check makes: the cheapest documented App GET
+/// (customerio-api.md §1: "check the App key with `GET /v1/segments`").
+const CHECK_PATH: &str = "GET /v1/segments";
+
 #[derive(Clone)]
 pub struct AppClient {
     inner: Arc<Inner>,
@@ -179,6 +210,58 @@ impl AppClient {
                 what,
                 status,
                 body: resp.body_excerpt(),
+            }),
+        }
+    }
+
+    /// Checks the App API key with one request (`GET /v1/segments`, not retried, so a
+    /// pre-flight answers at once). `Ok` means Customer.io accepted the key.
+    pub async fn check_credentials(&self) -> Result<(), CredentialCheckError> {
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..self.inner.policy.clone()
+        };
+        let url = format!("{}/v1/segments", self.inner.base);
+        let resp = http::retry::send_with_retry(
+            &self.inner.gate,
+            &once,
+            &Arc::new(RunCounters::default()),
+            &CancellationToken::new(),
+            || {
+                self.inner
+                    .http
+                    .get(&url)
+                    .bearer_auth(self.inner.api_key.expose())
+            },
+        )
+        .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(RetriesExhausted {
+                last: http::HttpError::Transport(error),
+                ..
+            }) => {
+                return Err(CredentialCheckError::Unreachable {
+                    url: self.inner.base.clone(),
+                    error,
+                });
+            }
+            Err(e) => {
+                return Err(CredentialCheckError::Unexpected {
+                    answer: e.last.to_string(),
+                });
+            }
+        };
+        match resp.status {
+            200..=299 => Ok(()),
+            401 | 403 => Err(CredentialCheckError::Rejected {
+                status: resp.status,
+            }),
+            300..=399 => Err(CredentialCheckError::WrongRegion {
+                status: resp.status,
+            }),
+            status => Err(CredentialCheckError::Unexpected {
+                answer: format!("HTTP {status}: {}", resp.body_excerpt()),
             }),
         }
     }
@@ -367,6 +450,54 @@ mod tests {
         assert!(p.advance(Some("b".into())));
         assert!(!p.advance(Some("a".into())));
         assert!(!Paging::default().advance(None));
+    }
+
+    fn client(base: &str, key: &str) -> AppClient {
+        AppClient::new(
+            base,
+            Secret::new(key),
+            Arc::new(RateGate::per_second(100)),
+            RetryPolicy {
+                max_attempts: 5,
+                base_delay: Duration::from_millis(1),
+                max_wait: Duration::from_millis(5),
+                max_total_wait: Duration::from_secs(1),
+            },
+            Duration::from_secs(5),
+        )
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn the_credential_check_tells_a_wrong_key_from_an_unreachable_host() {
+        let sim = crate::simulator::Simulator::start(Default::default())
+            .await
+            .expect("simulator");
+        assert_eq!(
+            client(&sim.url(), "demo-app-key").check_credentials().await,
+            Ok(())
+        );
+        let wrong = client(&sim.url(), "wrong-key").check_credentials().await;
+        assert_eq!(wrong, Err(CredentialCheckError::Rejected { status: 401 }));
+        let text = wrong.unwrap_err().to_string();
+        assert!(text.contains("CIO_APP_API_KEY") && !text.contains("wrong-key"), "{text}");
+        assert_eq!(sim.requests().len(), 2, "one request per check, none retried");
+
+        // A port nobody listens on: bind one, note it, and close it again.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let gone = client(&format!("http://127.0.0.1:{port}"), "demo-app-key")
+            .check_credentials()
+            .await;
+        match gone {
+            Err(CredentialCheckError::Unreachable { url, error }) => {
+                assert_eq!(url, format!("http://127.0.0.1:{port}"));
+                assert!(error.contains("could not connect"), "{error}");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
     }
 
     #[test]
