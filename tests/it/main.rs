@@ -2,6 +2,7 @@
 //! Customer.io simulator. One test binary; each test gets its own temp folder, state
 //! database and simulator.
 
+mod answers;
 mod cli;
 mod config;
 mod faults;
