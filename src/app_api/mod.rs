@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::raw::MetricsPeriod;
 use crate::config::{Secret, Settings};
 use crate::http::{
-    ApiClient, Auth, HttpError, RateGate, Request, RetriesExhausted, RetryPolicy, RunCounters,
+    ApiClient, Auth, HttpError, MAX_APP_ANSWER_BYTES, RateGate, Request, RetriesExhausted,
+    RetryPolicy, RunCounters,
 };
 
 pub use pager::Pager;
@@ -124,7 +125,8 @@ impl AppClient {
         policy: RetryPolicy,
         timeout: Duration,
     ) -> Result<Self, AppError> {
-        let api = ApiClient::new(base, Auth::Bearer(api_key), gate, policy, timeout)
+        let auth = Auth::Bearer(api_key);
+        let api = ApiClient::new(base, auth, gate, policy, timeout, MAX_APP_ANSWER_BYTES)
             .map_err(|e| AppError::Client(e.to_string()))?;
         Ok(Self { api })
     }

@@ -1,4 +1,5 @@
-//! What is read of an answer: at most [`MAX_ANSWER_BYTES`], and for a 2xx, only JSON.
+//! What is read of an answer: at most a cap per API ([`MAX_TRACK_ANSWER_BYTES`],
+//! [`MAX_APP_ANSWER_BYTES`]), and for a 2xx, only JSON.
 //!
 //! Owns: the size cap (an announced `Content-Length` is refused before reading; otherwise the
 //! decoded body is counted as it streams in and reading stops at the cap, so neither an endless
@@ -10,10 +11,16 @@ use bytes::{Bytes, BytesMut};
 
 use super::HttpError;
 
-/// The most cio-sync reads of any answer. Customer.io's largest answers are App API listings:
-/// a 30,000-member membership page is about 3 MB, and segment or campaign lists are smaller.
-/// Track answers are a few KB at most (a 207 lists one error per failed item).
-pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+/// The most cio-sync reads of a Track answer. Track answers `{}`, the region, or a 207 listing
+/// one error (about 200 bytes) per failed item of a batch of at most 500 KB: a few MB at the
+/// very worst.
+pub const MAX_TRACK_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// The most cio-sync reads of an App API answer. The largest are membership pages of 30,000
+/// members (the API's maximum and our default): typically 3–5 MB, and about 18 MB if every
+/// member had a 150-byte id and a 254-byte email (each member is listed in `identifiers` and
+/// again in `ids`). Segment and campaign listings are smaller.
+pub const MAX_APP_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
 /// What a 2xx answer must hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -79,6 +79,8 @@ struct Inner {
     /// Shared by every job of the process: Customer.io's limits are per workspace and API.
     gate: Arc<RateGate>,
     policy: RetryPolicy,
+    /// The most read of one answer, in bytes (`MAX_TRACK_ANSWER_BYTES`, `MAX_APP_ANSWER_BYTES`).
+    answer_limit: usize,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -92,7 +94,8 @@ impl std::fmt::Debug for ApiClient {
 }
 
 impl ApiClient {
-    /// A client for `base` (e.g. `https://track.customer.io`). Redirects are never followed:
+    /// A client for `base` (e.g. `https://track.customer.io`) that reads at most
+    /// `answer_limit` bytes of any answer. Redirects are never followed:
     /// Customer.io redirects a wrong-region call, and a followed redirect would arrive without
     /// its credentials (customerio-api.md §1).
     pub fn new(
@@ -101,6 +104,7 @@ impl ApiClient {
         gate: Arc<RateGate>,
         policy: RetryPolicy,
         timeout: Duration,
+        answer_limit: usize,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -116,6 +120,7 @@ impl ApiClient {
                 auth,
                 gate,
                 policy,
+                answer_limit,
             }),
         })
     }
@@ -174,6 +179,7 @@ impl ApiClient {
             counters,
             cancel,
             req.answer,
+            self.inner.answer_limit,
             || {
                 let mut r = self.inner.http.request(req.method.clone(), &url);
                 if !req.query.is_empty() {
@@ -225,6 +231,7 @@ mod tests {
                 Arc::new(RateGate::per_second(10)),
                 policy(),
                 Duration::from_secs(1),
+                1024,
             )
             .expect("client");
             let shown = format!("{c:?}");

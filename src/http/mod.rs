@@ -1,7 +1,8 @@
 //! HTTP plumbing shared by the Track and App clients.
 //!
 //! Owns: the one client type, [`ApiClient`] (rustls, no redirects, auth as a parameter), what
-//! is read of an answer (at most [`MAX_ANSWER_BYTES`]; a 2xx must be JSON), the rate gate every
+//! is read of an answer (at most a cap per API, [`MAX_TRACK_ANSWER_BYTES`] and
+//! [`MAX_APP_ANSWER_BYTES`]; a 2xx must be JSON), the rate gate every
 //! attempt passes through, and the retry policy (which outcomes retry, backoff with full
 //! jitter, `Retry-After`, per-wait and per-run caps).
 //! Must not: know about Customer.io payloads or decide what a 4xx means for a row; it returns
@@ -14,7 +15,7 @@ pub mod retry;
 
 use std::time::Duration;
 
-pub use body::{Answer, MAX_ANSWER_BYTES};
+pub use body::{Answer, MAX_APP_ANSWER_BYTES, MAX_TRACK_ANSWER_BYTES};
 pub use client::{ApiClient, Auth, Request};
 pub use rate_limit::RateGate;
 pub use retry::{RetryPolicy, RunCounters};
@@ -71,7 +72,7 @@ pub enum HttpError {
         content_type: String,
         body: String,
     },
-    /// The answer went on past [`MAX_ANSWER_BYTES`]; reading stopped there.
+    /// The answer went on past the client's cap; reading stopped there.
     #[error(
         "HTTP {status} with an answer longer than {limit} bytes, far more than Customer.io sends; stopped reading it: check `customerio.track_url` / `customerio.app_url` and any proxy in between"
     )]

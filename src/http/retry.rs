@@ -14,7 +14,7 @@ use backon::Retryable;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{self, Answer, MAX_ANSWER_BYTES};
+use super::body::{self, Answer};
 use super::{HttpError, RateGate, Response, RetriesExhausted, excerpt};
 use crate::config::RetrySettings;
 
@@ -122,6 +122,7 @@ pub(super) async fn send_with_retry<F>(
     counters: &Arc<RunCounters>,
     cancel: &CancellationToken,
     answer: Answer,
+    answer_limit: usize,
     build: F,
 ) -> Result<Response, RetriesExhausted>
 where
@@ -150,7 +151,7 @@ where
         let redirect_to = header(reqwest::header::LOCATION)
             .as_deref()
             .and_then(origin_of);
-        let body = body::read_capped(&mut resp, MAX_ANSWER_BYTES).await?;
+        let body = body::read_capped(&mut resp, answer_limit).await?;
         if is_retried_status(status) {
             if status == 429 {
                 gate.pause_for(

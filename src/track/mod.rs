@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, v2_body};
 use crate::config::{Secret, Transport};
 use crate::http::{
-    self, Answer, ApiClient, Auth, RateGate, Request, RetriesExhausted, RetryPolicy, RunCounters,
+    self, Answer, ApiClient, Auth, MAX_TRACK_ANSWER_BYTES, RateGate, Request, RetriesExhausted,
+    RetryPolicy, RunCounters,
 };
 
 /// The Track API on [`ApiClient`] with HTTP Basic auth; `Debug` shows no credential.
@@ -120,7 +121,7 @@ impl TrackClient {
             user: site_id,
             password: api_key,
         };
-        let api = ApiClient::new(base, auth, gate, policy, timeout)
+        let api = ApiClient::new(base, auth, gate, policy, timeout, MAX_TRACK_ANSWER_BYTES)
             .map_err(|e| TrackError::Client(e.to_string()))?;
         Ok(Self { api })
     }

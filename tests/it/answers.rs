@@ -15,7 +15,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cio_sync::config::DatabaseUrl;
-use cio_sync::http::MAX_ANSWER_BYTES;
+use cio_sync::http::{MAX_APP_ANSWER_BYTES, MAX_TRACK_ANSWER_BYTES};
 use cio_sync::state::{Outcome, StateStore};
 
 use crate::helpers::*;
@@ -250,12 +250,12 @@ async fn an_endless_track_answer_is_cut_at_the_cap_and_fails_the_run() {
     assert_eq!(report.counts.rows_delivered, 0);
     let error = report.error.clone().unwrap_or_default();
     assert!(
-        error.contains(&format!("longer than {MAX_ANSWER_BYTES} bytes"))
+        error.contains(&format!("longer than {MAX_TRACK_ANSWER_BYTES} bytes"))
             && error.contains("stopped reading"),
         "{error}"
     );
     assert_eq!(server.paths(), ["/api/v2/batch"; 2]);
-    assert_stopped_reading(&server).await;
+    assert_stopped_reading(&server, MAX_TRACK_ANSWER_BYTES).await;
     assert!(checkpoint_of(&env, "people").await.is_none());
 }
 
@@ -271,16 +271,16 @@ async fn an_endless_app_answer_is_cut_at_the_cap_and_fails_the_pull() {
     assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
     let error = report.error.clone().unwrap_or_default();
     assert!(
-        error.contains(&format!("longer than {MAX_ANSWER_BYTES} bytes")),
+        error.contains(&format!("longer than {MAX_APP_ANSWER_BYTES} bytes")),
         "{error}"
     );
     assert_eq!(server.paths(), ["/v1/segments"; 2]);
-    assert_stopped_reading(&server).await;
+    assert_stopped_reading(&server, MAX_APP_ANSWER_BYTES).await;
 }
 
 /// Every endless body was abandoned by the client: dropped before its end, with no more handed
 /// to the socket than the cap plus what socket buffers hold.
-async fn assert_stopped_reading(server: &FaultServer) {
+async fn assert_stopped_reading(server: &FaultServer, cap: usize) {
     for probe in server.wait_for_streams_dropped().await {
         let sent = probe.sent.load(Ordering::SeqCst);
         assert!(
@@ -288,7 +288,7 @@ async fn assert_stopped_reading(server: &FaultServer) {
             "the server ran out of body ({sent} bytes) before the client stopped reading"
         );
         assert!(
-            sent < 8 * MAX_ANSWER_BYTES as u64,
+            sent < 2 * cap as u64 + 32 * 1024 * 1024,
             "the client kept reading: the server handed {sent} bytes to the socket"
         );
     }
