@@ -50,6 +50,14 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// `POST path`, answered with JSON.
+    pub fn post(path: &'a str) -> Self {
+        Self {
+            method: reqwest::Method::POST,
+            ..Self::get(path)
+        }
+    }
+
     pub fn query(mut self, query: &'a [(&'a str, String)]) -> Self {
         self.query = query;
         self

@@ -95,9 +95,8 @@ async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::migrate::
         .fetch_all(pool)
         .await
         .unwrap_or_default();
-    let mut unknown = applied.iter().filter(|v| !migrator.version_exists(**v));
     let mut moved_out = false;
-    for v in unknown.by_ref() {
+    for v in applied.iter().filter(|v| !migrator.version_exists(**v)) {
         if !MOVED_OUT_VERSIONS.contains(v) {
             // What sqlx would say, but naming this version rather than the first missing one.
             return Err(sqlx::migrate::MigrateError::VersionMissing(*v));

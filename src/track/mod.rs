@@ -200,11 +200,7 @@ impl TrackClient {
         cancel: &CancellationToken,
     ) -> BatchOutcome {
         let body = bytes::Bytes::from(v2_body(batch));
-        let request = Request {
-            method: reqwest::Method::POST,
-            ..Request::get("/api/v2/batch")
-        }
-        .json_body(body);
+        let request = Request::post("/api/v2/batch").json_body(body);
         let resp = self.api.send(&request, counters, cancel).await;
         let resp = match resp {
             Ok(r) => r,
@@ -247,13 +243,10 @@ impl TrackClient {
         };
         let body = serde_json::to_vec(&req.body).unwrap_or_default();
         let query = [("id_type", req.id_type.to_string())];
-        let request = Request {
-            method: reqwest::Method::POST,
-            ..Request::get(&req.path)
-        }
-        .query(&query)
-        .json_body(bytes::Bytes::from(body))
-        .answer(Answer::JsonOrEmpty);
+        let request = Request::post(&req.path)
+            .query(&query)
+            .json_body(bytes::Bytes::from(body))
+            .answer(Answer::JsonOrEmpty);
         let resp = self.api.send(&request, counters, cancel).await;
         match resp {
             Err(e) => BatchOutcome::Failed(e),
