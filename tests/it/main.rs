@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod faults;
 mod helpers;
+mod pull;
 mod pull_store;
 mod push;
 mod resume;

@@ -1,7 +1,8 @@
 //! The pulled tables' own migrator and what pull jobs store: a `pull.into` database gets only
 //! the `cio_*` tables; a state database made before the pulled tables had their own migrator
 //! still opens and works; text with NUL from the App API is stored (escaped) on PostgreSQL and
-//! SQLite. PostgreSQL is the real server (`CIO_SYNC_TEST_PG`), a fresh database per test.
+//! SQLite. PostgreSQL is the real server (`CIO_SYNC_TEST_PG`), a fresh database per test
+//! (`cio_sync::testing::TestDb`).
 
 use std::collections::BTreeMap;
 
@@ -9,81 +10,11 @@ use cio_sync::config::DatabaseUrl;
 use cio_sync::pull::store::{PULLED_MIGRATIONS_TABLE, Store, pulled_migrator};
 use cio_sync::simulator::Member;
 use cio_sync::state::{self, Backend, Outcome, StateStore};
+use cio_sync::testing::{Server, TestDb};
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Connection, Row};
 
 use crate::helpers::*;
-
-const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// A PostgreSQL database made for one test, dropped when the test passes and kept (its name
-/// printed) when it fails.
-struct PgDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl PgDb {
-    async fn create() -> PgDb {
-        let admin = std::env::var("CIO_SYNC_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.to_string());
-        let mut conn = sqlx::postgres::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("PostgreSQL is required for this test and is not reachable at {admin} ({e}); start it or set CIO_SYNC_TEST_PG")
-            });
-        let name = format!(
-            "cio_pullstore_{}",
-            ulid::Ulid::generate().to_string().to_lowercase()
-        );
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("CREATE DATABASE");
-        conn.close().await.ok();
-        let mut url = url_of(&admin);
-        url.set_path(&name);
-        PgDb {
-            admin,
-            name,
-            url: url.to_string(),
-        }
-    }
-}
-
-fn url_of(s: &str) -> reqwest::Url {
-    reqwest::Url::parse(s).unwrap_or_else(|e| panic!("CIO_SYNC_TEST_PG {s:?} is not a URL: {e}"))
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("kept the test database {} for inspection", self.name);
-            return;
-        }
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop runs outside any async context we could await in: use a runtime of its own.
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let mut conn = sqlx::postgres::PgConnection::connect(&admin).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("could not drop the test database {}: {done:?}", self.name);
-        }
-    }
-}
 
 async fn pg_tables(url: &str) -> Vec<String> {
     let mut conn = sqlx::postgres::PgConnection::connect(url)
@@ -129,17 +60,17 @@ const FULL_PULL: &str = "  segments: true\n  segment_membership: all\n  campaign
 async fn a_pull_target_on_postgresql_gets_only_the_cio_tables() {
     let env = TestEnv::new().await;
     seed_app_data(&env);
-    let target = PgDb::create().await;
+    let target = TestDb::create(Server::Postgres).await;
     env.write_job(
         "pulled",
-        &format!("pull:\n{FULL_PULL}  into: \"{}\"\n", target.url),
+        &format!("pull:\n{FULL_PULL}  into: \"{}\"\n", target.url()),
     );
 
     let report = env.run("pulled").await;
 
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
     assert_eq!(
-        pg_tables(&target.url).await,
+        pg_tables(&target.url()).await,
         [
             "cio_campaign_metrics",
             "cio_campaigns",
@@ -153,7 +84,7 @@ async fn a_pull_target_on_postgresql_gets_only_the_cio_tables() {
     // A second run finds the tables migrated and changes nothing about them.
     let again = env.run("pulled").await;
     assert_eq!(again.outcome, Outcome::Succeeded, "{again:?}");
-    assert_eq!(pg_tables(&target.url).await.len(), 6);
+    assert_eq!(pg_tables(&target.url()).await.len(), 6);
 }
 
 /// Makes `url` what the previous release left: the state migration and the pulled tables
@@ -191,17 +122,6 @@ async fn make_previous_release_state_db(url: &str, backend: Backend) {
     pool.close().await;
 }
 
-/// config.yaml as the shared helper writes it, with the state database at `state_url`.
-fn write_config_with_state(env: &TestEnv, state_url: &str) {
-    let text = format!(
-        "state: {{ url: \"{state_url}\" }}\n\
-         customerio:\n  region: us\n  site_id: ${{CIO_SITE_ID}}\n  track_api_key: ${{CIO_TRACK_API_KEY}}\n  app_api_key: ${{CIO_APP_API_KEY}}\n  track_url: {url}\n  app_url: {url}\n\
-         jobs_dir: jobs\n",
-        url = env.sim.url()
-    );
-    std::fs::write(env.config_path(), text).expect("config.yaml");
-}
-
 async fn applied(pool: &AnyPool, table: &str) -> Vec<i64> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT version FROM {table} ORDER BY version"
@@ -211,14 +131,16 @@ async fn applied(pool: &AnyPool, table: &str) -> Vec<i64> {
     .unwrap_or_else(|e| panic!("read {table}: {e}"))
 }
 
-async fn a_state_database_of_the_previous_release_still_opens_and_works(
-    env: &TestEnv,
-    state_url: &str,
-    backend: Backend,
-) {
+async fn a_state_database_of_the_previous_release_still_opens_and_works(state: StateDb) {
+    let env = TestEnv::with_state(state).await;
+    let backend = match state {
+        StateDb::Sqlite => Backend::Sqlite,
+        StateDb::Postgres => Backend::Postgres,
+    };
+    let state_url = &env.state_url();
     make_previous_release_state_db(state_url, backend).await;
-    seed_app_data(env);
-    write_config_with_state(env, state_url);
+    seed_app_data(&env);
+    env.write_config("");
     env.write_data("people.csv", &people_csv(3));
     env.write_job("people", PEOPLE_JOB);
     env.write_job("pulled", &format!("pull:\n{FULL_PULL}"));
@@ -271,22 +193,12 @@ async fn a_state_database_of_the_previous_release_still_opens_and_works(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_state_database_of_the_previous_release_still_opens_and_works() {
-    let env = TestEnv::new().await;
-    let url = format!("sqlite://{}", env.path().join("old-state.db").display());
-    a_state_database_of_the_previous_release_still_opens_and_works(&env, &url, Backend::Sqlite)
-        .await;
+    a_state_database_of_the_previous_release_still_opens_and_works(StateDb::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_state_database_of_the_previous_release_still_opens_and_works() {
-    let env = TestEnv::new().await;
-    let db = PgDb::create().await;
-    a_state_database_of_the_previous_release_still_opens_and_works(
-        &env,
-        &db.url,
-        Backend::Postgres,
-    )
-    .await;
+    a_state_database_of_the_previous_release_still_opens_and_works(StateDb::Postgres).await;
 }
 
 /// Text with NUL in every place a pull stores App API text.
@@ -389,8 +301,8 @@ async fn nul_text_is_stored_escaped(target_url: &str, backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_in_app_api_text_is_stored_escaped_on_postgresql() {
-    let db = PgDb::create().await;
-    nul_text_is_stored_escaped(&db.url, Backend::Postgres).await;
+    let db = TestDb::create(Server::Postgres).await;
+    nul_text_is_stored_escaped(db.url(), Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
