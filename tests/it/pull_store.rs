@@ -70,7 +70,7 @@ async fn a_pull_target_on_postgresql_gets_only_the_cio_tables() {
 
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
     assert_eq!(
-        pg_tables(&target.url()).await,
+        pg_tables(target.url()).await,
         [
             "cio_campaign_metrics",
             "cio_campaigns",
@@ -84,7 +84,7 @@ async fn a_pull_target_on_postgresql_gets_only_the_cio_tables() {
     // A second run finds the tables migrated and changes nothing about them.
     let again = env.run("pulled").await;
     assert_eq!(again.outcome, Outcome::Succeeded, "{again:?}");
-    assert_eq!(pg_tables(&target.url()).await.len(), 6);
+    assert_eq!(pg_tables(target.url()).await.len(), 6);
 }
 
 /// Makes `url` what the previous release left: the state migration and the pulled tables
