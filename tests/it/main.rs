@@ -4,9 +4,12 @@
 
 mod answers;
 mod cli;
+mod cli_output;
 mod config;
+mod config_load;
 mod faults;
 mod helpers;
+mod preflight;
 mod pull;
 mod pull_store;
 mod push;
