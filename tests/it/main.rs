@@ -2,6 +2,7 @@
 //! Customer.io simulator. One test binary; each test gets its own temp folder, state
 //! database and simulator.
 
+mod answers;
 mod cli;
 mod cli_output;
 mod config;
@@ -11,6 +12,7 @@ mod helpers;
 mod install;
 mod preflight;
 mod pull;
+mod pull_store;
 mod push;
 mod resume;
 mod signals;
