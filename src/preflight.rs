@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DatabaseUrl, JobKind, JobSpec, Settings, SourceSpec};
-use crate::http::{RateGate, RetryPolicy, RunCounters};
+use crate::http::{RateGate, RetryPolicy};
 use crate::runner::RunnerError;
 
 /// How long `--connect` waits for the state database to answer before calling it
@@ -138,7 +138,7 @@ pub async fn check_connected(cfg: &Config) -> PreflightReport {
         }
     }
     if cfg.jobs.iter().any(|j| matches!(j.kind, JobKind::Pull(_))) {
-        match check_app_key(settings, &cancel).await {
+        match check_app_key(settings).await {
             Ok(()) => report.passed.push("App API: key accepted".into()),
             Err(reason) => report.problems.push(PreflightError::App {
                 url: settings.customerio.app_url.masked(),
@@ -159,7 +159,7 @@ pub async fn check_connected(cfg: &Config) -> PreflightReport {
 
 /// One App API read (`GET /v1/segments`), not retried: a refused key answers at once, and a
 /// pre-flight must not wait out the retry budget.
-async fn check_app_key(settings: &Settings, cancel: &CancellationToken) -> Result<(), String> {
+async fn check_app_key(settings: &Settings) -> Result<(), String> {
     let key = settings
         .customerio
         .app_api_key
@@ -178,11 +178,9 @@ async fn check_app_key(settings: &Settings, cancel: &CancellationToken) -> Resul
         settings.app.timeout,
     )
     .map_err(|e| e.to_string())?;
-    client
-        .segments(&Arc::new(RunCounters::default()), cancel)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    // One unretried request: a pre-flight answers at once, and says whether the key was
+    // refused, the host unreachable or the region wrong.
+    client.check_credentials().await.map_err(|e| e.to_string())
 }
 
 fn job_folder(job: &JobSpec) -> &Path {
