@@ -558,9 +558,14 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
             .get("complete")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
+        // The job's own checkpoint shows as the job; a phase's as `job [scope]`.
+        let name = if c.scope == crate::state::Scope::JOB {
+            c.job.clone()
+        } else {
+            format!("{} [{}]", c.job, c.scope)
+        };
         say!(
-            "  {:<20} after row {rows}{}  ({at})",
-            c.job,
+            "  {name:<20} after row {rows}{}  ({at})",
             if complete { ", input complete" } else { "" }
         );
     }

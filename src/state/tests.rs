@@ -10,6 +10,23 @@ async fn sqlite() -> (tempfile::TempDir, StateStore) {
     (dir, StateStore::open(&url).await.unwrap())
 }
 
+/// A commit step under the job's own scope.
+fn step<'a>(
+    job: &'a str,
+    run_id: &'a str,
+    checkpoint: Option<&'a Checkpoint>,
+    dead: &'a [DeadLetter],
+    resolved: &'a [String],
+    counts: RunCounts,
+) -> Commit<'a> {
+    Commit {
+        checkpoint,
+        dead,
+        resolved,
+        ..Commit::new(job, run_id, counts)
+    }
+}
+
 fn letter(row_ref: &str, reason: &str) -> DeadLetter {
     DeadLetter {
         job: "j".into(),
@@ -42,18 +59,18 @@ async fn commits_are_atomic_idempotent_and_readable() {
         requests: 1,
         retries: 0,
     };
-    s.commit("j", &run, Some(&cp), &[letter("a", "first")], &[], counts)
+    s.commit(step("j", &run, Some(&cp), &[letter("a", "first")], &[], counts))
         .await
         .unwrap();
     // The same row dead-lettered again (a replay after a crash) updates, never duplicates.
-    s.commit("j", &run, None, &[letter("a", "second")], &[], counts)
+    s.commit(step("j", &run, None, &[letter("a", "second")], &[], counts))
         .await
         .unwrap();
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp));
+    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp));
     let letters = s.dead_letters("j", 10).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "second");
-    s.commit("j", &run, None, &[], &["a".to_string()], counts)
+    s.commit(step("j", &run, None, &[], &["a".to_string()], counts))
         .await
         .unwrap();
     assert_eq!(s.count_dead_letters("j").await.unwrap(), 0);
@@ -112,16 +129,16 @@ async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
     let counts = RunCounts::default();
     // No lease yet: refused, and the dead letters of the same step are not kept either.
     let err = mine
-        .commit("j", &run, Some(&cp), &[letter("a", "x")], &[], counts)
+        .commit(step("j", &run, Some(&cp), &[letter("a", "x")], &[], counts))
         .await
         .unwrap_err();
     assert!(matches!(err, StateError::LeaseLost { .. }), "{err}");
     assert_eq!(s.count_dead_letters("j").await.unwrap(), 0);
     assert!(s.try_lease("j", "me", 60_000).await.unwrap());
-    mine.commit("j", &run, Some(&cp), &[], &[], counts)
+    mine.commit(step("j", &run, Some(&cp), &[], &[], counts))
         .await
         .unwrap();
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp.clone()));
+    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp.clone()));
     // Another replica takes the lease over: this one's next checkpoint is refused.
     s.release_lease("j", "me").await.unwrap();
     assert!(s.try_lease("j", "other", 60_000).await.unwrap());
@@ -134,11 +151,11 @@ async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
         ..cp.clone()
     };
     assert!(
-        mine.commit("j", &run, Some(&later), &[], &[], counts)
+        mine.commit(step("j", &run, Some(&later), &[], &[], counts))
             .await
             .is_err()
     );
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp));
+    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp));
 }
 
 /// A fresh PostgreSQL database for one test (the server must be up: this never skips).
@@ -200,13 +217,13 @@ async fn the_same_state_semantics_hold_on_postgresql() {
         requests: 1,
         retries: 2,
     };
-    s.commit("j", &run, Some(&cp), &[letter("a", "first")], &[], counts)
+    s.commit(step("j", &run, Some(&cp), &[letter("a", "first")], &[], counts))
         .await
         .unwrap();
-    s.commit("j", &run, None, &[letter("a", "second")], &[], counts)
+    s.commit(step("j", &run, None, &[letter("a", "second")], &[], counts))
         .await
         .unwrap();
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp.clone()));
+    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp.clone()));
     let letters = s.dead_letters("j", 10).await.unwrap();
     assert_eq!((letters.len(), letters[0].reason.as_str()), (1, "second"));
     s.finish_run(
@@ -228,13 +245,13 @@ async fn the_same_state_semantics_hold_on_postgresql() {
     let mine = s.clone().fenced_by("me");
     assert!(s.try_lease("j", "me", 60_000).await.unwrap());
     assert!(!s.try_lease("j", "other", 60_000).await.unwrap());
-    mine.commit("j", &run, Some(&cp), &[], &[], counts)
+    mine.commit(step("j", &run, Some(&cp), &[], &[], counts))
         .await
         .unwrap();
     s.release_lease("j", "me").await.unwrap();
     assert!(s.try_lease("j", "other", 60_000).await.unwrap());
     assert!(matches!(
-        mine.commit("j", &run, Some(&cp), &[], &[], counts).await,
+        mine.commit(step("j", &run, Some(&cp), &[], &[], counts)).await,
         Err(StateError::LeaseLost { .. })
     ));
     assert_eq!(s.lease_holder("j").await.unwrap().as_deref(), Some("other"));
