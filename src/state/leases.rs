@@ -217,3 +217,90 @@ impl StateStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> LocalView {
+        LocalView {
+            host: "box".into(),
+            boot: Some("boot-1".into()),
+            pid_ns: Some("4026531836".into()),
+        }
+    }
+
+    fn holder(pid_ns: &str, pid: u32, start: u64) -> Holder {
+        Holder::parse(&format!("box:{pid}:01NONCE:{start}:boot-1:{pid_ns}")).unwrap()
+    }
+
+    #[test]
+    fn a_holder_round_trips_through_its_stored_form() {
+        let me = Holder::this_process();
+        assert_eq!(Holder::parse(&me.to_string()), Some(me));
+    }
+
+    #[test]
+    fn a_holder_in_another_pid_namespace_on_the_same_host_is_never_taken_for_dead() {
+        let other = holder("4026532999", 42, 1000);
+        // Pid 42 does not exist in our namespace, yet the holder lives in its own.
+        assert!(!other.is_dead_local(&view(), |_| None));
+    }
+
+    #[test]
+    fn a_holder_of_this_namespace_whose_pid_is_gone_is_dead() {
+        assert!(holder("4026531836", 42, 1000).is_dead_local(&view(), |_| None));
+    }
+
+    #[test]
+    fn a_holder_whose_pid_was_reused_by_a_later_process_is_dead() {
+        let h = holder("4026531836", 42, 1000);
+        assert!(h.is_dead_local(&view(), |_| Some(2000)));
+        assert!(!h.is_dead_local(&view(), |_| Some(1000)), "still running");
+    }
+
+    #[test]
+    fn a_holder_of_another_boot_or_host_or_unknown_identity_waits_for_expiry() {
+        let h = holder("4026531836", 42, 1000);
+        let rebooted = LocalView {
+            boot: Some("boot-2".into()),
+            ..view()
+        };
+        assert!(!h.is_dead_local(&rebooted, |_| None));
+        let elsewhere = LocalView {
+            host: "other".into(),
+            ..view()
+        };
+        assert!(!h.is_dead_local(&elsewhere, |_| None));
+        let unknown = LocalView {
+            boot: None,
+            ..view()
+        };
+        assert!(!h.is_dead_local(&unknown, |_| None));
+        // Today's older form `host:pid:nonce` is never recognised as a dead local process.
+        assert_eq!(Holder::parse("box:42:01NONCE"), None);
+        assert!(!holder_is_dead_local_process("box:42:01NONCE"));
+    }
+
+    #[test]
+    fn a_real_process_is_alive_while_it_runs_and_dead_once_it_exited() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep runs");
+        let pid = child.id();
+        let me = Holder::this_process();
+        let h = Holder {
+            pid,
+            start: process_start(pid),
+            ..me
+        };
+        assert!(h.start.is_some(), "start time of pid {pid} readable");
+        assert!(!holder_is_dead_local_process(&h.to_string()), "child alive");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(holder_is_dead_local_process(&h.to_string()), "child reaped");
+        // This very process holds a live lease.
+        assert!(!holder_is_dead_local_process(&Holder::this_process().to_string()));
+    }
+}
