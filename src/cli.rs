@@ -499,7 +499,7 @@ async fn open_state(global: &Global) -> Result<StateStore> {
     if let Some(url) = &global.state {
         settings.state_url = config::DatabaseUrl::new(url.clone());
     }
-    StateStore::open(&settings.state_url)
+    StateStore::open_with(&settings.state_url, settings.state_connect_timeout)
         .await
         .context("opening the state database")
 }

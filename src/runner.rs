@@ -53,7 +53,8 @@ const LEASE_MS: i64 = 60 * 1000;
 
 impl Runner {
     pub async fn new(settings: Settings) -> Result<Self, RunnerError> {
-        let state = StateStore::open(&settings.state_url).await?;
+        let state =
+            StateStore::open_with(&settings.state_url, settings.state_connect_timeout).await?;
         Ok(Self::with_state(settings, state))
     }
 
