@@ -98,7 +98,9 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
     Ok(Settings {
         config_file: file.to_path_buf(),
         state_url,
-        state_connect_timeout: std::time::Duration::from_secs(raw.state.connect_timeout_secs.max(1)),
+        state_connect_timeout: std::time::Duration::from_secs(
+            raw.state.connect_timeout_secs.max(1),
+        ),
         customerio: CustomerIo {
             region: c.region,
             site_id: c.site_id,

@@ -133,12 +133,11 @@ pub async fn run_push(
                 .map_err(state_err)?;
             None
         }
-        RunMode::Normal { full: false } => {
-            ctx.state
-                .checkpoint(&job.name, &Scope::Job)
-                .await
-                .map_err(state_err)?
-        }
+        RunMode::Normal { full: false } => ctx
+            .state
+            .checkpoint(&job.name, &Scope::Job)
+            .await
+            .map_err(state_err)?,
         RunMode::RetryDeadLetters => None,
     };
     let run_id = ctx

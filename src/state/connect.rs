@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::{AnyConnection, AnyPool, Connection};
 use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Connection};
 
 use super::{Backend, StateError};
 use crate::config::DatabaseUrl;
@@ -33,7 +33,10 @@ fn target(url: &DatabaseUrl, backend: Backend) -> String {
             if host_port.is_empty() {
                 // No host: libpq's default, a local socket.
                 url.masked()
-            } else if host_port.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            } else if host_port
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
                 host_port.to_string()
             } else {
                 format!("{host_port}:5432")

@@ -114,8 +114,7 @@ impl Holder {
     /// unreadable boot id) is false: that lease is left to expire.
     pub fn is_dead_local(&self, me: &LocalView, start_of: impl Fn(u32) -> Option<u64>) -> bool {
         let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
-        if self.host != me.host || !same(&self.boot, &me.boot) || !same(&self.pid_ns, &me.pid_ns)
-        {
+        if self.host != me.host || !same(&self.boot, &me.boot) || !same(&self.pid_ns, &me.pid_ns) {
             return false;
         }
         let Some(started) = self.start else {
@@ -130,7 +129,9 @@ impl Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let start = self.start.map_or_else(|| "-".to_string(), |s| s.to_string());
+        let start = self
+            .start
+            .map_or_else(|| "-".to_string(), |s| s.to_string());
         write!(
             f,
             "{}:{}:{}:{start}:{}:{}",
@@ -301,6 +302,8 @@ mod tests {
         child.wait().unwrap();
         assert!(holder_is_dead_local_process(&h.to_string()), "child reaped");
         // This very process holds a live lease.
-        assert!(!holder_is_dead_local_process(&Holder::this_process().to_string()));
+        assert!(!holder_is_dead_local_process(
+            &Holder::this_process().to_string()
+        ));
     }
 }

@@ -47,7 +47,11 @@ pub enum StateError {
     #[error(
         "cannot connect to the state database {url}: {addr} did not answer within {secs}s; check that the server is reachable from this machine and `state.url` in config.yaml"
     )]
-    Unreachable { url: String, addr: String, secs: u64 },
+    Unreachable {
+        url: String,
+        addr: String,
+        secs: u64,
+    },
     /// The SQLite file cannot be opened or created.
     #[error(
         "cannot open the SQLite state database {path}: {message}; check that its folder exists and this user may write there (`state.url` in config.yaml)"

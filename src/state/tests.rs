@@ -1,6 +1,6 @@
 use super::*;
-use std::borrow::Cow;
 use crate::source::ResumePoint;
+use std::borrow::Cow;
 
 async fn sqlite() -> (tempfile::TempDir, StateStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,9 +60,16 @@ async fn commits_are_atomic_idempotent_and_readable() {
         requests: 1,
         retries: 0,
     };
-    s.commit(step("j", &run, Some(&cp), &[letter("a", "first")], &[], counts))
-        .await
-        .unwrap();
+    s.commit(step(
+        "j",
+        &run,
+        Some(&cp),
+        &[letter("a", "first")],
+        &[],
+        counts,
+    ))
+    .await
+    .unwrap();
     // The same row dead-lettered again (a replay after a crash) updates, never duplicates.
     s.commit(step("j", &run, None, &[letter("a", "second")], &[], counts))
         .await
@@ -139,7 +146,10 @@ async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
     mine.commit(step("j", &run, Some(&cp), &[], &[], counts))
         .await
         .unwrap();
-    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp.clone()));
+    assert_eq!(
+        s.checkpoint("j", &Scope::Job).await.unwrap(),
+        Some(cp.clone())
+    );
     // Another replica takes the lease over: this one's next checkpoint is refused.
     s.release_lease("j", "me").await.unwrap();
     assert!(s.try_lease("j", "other", 60_000).await.unwrap());
@@ -218,13 +228,23 @@ async fn the_same_state_semantics_hold_on_postgresql() {
         requests: 1,
         retries: 2,
     };
-    s.commit(step("j", &run, Some(&cp), &[letter("a", "first")], &[], counts))
-        .await
-        .unwrap();
+    s.commit(step(
+        "j",
+        &run,
+        Some(&cp),
+        &[letter("a", "first")],
+        &[],
+        counts,
+    ))
+    .await
+    .unwrap();
     s.commit(step("j", &run, None, &[letter("a", "second")], &[], counts))
         .await
         .unwrap();
-    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp.clone()));
+    assert_eq!(
+        s.checkpoint("j", &Scope::Job).await.unwrap(),
+        Some(cp.clone())
+    );
     let letters = s.dead_letters("j", 10).await.unwrap();
     assert_eq!((letters.len(), letters[0].reason.as_str()), (1, "second"));
     s.finish_run(
@@ -252,7 +272,8 @@ async fn the_same_state_semantics_hold_on_postgresql() {
     s.release_lease("j", "me").await.unwrap();
     assert!(s.try_lease("j", "other", 60_000).await.unwrap());
     assert!(matches!(
-        mine.commit(step("j", &run, Some(&cp), &[], &[], counts)).await,
+        mine.commit(step("j", &run, Some(&cp), &[], &[], counts))
+            .await,
         Err(StateError::LeaseLost { .. })
     ));
     assert_eq!(s.lease_holder("j").await.unwrap().as_deref(), Some("other"));
@@ -324,11 +345,13 @@ async fn a_checkpoint_written_before_scopes_becomes_the_jobs_own() {
         .await
         .unwrap();
     let text = serde_json::to_string(&csv_cp(7)).unwrap();
-    sqlx::query("INSERT INTO checkpoints (job, position, run_id, updated_at) VALUES ('j', $1, 'r', 1)")
-        .bind(text)
-        .execute(&old)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO checkpoints (job, position, run_id, updated_at) VALUES ('j', $1, 'r', 1)",
+    )
+    .bind(text)
+    .execute(&old)
+    .await
+    .unwrap();
     old.close().await;
     let s = StateStore::open(&DatabaseUrl::new(format!("sqlite://{}", path.display())))
         .await
@@ -545,7 +568,10 @@ async fn a_refused_postgresql_state_is_reported_with_its_root_cause() {
         text.contains(&format!("127.0.0.1:{port}: connection refused")),
         "{text}"
     );
-    assert!(!text.contains("timed out") && !text.contains("secret"), "{text}");
+    assert!(
+        !text.contains("timed out") && !text.contains("secret"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
