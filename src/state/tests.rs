@@ -169,48 +169,24 @@ async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
     assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp));
 }
 
-/// A fresh PostgreSQL database for one test (the server must be up: this never skips).
-async fn postgres() -> (String, StateStore) {
-    use sqlx::Connection;
-    let base = std::env::var("CIO_SYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!(
-        "cio_state_{}",
-        ulid::Ulid::generate().to_string().to_lowercase()
-    );
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
+/// A fresh PostgreSQL database for one test (the server must be up: this never skips); kept
+/// if the test fails, dropped by the guard otherwise.
+async fn postgres() -> (crate::testing::TestDb, StateStore) {
+    let db = crate::testing::TestDb::create(crate::testing::Server::Postgres).await;
+    let store = StateStore::open(&DatabaseUrl::new(db.url().to_string()))
         .await
         .unwrap();
-    let url = format!(
-        "{}/{name}",
-        base.rsplit_once('/').map(|(h, _)| h).unwrap_or(&base)
-    );
-    (
-        name,
-        StateStore::open(&DatabaseUrl::new(url)).await.unwrap(),
-    )
+    (db, store)
 }
 
-async fn drop_pg(name: &str, store: StateStore) {
-    use sqlx::Connection;
+async fn drop_pg(db: crate::testing::TestDb, store: StateStore) {
     store.pool().close().await;
-    let base = std::env::var("CIO_SYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    drop(db);
 }
 
 #[tokio::test]
 async fn the_same_state_semantics_hold_on_postgresql() {
-    let (name, s) = postgres().await;
+    let (db, s) = postgres().await;
     let run = s.start_run("j", "push").await.unwrap();
     let cp = Checkpoint {
         source: serde_json::json!({"f": 1}),
@@ -277,7 +253,7 @@ async fn the_same_state_semantics_hold_on_postgresql() {
         Err(StateError::LeaseLost { .. })
     ));
     assert_eq!(s.lease_holder("j").await.unwrap().as_deref(), Some("other"));
-    drop_pg(&name, s).await;
+    drop_pg(db, s).await;
 }
 
 fn csv_cp(row: u64) -> Checkpoint {
@@ -401,7 +377,7 @@ async fn dead_letters_beyond_one_statements_bind_limit_are_all_stored_on_postgre
     let (name, s) = postgres().await;
     let n = dead_letters::rows_per_statement(Backend::Postgres) + 3;
     assert_many_letters_stored(&s, n).await;
-    drop_pg(&name, s).await;
+    drop_pg(name, s).await;
 }
 
 #[test]
@@ -478,7 +454,7 @@ async fn text_with_nul_from_outside_is_stored_in_every_column_on_postgresql() {
         s.lease_holder(&job).await.unwrap().as_deref(),
         Some("holder\u{FFFD}after")
     );
-    drop_pg(&name, s).await;
+    drop_pg(name, s).await;
 }
 
 #[test]
@@ -508,23 +484,9 @@ async fn many_processes_opening_a_fresh_sqlite_state_at_once_all_succeed() {
 
 #[tokio::test]
 async fn many_processes_opening_a_fresh_postgresql_state_at_once_all_succeed() {
-    use sqlx::Connection;
-    let base = std::env::var("CIO_SYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     for round in 0..5 {
-        let name = format!(
-            "cio_state_{}",
-            ulid::Ulid::generate().to_string().to_lowercase()
-        );
-        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = DatabaseUrl::new(format!(
-            "{}/{name}",
-            base.rsplit_once('/').map(|(h, _)| h).unwrap_or(&base)
-        ));
+        let db = crate::testing::TestDb::create(crate::testing::Server::Postgres).await;
+        let url = DatabaseUrl::new(db.url().to_string());
         let opens: Vec<_> = (0..8)
             .map(|_| {
                 let url = url.clone();
@@ -541,11 +503,7 @@ async fn many_processes_opening_a_fresh_postgresql_state_at_once_all_succeed() {
         for s in stores {
             s.pool().close().await;
         }
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
+        drop(db);
     }
 }
 
