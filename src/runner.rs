@@ -51,40 +51,15 @@ pub struct Runner {
 /// replica that dies holds its jobs at most this long.
 const LEASE_MS: i64 = 60 * 1000;
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// Holders are `host:pid:ulid`; true when the host is this one and the pid no longer exists.
-fn holder_is_dead_local_process(holder: &str) -> bool {
-    let mut parts = holder.split(':');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    host == hostname()
-        && pid.parse::<u32>().is_ok_and(|pid| {
-            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        })
-}
-
 impl Runner {
     pub async fn new(settings: Settings) -> Result<Self, RunnerError> {
-        let state = StateStore::open(&settings.state_url).await?;
+        let state =
+            StateStore::open_with(&settings.state_url, settings.state_connect_timeout).await?;
         Ok(Self::with_state(settings, state))
     }
 
     pub fn with_state(settings: Settings, state: StateStore) -> Self {
-        let holder = format!(
-            "{}:{}:{}",
-            hostname(),
-            std::process::id(),
-            ulid::Ulid::generate()
-        );
+        let holder = crate::state::leases::Holder::this_process().to_string();
         let state = state.fenced_by(&holder);
         Self {
             track_gate: Arc::new(RateGate::per_second(settings.track.rate_limit_per_sec)),
@@ -128,7 +103,7 @@ impl Runner {
                 .unwrap_or_default();
             // A holder on this machine whose process is gone (killed, crashed) cannot renew:
             // take its lease over instead of waiting for it to expire.
-            let dead_here = holder_is_dead_local_process(&holder);
+            let dead_here = crate::state::leases::holder_is_dead_local_process(&holder);
             if !(dead_here
                 && self
                     .state

@@ -523,7 +523,7 @@ fn tolerating_unset<T>(
 }
 
 async fn open_state(settings: &config::Settings) -> Result<StateStore> {
-    StateStore::open(&settings.state_url)
+    StateStore::open_with(&settings.state_url, settings.state_connect_timeout)
         .await
         .map_err(|e| anyhow!(chain(&e)))
         .context("opening the state database")

@@ -194,7 +194,12 @@ impl StatusView<'_> {
                     .unwrap_or(false);
                 vec![
                     time(c.updated_at),
-                    self.job_cell(&c.job),
+                    // A phase's own checkpoint shows its scope beside the job.
+                    if c.scope == crate::state::Scope::JOB {
+                        self.job_cell(&c.job)
+                    } else {
+                        format!("{} [{}]", self.job_cell(&c.job), c.scope)
+                    },
                     format!(
                         "after row {row}{}",
                         if complete { ", input complete" } else { "" }
@@ -252,6 +257,7 @@ impl StatusView<'_> {
             .map(|c| {
                 json!({
                     "job": c.job,
+                    "scope": c.scope,
                     "position": c.position,
                     "run_id": c.run_id,
                     "updated_at": time(c.updated_at),

@@ -164,6 +164,8 @@ pub struct Settings {
     /// The `config.yaml` these came from (for error messages).
     pub config_file: PathBuf,
     pub state_url: DatabaseUrl,
+    /// `state.connect_timeout_secs`: how long opening the state database may wait.
+    pub state_connect_timeout: Duration,
     pub customerio: CustomerIo,
     /// Absolute or relative to the working directory (resolved against config.yaml).
     pub jobs_dir: PathBuf,

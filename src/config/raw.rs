@@ -40,6 +40,13 @@ fn default_jobs_dir() -> PathBuf {
 pub struct StateSection {
     /// `sqlite://path` (created on first use) or `postgres://…`.
     pub url: DatabaseUrl,
+    /// How long opening a PostgreSQL state database may wait for the server, in seconds.
+    #[serde(default = "default_state_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_state_connect_timeout() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

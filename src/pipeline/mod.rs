@@ -21,7 +21,7 @@ use crate::config::{JobSpec, MappingSpec, PushJob, Settings};
 use crate::http::RunCounters;
 use crate::mapping::Mapper;
 use crate::source::{self, Checkpoint, SourceError, SourceStream};
-use crate::state::{DeadLetter, Outcome, RunCounts, StateError, StateStore};
+use crate::state::{Commit, DeadLetter, Outcome, RunCounts, Scope, StateError, StateStore};
 use crate::track::{BatchOutcome, TrackClient, TrackError, Wire};
 
 use ack::Tracker;
@@ -128,14 +128,16 @@ pub async fn run_push(
     let checkpoint = match &mode {
         RunMode::Normal { full: true } => {
             ctx.state
-                .reset_checkpoint(&job.name)
+                .reset_checkpoint(&job.name, &Scope::Job)
                 .await
                 .map_err(state_err)?;
             None
         }
-        RunMode::Normal { full: false } => {
-            ctx.state.checkpoint(&job.name).await.map_err(state_err)?
-        }
+        RunMode::Normal { full: false } => ctx
+            .state
+            .checkpoint(&job.name, &Scope::Job)
+            .await
+            .map_err(state_err)?,
         RunMode::RetryDeadLetters => None,
     };
     let run_id = ctx
@@ -594,14 +596,12 @@ impl<'a> Run<'a> {
         let resolved = std::mem::take(&mut self.resolved);
         self.ctx
             .state
-            .commit(
-                &self.job.name,
-                &self.run_id,
-                checkpoint.as_ref(),
-                &dead,
-                &resolved,
-                counts,
-            )
+            .commit(Commit {
+                checkpoint: checkpoint.as_ref(),
+                dead: &dead,
+                resolved: &resolved,
+                ..Commit::new(&self.job.name, &self.run_id, counts)
+            })
             .await
             .map_err(|source| PipelineError::State {
                 job: self.job.name.clone(),
@@ -623,7 +623,10 @@ impl<'a> Run<'a> {
         let counts = self.snapshot_counts();
         self.ctx
             .state
-            .commit(&self.job.name, &self.run_id, Some(&cp), &[], &[], counts)
+            .commit(Commit {
+                checkpoint: Some(&cp),
+                ..Commit::new(&self.job.name, &self.run_id, counts)
+            })
             .await
             .map_err(|source| PipelineError::State {
                 job: self.job.name.clone(),

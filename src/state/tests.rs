@@ -1,5 +1,6 @@
 use super::*;
 use crate::source::ResumePoint;
+use std::borrow::Cow;
 
 async fn sqlite() -> (tempfile::TempDir, StateStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -8,6 +9,23 @@ async fn sqlite() -> (tempfile::TempDir, StateStore) {
         dir.path().join("nested/state.db").display()
     ));
     (dir, StateStore::open(&url).await.unwrap())
+}
+
+/// A commit step under the job's own scope.
+fn step<'a>(
+    job: &'a str,
+    run_id: &'a str,
+    checkpoint: Option<&'a Checkpoint>,
+    dead: &'a [DeadLetter],
+    resolved: &'a [String],
+    counts: RunCounts,
+) -> Commit<'a> {
+    Commit {
+        checkpoint,
+        dead,
+        resolved,
+        ..Commit::new(job, run_id, counts)
+    }
 }
 
 fn letter(row_ref: &str, reason: &str) -> DeadLetter {
@@ -42,18 +60,25 @@ async fn commits_are_atomic_idempotent_and_readable() {
         requests: 1,
         retries: 0,
     };
-    s.commit("j", &run, Some(&cp), &[letter("a", "first")], &[], counts)
-        .await
-        .unwrap();
+    s.commit(step(
+        "j",
+        &run,
+        Some(&cp),
+        &[letter("a", "first")],
+        &[],
+        counts,
+    ))
+    .await
+    .unwrap();
     // The same row dead-lettered again (a replay after a crash) updates, never duplicates.
-    s.commit("j", &run, None, &[letter("a", "second")], &[], counts)
+    s.commit(step("j", &run, None, &[letter("a", "second")], &[], counts))
         .await
         .unwrap();
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp));
+    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp));
     let letters = s.dead_letters("j", 10).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "second");
-    s.commit("j", &run, None, &[], &["a".to_string()], counts)
+    s.commit(step("j", &run, None, &[], &["a".to_string()], counts))
         .await
         .unwrap();
     assert_eq!(s.count_dead_letters("j").await.unwrap(), 0);
@@ -112,16 +137,19 @@ async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
     let counts = RunCounts::default();
     // No lease yet: refused, and the dead letters of the same step are not kept either.
     let err = mine
-        .commit("j", &run, Some(&cp), &[letter("a", "x")], &[], counts)
+        .commit(step("j", &run, Some(&cp), &[letter("a", "x")], &[], counts))
         .await
         .unwrap_err();
     assert!(matches!(err, StateError::LeaseLost { .. }), "{err}");
     assert_eq!(s.count_dead_letters("j").await.unwrap(), 0);
     assert!(s.try_lease("j", "me", 60_000).await.unwrap());
-    mine.commit("j", &run, Some(&cp), &[], &[], counts)
+    mine.commit(step("j", &run, Some(&cp), &[], &[], counts))
         .await
         .unwrap();
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp.clone()));
+    assert_eq!(
+        s.checkpoint("j", &Scope::Job).await.unwrap(),
+        Some(cp.clone())
+    );
     // Another replica takes the lease over: this one's next checkpoint is refused.
     s.release_lease("j", "me").await.unwrap();
     assert!(s.try_lease("j", "other", 60_000).await.unwrap());
@@ -134,11 +162,11 @@ async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
         ..cp.clone()
     };
     assert!(
-        mine.commit("j", &run, Some(&later), &[], &[], counts)
+        mine.commit(step("j", &run, Some(&later), &[], &[], counts))
             .await
             .is_err()
     );
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp));
+    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(cp));
 }
 
 /// A fresh PostgreSQL database for one test (the server must be up: this never skips); kept
@@ -176,13 +204,23 @@ async fn the_same_state_semantics_hold_on_postgresql() {
         requests: 1,
         retries: 2,
     };
-    s.commit("j", &run, Some(&cp), &[letter("a", "first")], &[], counts)
+    s.commit(step(
+        "j",
+        &run,
+        Some(&cp),
+        &[letter("a", "first")],
+        &[],
+        counts,
+    ))
+    .await
+    .unwrap();
+    s.commit(step("j", &run, None, &[letter("a", "second")], &[], counts))
         .await
         .unwrap();
-    s.commit("j", &run, None, &[letter("a", "second")], &[], counts)
-        .await
-        .unwrap();
-    assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp.clone()));
+    assert_eq!(
+        s.checkpoint("j", &Scope::Job).await.unwrap(),
+        Some(cp.clone())
+    );
     let letters = s.dead_letters("j", 10).await.unwrap();
     assert_eq!((letters.len(), letters[0].reason.as_str()), (1, "second"));
     s.finish_run(
@@ -204,15 +242,325 @@ async fn the_same_state_semantics_hold_on_postgresql() {
     let mine = s.clone().fenced_by("me");
     assert!(s.try_lease("j", "me", 60_000).await.unwrap());
     assert!(!s.try_lease("j", "other", 60_000).await.unwrap());
-    mine.commit("j", &run, Some(&cp), &[], &[], counts)
+    mine.commit(step("j", &run, Some(&cp), &[], &[], counts))
         .await
         .unwrap();
     s.release_lease("j", "me").await.unwrap();
     assert!(s.try_lease("j", "other", 60_000).await.unwrap());
     assert!(matches!(
-        mine.commit("j", &run, Some(&cp), &[], &[], counts).await,
+        mine.commit(step("j", &run, Some(&cp), &[], &[], counts))
+            .await,
         Err(StateError::LeaseLost { .. })
     ));
     assert_eq!(s.lease_holder("j").await.unwrap().as_deref(), Some("other"));
     drop_pg(db, s).await;
+}
+
+fn csv_cp(row: u64) -> Checkpoint {
+    Checkpoint {
+        source: serde_json::json!({"f": 1}),
+        resume: ResumePoint::Csv {
+            byte: row * 10,
+            line: row + 1,
+            row,
+        },
+        complete: false,
+    }
+}
+
+#[tokio::test]
+async fn a_scope_keeps_its_own_checkpoint_beside_the_jobs_and_status_lists_both() {
+    let (_d, s) = sqlite().await;
+    let run = s.start_run("j", "push").await.unwrap();
+    let backfill = Scope::named("backfill:2026-01");
+    let (own, phase) = (csv_cp(5), csv_cp(99));
+    let counts = RunCounts::default();
+    s.commit(step("j", &run, Some(&own), &[], &[], counts))
+        .await
+        .unwrap();
+    s.commit(Commit {
+        scope: &backfill,
+        checkpoint: Some(&phase),
+        ..Commit::new("j", &run, counts)
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.checkpoint("j", &Scope::Job).await.unwrap(), Some(own));
+    assert_eq!(s.checkpoint("j", &backfill).await.unwrap(), Some(phase));
+    let listed: Vec<(String, String)> = s
+        .checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.job, c.scope))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("j".to_string(), "backfill:2026-01".to_string()),
+            ("j".to_string(), "job".to_string())
+        ]
+    );
+    // Resetting one scope leaves the other.
+    s.reset_checkpoint("j", &backfill).await.unwrap();
+    assert_eq!(s.checkpoint("j", &backfill).await.unwrap(), None);
+    assert!(s.checkpoint("j", &Scope::Job).await.unwrap().is_some());
+    assert_eq!(Scope::named("job"), Scope::Job);
+}
+
+#[tokio::test]
+async fn a_checkpoint_written_before_scopes_becomes_the_jobs_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    SQLITE_MIGRATIONS
+        .run_to(20261127000002, &old)
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&csv_cp(7)).unwrap();
+    sqlx::query(
+        "INSERT INTO checkpoints (job, position, run_id, updated_at) VALUES ('j', $1, 'r', 1)",
+    )
+    .bind(text)
+    .execute(&old)
+    .await
+    .unwrap();
+    old.close().await;
+    let s = StateStore::open(&DatabaseUrl::new(format!("sqlite://{}", path.display())))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.checkpoint("j", &Scope::Job).await.unwrap(),
+        Some(csv_cp(7))
+    );
+}
+
+/// Many dead letters with the given reason, one repeated row among them.
+fn many_letters(n: usize) -> Vec<DeadLetter> {
+    let mut v: Vec<DeadLetter> = (0..n)
+        .map(|i| letter(&format!("r{i}"), &format!("reason {i}")))
+        .collect();
+    // The same row twice in one step: its last record wins, as if written in turn.
+    v.push(letter("r0", "again"));
+    v
+}
+
+async fn assert_many_letters_stored(s: &StateStore, n: usize) {
+    let run = s.start_run("j", "push").await.unwrap();
+    let dead = many_letters(n);
+    s.commit(step("j", &run, None, &dead, &[], RunCounts::default()))
+        .await
+        .unwrap();
+    assert_eq!(s.count_dead_letters("j").await.unwrap(), n as i64);
+    let stored = s.dead_letters("j", n as i64).await.unwrap();
+    let r0 = stored.iter().find(|d| d.row_ref == "r0").unwrap();
+    assert_eq!(r0.reason, "again");
+    let last = stored
+        .iter()
+        .find(|d| d.row_ref == format!("r{}", n - 1))
+        .unwrap();
+    assert_eq!(last.reason, format!("reason {}", n - 1));
+}
+
+#[tokio::test]
+async fn dead_letters_beyond_one_statements_bind_limit_are_all_stored_on_sqlite() {
+    let (_d, s) = sqlite().await;
+    let n = dead_letters::rows_per_statement(Backend::Sqlite) * 2 + 3;
+    assert_many_letters_stored(&s, n).await;
+}
+
+#[tokio::test]
+async fn dead_letters_beyond_one_statements_bind_limit_are_all_stored_on_postgresql() {
+    let (name, s) = postgres().await;
+    let n = dead_letters::rows_per_statement(Backend::Postgres) + 3;
+    assert_many_letters_stored(&s, n).await;
+    drop_pg(name, s).await;
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_encoded_is_an_internal_error_naming_the_job() {
+    struct Unencodable;
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no JSON for this"))
+        }
+    }
+    let err = checkpoints::encode("orders", &Unencodable).unwrap_err();
+    assert!(matches!(err, StateError::EncodeCheckpoint { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("job `orders`") && text.contains("internal error"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn text_with_nul_from_outside_is_stored_in_every_column_on_postgresql() {
+    let (name, s) = postgres().await;
+    let nul = |what: &str| format!("{what}\0after");
+    let job = nul("job");
+    let run = s.start_run(&job, &nul("push")).await.unwrap();
+    let dead = DeadLetter {
+        job: job.clone(),
+        source: nul("source"),
+        row_ref: nul("row"),
+        line: Some(1),
+        row_data: format!("{{\"raw\": \"{}\"}}", nul("data")),
+        reason: nul("Customer.io said"),
+        stage: "customerio",
+    };
+    let cp = Checkpoint {
+        source: serde_json::json!({ "path": nul("file") }),
+        ..csv_cp(1)
+    };
+    s.commit(Commit {
+        checkpoint: Some(&cp),
+        dead: std::slice::from_ref(&dead),
+        scope: &Scope::named(nul("backfill")),
+        ..Commit::new(&job, &run, RunCounts::default())
+    })
+    .await
+    .unwrap();
+    s.finish_run(
+        &run,
+        Outcome::Failed,
+        Some(&nul("500 body")),
+        RunCounts::default(),
+        Some(&serde_json::json!({ "note": nul("summary") })),
+    )
+    .await
+    .unwrap();
+    assert!(s.try_lease(&job, &nul("holder"), 60_000).await.unwrap());
+
+    let stored = s.dead_letters(&job, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].reason, "Customer.io said\u{FFFD}after");
+    assert_eq!(stored[0].source, "source\u{FFFD}after");
+    assert_eq!(stored[0].row_ref, "row\u{FFFD}after");
+    assert_eq!(stored[0].job, "job\u{FFFD}after");
+    let runs = s.runs(Some(&job), 5).await.unwrap();
+    assert_eq!(runs[0].error.as_deref(), Some("500 body\u{FFFD}after"));
+    assert_eq!(runs[0].kind, "push\u{FFFD}after");
+    assert_eq!(
+        s.checkpoint(&job, &Scope::named(nul("backfill")))
+            .await
+            .unwrap(),
+        Some(cp)
+    );
+    assert_eq!(
+        s.lease_holder(&job).await.unwrap().as_deref(),
+        Some("holder\u{FFFD}after")
+    );
+    drop_pg(name, s).await;
+}
+
+#[test]
+fn storable_text_replaces_nul_and_nothing_else() {
+    assert_eq!(storable("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
+    assert!(matches!(storable("plain \\0 text"), Cow::Borrowed(_)));
+}
+
+#[tokio::test]
+async fn many_processes_opening_a_fresh_sqlite_state_at_once_all_succeed() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::new(format!("sqlite://{}", dir.path().join("s.db").display()));
+        let opens: Vec<_> = (0..12)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { StateStore::open(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for (i, open) in opens.into_iter().enumerate() {
+            if let Err(e) = open.await.unwrap() {
+                panic!("round {round}, open {i} failed: {e}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn many_processes_opening_a_fresh_postgresql_state_at_once_all_succeed() {
+    for round in 0..5 {
+        let db = crate::testing::TestDb::create(crate::testing::Server::Postgres).await;
+        let url = DatabaseUrl::new(db.url().to_string());
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { StateStore::open(&url).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for (i, open) in opens.into_iter().enumerate() {
+            match open.await.unwrap() {
+                Ok(s) => stores.push(s),
+                Err(e) => panic!("round {round}, open {i} failed: {e}"),
+            }
+        }
+        for s in stores {
+            s.pool().close().await;
+        }
+        drop(db);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_postgresql_state_is_reported_with_its_root_cause() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = DatabaseUrl::new(format!("postgres://cio:secret@127.0.0.1:{port}/state"));
+    // A long connect timeout: the error must come from the refusal, not from waiting.
+    let err = StateStore::open_with(&url, std::time::Duration::from_secs(600))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StateError::Connect { .. }), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}: connection refused")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("timed out") && !text.contains("secret"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_postgresql_state_that_never_answers_fails_within_the_connect_timeout() {
+    // Accepts connections (the kernel completes the handshake) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let url = DatabaseUrl::new(format!("postgres://cio@127.0.0.1:{port}/state"));
+    let err = StateStore::open_with(&url, std::time::Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, StateError::Unreachable { secs: 1, .. }),
+        "{text}"
+    );
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn an_unopenable_sqlite_state_names_the_file_and_not_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // A folder where the database file should be.
+    let path = dir.path().join("state.db");
+    std::fs::create_dir(&path).unwrap();
+    let err = StateStore::open(&DatabaseUrl::new(format!("sqlite://{}", path.display())))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StateError::OpenSqlite { .. }), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(!text.contains("host") && !text.contains("port"), "{text}");
 }

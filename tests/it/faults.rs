@@ -178,7 +178,11 @@ async fn when_retries_run_out_the_run_fails_and_the_next_resumes_from_the_settle
     let state = StateStore::open(&cio_sync::config::DatabaseUrl::new(env.state_url()))
         .await
         .expect("state");
-    let cp = state.checkpoint("people").await.expect("cp").expect("some");
+    let cp = state
+        .checkpoint("people", &cio_sync::state::Scope::Job)
+        .await
+        .expect("cp")
+        .expect("some");
     assert_eq!(
         cp.resume.rows(),
         500,

@@ -176,7 +176,7 @@ async fn a_207_rejecting_two_rows_mid_batch_dead_letters_exactly_those_rows() {
     assert_eq!(letters[1].line, Some(62));
     // The run settled every row: the checkpoint is at the end.
     let cp = state
-        .checkpoint("people")
+        .checkpoint("people", &cio_sync::state::Scope::Job)
         .await
         .expect("checkpoint")
         .expect("some");
