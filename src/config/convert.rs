@@ -24,12 +24,34 @@ macro_rules! same_variants {
 same_variants!(Region { Us, Eu });
 same_variants!(Transport { V2, V1 });
 same_variants!(EmptyPolicy { Skip, Null });
-same_variants!(ValueType { Auto, String, Number, Bool, Timestamp, Json });
-same_variants!(TimestampFormat { Auto, Rfc3339, Date, Unix, UnixMs });
-same_variants!(EventType { Event, Page, Screen });
+same_variants!(ValueType {
+    Auto,
+    String,
+    Number,
+    Bool,
+    Timestamp,
+    Json
+});
+same_variants!(TimestampFormat {
+    Auto,
+    Rfc3339,
+    Date,
+    Unix,
+    UnixMs
+});
+same_variants!(EventType {
+    Event,
+    Page,
+    Screen
+});
 same_variants!(DeleteAction { Delete, Suppress });
 same_variants!(SegmentAction { Add, Remove });
-same_variants!(MetricsPeriod { Hours, Days, Weeks, Months });
+same_variants!(MetricsPeriod {
+    Hours,
+    Days,
+    Weeks,
+    Months
+});
 
 impl From<raw::MembershipSelection> for job::MembershipSelection {
     fn from(v: raw::MembershipSelection) -> Self {

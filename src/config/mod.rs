@@ -66,7 +66,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} problem{} in the configuration", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} problem{} in the configuration",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             write!(f, "\n  {e}")?;
         }
@@ -270,7 +274,8 @@ pub fn load_job(path: &Path, env: EnvLookup<'_>) -> Result<JobSpec, Vec<ConfigEr
 /// Reads a file of at most [`MAX_FILE_BYTES`].
 fn read_file(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read;
-    let unreadable = |e: std::io::Error| ConfigError::new(path, "", format!("cannot read the file: {e}"));
+    let unreadable =
+        |e: std::io::Error| ConfigError::new(path, "", format!("cannot read the file: {e}"));
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let mut text = String::new();
     file.take(MAX_FILE_BYTES as u64 + 1)

@@ -72,8 +72,7 @@ pub(super) fn deserialize<T: DeserializeOwned>(
         let message = err.into_inner().to_string();
         let unknown = message.starts_with("unknown field");
         let culprit = active.iter_mut().find(|o| {
-            o.active
-                && (o.key == at || (unknown && o.key.starts_with(&format!("{at}."))))
+            o.active && (o.key == at || (unknown && o.key.starts_with(&format!("{at}."))))
         });
         let Some(o) = culprit else {
             // A required key missing only because it was taken out is no new problem.
@@ -171,7 +170,11 @@ fn place<'a>(
         candidates.push(Value::from(n));
     } else if let Ok(n) = value.parse::<i64>() {
         candidates.push(Value::from(n));
-    } else if let Some(n) = value.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+    } else if let Some(n) = value
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+    {
         candidates.push(Value::Number(n));
     }
     candidates.push(Value::String(value.to_string()));
@@ -182,7 +185,10 @@ fn place<'a>(
         let Value::Object(map) = node else {
             return Err(refuse(
                 key.clone(),
-                format!("sets `{key}`, but `{}` is not a section", path[..i].join(".")),
+                format!(
+                    "sets `{key}`, but `{}` is not a section",
+                    path[..i].join(".")
+                ),
             ));
         };
         if !map.contains_key(seg) {

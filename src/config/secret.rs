@@ -221,9 +221,17 @@ fn is_credential_key(key: &str) -> bool {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect::<String>()
         .to_ascii_lowercase();
-    ["pass", "pwd", "secret", "token", "key", "auth", "credential"]
-        .iter()
-        .any(|w| k.contains(w))
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
 }
 
 #[cfg(test)]
@@ -303,7 +311,10 @@ mod tests {
                 "postgres://app:hunter2@/crm?host=/run/postgresql",
                 "postgres://app:****@/crm?host=/run/postgresql",
             ),
-            ("sqlite:state.db?password=hunter2", "sqlite:state.db?password=****"),
+            (
+                "sqlite:state.db?password=hunter2",
+                "sqlite:state.db?password=****",
+            ),
         ];
         for (url, want) in cases {
             let got = mask_url_password(url);

@@ -9,7 +9,8 @@ const CONFIG: &str = "state: { url: \"sqlite://state/s.db\" }\n\
 customerio:\n  site_id: ${CIO_SITE_ID}\n  track_api_key: ${CIO_TRACK_API_KEY}\n  track_url: http://127.0.0.1:9\n\
 track:\n  rate_limit_per_sec: 10\n";
 
-const JOB: &str = "source: { csv: { path: data/people.csv } }\nidentify: { identifier: { id: customer_id } }\n";
+const JOB: &str =
+    "source: { csv: { path: data/people.csv } }\nidentify: { identifier: { id: customer_id } }\n";
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -62,10 +63,19 @@ fn an_environment_override_wins_over_the_file_and_takes_the_keys_type() {
     )
     .expect("loads");
     let s = &cfg.settings;
-    assert_eq!(s.track.rate_limit_per_sec, 50, "the override wins over the file's 10");
+    assert_eq!(
+        s.track.rate_limit_per_sec, 50,
+        "the override wins over the file's 10"
+    );
     assert_eq!(s.track.batch.max_items, 200);
-    assert_eq!(s.track.batch.max_bytes, 480_000, "the rest of the section keeps its default");
-    assert_eq!(s.customerio.site_id.as_ref().map(Secret::expose), Some("12345"));
+    assert_eq!(
+        s.track.batch.max_bytes, 480_000,
+        "the rest of the section keeps its default"
+    );
+    assert_eq!(
+        s.customerio.site_id.as_ref().map(Secret::expose),
+        Some("12345")
+    );
     assert_eq!(s.track.transport, Transport::V1);
     assert_eq!(s.customerio.track_url, "http://127.0.0.1:8");
 
@@ -90,13 +100,20 @@ fn an_override_of_an_unknown_key_is_refused_by_the_variables_name() {
         ],
     );
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
-    assert_eq!(errs.len(), 5, "one problem per stray variable, none for the good one: {text:#?}");
+    assert_eq!(
+        errs.len(),
+        5,
+        "one problem per stray variable, none for the good one: {text:#?}"
+    );
     assert!(
-        text.iter().any(|e| e.contains("CIO_SYNC__APP__RATE sets a key")),
+        text.iter()
+            .any(|e| e.contains("CIO_SYNC__APP__RATE sets a key")),
         "{text:#?}"
     );
     assert!(
-        text.iter().any(|e| e.contains("`app.timeout_secs`: CIO_SYNC__APP__TIMEOUT_SECS does not hold a valid value")),
+        text.iter().any(|e| e.contains(
+            "`app.timeout_secs`: CIO_SYNC__APP__TIMEOUT_SECS does not hold a valid value"
+        )),
         "{text:#?}"
     );
     assert!(
@@ -106,12 +123,15 @@ fn an_override_of_an_unknown_key_is_refused_by_the_variables_name() {
         "{text:#?}"
     );
     assert!(
-        text.iter().any(|e| e.contains("CIO_SYNC__TRAK__RATE_LIMIT_PER_SEC sets a key")
-            && e.contains("unknown field `trak`")),
+        text.iter().any(
+            |e| e.contains("CIO_SYNC__TRAK__RATE_LIMIT_PER_SEC sets a key")
+                && e.contains("unknown field `trak`")
+        ),
         "{text:#?}"
     );
     assert!(
-        text.iter().any(|e| e.contains("CIO_SYNC__TRACK____X does not name a config.yaml key")),
+        text.iter()
+            .any(|e| e.contains("CIO_SYNC__TRACK____X does not name a config.yaml key")),
         "{text:#?}"
     );
     assert!(text.iter().all(|e| e.contains("config.yaml")), "{text:#?}");
@@ -142,7 +162,10 @@ fn every_problem_of_config_yaml_and_every_job_file_is_listed_at_once() {
         &format!("{CONFIG}trak: {{}}\n"),
         &[
             ("a", &format!("{JOB}atributes: [x]\n")),
-            ("b", "source: { csv: { path: x.csv } }\ntrack: { identifier: { id: a }, name: \"\" }\n"),
+            (
+                "b",
+                "source: { csv: { path: x.csv } }\ntrack: { identifier: { id: a }, name: \"\" }\n",
+            ),
             ("good", JOB),
         ],
     );
@@ -152,23 +175,40 @@ fn every_problem_of_config_yaml_and_every_job_file_is_listed_at_once() {
     // More than one problem in one file, too.
     let (_dir2, path2) = folder(
         &format!("{CONFIG}trak: {{}}\nretry: {{ max_attempts: many }}\n"),
-        &[(
-            "a",
-            &format!("{JOB}atributes: [x]\nconcurrency: -1\n"),
-        )],
+        &[("a", &format!("{JOB}atributes: [x]\nconcurrency: -1\n"))],
     );
-    let err2 = load_layered(&path2, &env, &[]).expect_err("four problems").to_string();
+    let err2 = load_layered(&path2, &env, &[])
+        .expect_err("four problems")
+        .to_string();
     assert!(err2.starts_with("4 problems"), "{err2}");
-    assert!(err2.contains("config.yaml: `retry.max_attempts`: invalid type"), "{err2}");
-    assert!(err2.contains("a.yaml: `concurrency`: invalid value"), "{err2}");
+    assert!(
+        err2.contains("config.yaml: `retry.max_attempts`: invalid type"),
+        "{err2}"
+    );
+    assert!(
+        err2.contains("a.yaml: `concurrency`: invalid value"),
+        "{err2}"
+    );
     // A required key taken out after its error is not reported again as missing.
-    let (_dir3, path3) = folder(&CONFIG.replace("url: \"sqlite://state/s.db\"", "url: 5"), &[]);
+    let (_dir3, path3) = folder(
+        &CONFIG.replace("url: \"sqlite://state/s.db\"", "url: 5"),
+        &[],
+    );
     let errs = problems(&path3, &[]);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].key, "state.url");
-    assert!(text.contains("config.yaml: `trak`: unknown field `trak`"), "{text}");
-    assert!(text.contains("a.yaml: `atributes`: unknown field `atributes`"), "{text}");
-    assert!(text.contains("b.yaml: `track.name`: an event name must be 1 to 100 bytes"), "{text}");
+    assert!(
+        text.contains("config.yaml: `trak`: unknown field `trak`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a.yaml: `atributes`: unknown field `atributes`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("b.yaml: `track.name`: an event name must be 1 to 100 bytes"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -182,9 +222,9 @@ fn a_secret_a_job_needs_must_not_be_empty() {
     assert_eq!(err.0.len(), 1, "{err}");
     assert_eq!(err.0[0].key, "customerio.site_id");
     assert!(
-        err.0[0]
-            .message
-            .starts_with("${CIO_SITE_ID} is set but empty, and job people needs it: set CIO_SITE_ID"),
+        err.0[0].message.starts_with(
+            "${CIO_SITE_ID} is set but empty, and job people needs it: set CIO_SITE_ID"
+        ),
         "{}",
         err.0[0]
     );
@@ -196,9 +236,19 @@ fn a_secret_a_job_needs_must_not_be_empty() {
     let err = load_layered(&path, &env, &[]);
     let text = format!("{:?}", err.as_ref().map(|_| ()));
     let errs = err.expect_err("empty track key").0;
-    assert_eq!(errs.len(), 1, "the App key is not needed without a pull job: {text}");
+    assert_eq!(
+        errs.len(),
+        1,
+        "the App key is not needed without a pull job: {text}"
+    );
     assert_eq!(errs[0].key, "customerio.track_api_key");
-    assert!(errs[0].message.starts_with("is empty, and job people needs it"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .message
+            .starts_with("is empty, and job people needs it"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
@@ -249,6 +299,9 @@ fn a_relative_sqlite_source_resolves_against_the_job_files_folder() {
         other => panic!("{other:?}"),
     };
     let jobs = dir.path().join("jobs");
-    assert_eq!(url("a"), format!("sqlite://{}/data/src.db?mode=ro", jobs.display()));
+    assert_eq!(
+        url("a"),
+        format!("sqlite://{}/data/src.db?mode=ro", jobs.display())
+    );
     assert_eq!(url("b"), format!("sqlite://{}/src.db", jobs.display()));
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::ConfigError;
+use super::interpolate::VarUse;
 use super::job::*;
 use super::raw::{self, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
-use super::interpolate::VarUse;
 use super::secret::{ApiUrl, Secret};
 
 pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<ConfigError>> {
@@ -138,7 +138,9 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
 /// that names it, like every other path: config.yaml for the state, the job file for a source.
 fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseUrl {
     let s = url.expose();
-    if let Some(rest) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:"))
+    if let Some(rest) = s
+        .strip_prefix("sqlite://")
+        .or_else(|| s.strip_prefix("sqlite:"))
         && !rest.starts_with('/')
         && !rest.starts_with(":memory:")
         && !rest.is_empty()
@@ -164,8 +166,18 @@ pub fn needed_secrets(settings: &Settings, jobs: &[JobSpec], used: &[VarUse]) ->
     let mut errors = Vec::new();
     for (key, value, jobs, what) in [
         ("customerio.site_id", &c.site_id, &pushes, "the Site ID"),
-        ("customerio.track_api_key", &c.track_api_key, &pushes, "the Track API key"),
-        ("customerio.app_api_key", &c.app_api_key, &pulls, "an App API key"),
+        (
+            "customerio.track_api_key",
+            &c.track_api_key,
+            &pushes,
+            "the Track API key",
+        ),
+        (
+            "customerio.app_api_key",
+            &c.app_api_key,
+            &pulls,
+            "an App API key",
+        ),
     ] {
         if jobs.is_empty() || !value.as_ref().is_some_and(Secret::is_empty) {
             continue;

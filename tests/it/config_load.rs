@@ -25,7 +25,12 @@ async fn state_errors(env: &TestEnv) -> Vec<(String, Option<String>)> {
         .await
         .expect("read runs");
     rows.iter()
-        .map(|r| (r.get::<String, _>("job"), r.get::<Option<String>, _>("error")))
+        .map(|r| {
+            (
+                r.get::<String, _>("job"),
+                r.get::<Option<String>, _>("error"),
+            )
+        })
         .collect()
 }
 
@@ -33,7 +38,12 @@ async fn state_errors(env: &TestEnv) -> Vec<(String, Option<String>)> {
 async fn a_source_url_password_shows_in_no_output_and_no_state_table() {
     let env = TestEnv::new().await;
     let port = closed_port();
-    let secrets = ["Hunter2Secret", "Hunter3Secret", "ter4Secret", "Hunter5Secret"];
+    let secrets = [
+        "Hunter2Secret",
+        "Hunter3Secret",
+        "ter4Secret",
+        "Hunter5Secret",
+    ];
     let job = |url: String| {
         format!(
             "source: {{ sql: {{ url: \"{url}\", query: \"SELECT 1 AS id\", connect_timeout_secs: 2 }} }}\nidentify: {{ identifier: {{ id: id }} }}\n"
@@ -49,7 +59,9 @@ async fn a_source_url_password_shows_in_no_output_and_no_state_table() {
     // An unencoded `/` and `?` in the password: no URL parser reads this as intended.
     env.write_job(
         "unparsable",
-        &job(format!("postgres://app:hun/ter4Secret?@127.0.0.1:{port}/crm")),
+        &job(format!(
+            "postgres://app:hun/ter4Secret?@127.0.0.1:{port}/crm"
+        )),
     );
     let mut outputs = Vec::new();
     for args in [
@@ -62,7 +74,11 @@ async fn a_source_url_password_shows_in_no_output_and_no_state_table() {
         let out = env.cli_output(args).await;
         outputs.push((args.join(" "), out));
     }
-    assert_ne!(outputs[0].1.status.code(), Some(0), "the refused source fails the run");
+    assert_ne!(
+        outputs[0].1.status.code(),
+        Some(0),
+        "the refused source fails the run"
+    );
     assert!(
         stderr(&outputs[0].1).contains(&format!("127.0.0.1:{port}"))
             || stdout(&outputs[0].1).contains(&format!("127.0.0.1:{port}")),
@@ -88,7 +104,10 @@ async fn a_source_url_password_shows_in_no_output_and_no_state_table() {
             );
         }
     }
-    for entry in std::fs::read_dir(env.path().join("state")).expect("state dir").flatten() {
+    for entry in std::fs::read_dir(env.path().join("state"))
+        .expect("state dir")
+        .flatten()
+    {
         let bytes = std::fs::read(entry.path()).unwrap_or_default();
         for s in secrets {
             assert!(
@@ -126,7 +145,13 @@ async fn a_relative_sqlite_source_is_found_from_another_working_directory() {
     let mut c = env.cli();
     c.current_dir(elsewhere.path()).args(["run", "people"]);
     let out = env.output_of(c).await;
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let mut ids: Vec<String> = env
         .sim
         .operations()
@@ -136,7 +161,10 @@ async fn a_relative_sqlite_source_is_found_from_another_working_directory() {
     ids.sort();
     assert_eq!(ids, ["u-1", "u-2", "u-3"]);
     assert!(
-        std::fs::read_dir(elsewhere.path()).expect("read").next().is_none(),
+        std::fs::read_dir(elsewhere.path())
+            .expect("read")
+            .next()
+            .is_none(),
         "nothing was created in the working directory"
     );
 }
@@ -174,11 +202,15 @@ async fn environment_overrides_reach_the_binary_and_strays_are_refused_by_name()
     assert_eq!(stray.status.code(), Some(2), "{}", stderr(&stray));
     let err = stderr(&stray);
     assert!(
-        err.contains("`track.rate_limt`: CIO_SYNC__TRACK__RATE_LIMT sets a key config.yaml does not have"),
+        err.contains(
+            "`track.rate_limt`: CIO_SYNC__TRACK__RATE_LIMT sets a key config.yaml does not have"
+        ),
         "{err}"
     );
     assert!(
-        err.contains("`track.timeout_secs`: CIO_SYNC__TRACK__TIMEOUT_SECS does not hold a valid value"),
+        err.contains(
+            "`track.timeout_secs`: CIO_SYNC__TRACK__TIMEOUT_SECS does not hold a valid value"
+        ),
         "{err}"
     );
 }
