@@ -1,8 +1,9 @@
 //! Loading configuration: read → YAML → `${VAR}` interpolation → `CIO_SYNC__…` overrides
 //! (config.yaml only) → strict typed parse → validate → runtime types.
 //!
-//! Owns: finding and reading `config.yaml` and `jobs/*.yaml`, and turning them into
-//! [`Settings`] and [`JobSpec`]s, collecting every error of every file with its file and key.
+//! Owns: finding and reading `config.yaml`, `jobs/*.yaml` (and the systemd credentials a
+//! `${VAR}` falls back to), and turning them into [`Settings`] and [`JobSpec`]s, collecting
+//! every error of every file with its file and key.
 //! Must not: write anything (loading never creates files or folders), open network or
 //! database connections, or read a data source.
 
@@ -29,6 +30,9 @@ pub struct ConfigError {
     /// Dotted key path (`source.csv.path`), empty when the error is about the whole file.
     pub key: String,
     pub message: String,
+    /// Set when the error is that this `${VAR}` is not set, so callers that can do without
+    /// a variable (reading the state needs no credentials) decide by type, not by text.
+    pub unset_var: Option<String>,
 }
 
 impl fmt::Display for ConfigError {
@@ -55,6 +59,7 @@ impl ConfigError {
             file: file.to_path_buf(),
             key: key.into(),
             message: message.into(),
+            unset_var: None,
         }
     }
 }
@@ -83,8 +88,30 @@ impl std::error::Error for ConfigErrors {}
 /// The environment used for `${VAR}`; tests pass their own.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The process environment, then systemd credentials: a `${NAME}` the environment does not
+/// set is read from `$CREDENTIALS_DIRECTORY/NAME` (the unit's `LoadCredential=NAME:…`).
 pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    std::env::var(name).ok().or_else(|| {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+        credential(Path::new(&dir), name)
+    })
+}
+
+/// Credential `name` in `dir`, without one trailing newline (`echo key > file` adds it).
+/// `None` when it is missing, unreadable or not UTF-8 (the `${NAME}` is then reported as not
+/// set), or when `name` is not a plain file name.
+pub fn credential(dir: &Path, name: &str) -> Option<String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return None;
+    }
+    let mut value = std::fs::read_to_string(dir.join(name)).ok()?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    Some(value)
 }
 
 /// The largest configuration file read, and the most its values may hold once `${VAR}` is
@@ -215,7 +242,9 @@ fn read_settings(
     if let Some(dir) = tree.get("jobs_dir").and_then(|d| d.as_str()) {
         loaded.jobs_dir = base.join(dir);
     }
-    loaded.settings = parsed.and_then(|raw| validate::settings(path, raw));
+    let state_directory = env("STATE_DIRECTORY");
+    loaded.settings =
+        parsed.and_then(|raw| validate::settings(path, raw, state_directory.as_deref()));
     loaded
 }
 
@@ -309,14 +338,17 @@ fn tree_of(
         interpolate::InterpolateError::Missing(missing) => missing
             .into_iter()
             .map(|m| {
-                ConfigError::new(
-                    path,
-                    m.key,
-                    format!(
-                        "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile)",
-                        m.var, m.var
-                    ),
-                )
+                ConfigError {
+                    unset_var: Some(m.var.clone()),
+                    ..ConfigError::new(
+                        path,
+                        m.key,
+                        format!(
+                            "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile, or pass it with LoadCredential={}:PATH)",
+                            m.var, m.var, m.var
+                        ),
+                    )
+                }
             })
             .collect::<Vec<_>>(),
         interpolate::InterpolateError::TooLarge { key, var, limit } => vec![ConfigError::new(

@@ -14,9 +14,21 @@ use super::job::*;
 use super::raw::{self, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
 use super::secret::{ApiUrl, Secret};
 
-pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<ConfigError>> {
+/// `state_directory` is `$STATE_DIRECTORY` as systemd sets it from `StateDirectory=`.
+pub fn settings(
+    file: &Path,
+    raw: raw::DaemonFile,
+    state_directory: Option<&str>,
+) -> Result<Settings, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let state_base = match state_base(state_directory) {
+        Ok(dir) => dir.unwrap_or_else(|| base.clone()),
+        Err(message) => {
+            errors.push(ConfigError::new(file, "state.url", message));
+            base.clone()
+        }
+    };
     let scheme = raw.state.url.scheme();
     if !matches!(scheme.as_str(), "sqlite" | "postgres" | "postgresql") {
         errors.push(ConfigError::new(
@@ -27,7 +39,7 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
             ),
         ));
     }
-    let state_url = resolve_sqlite_url(&raw.state.url, &base);
+    let state_url = resolve_sqlite_url(&raw.state.url, &state_base);
     let c = raw.customerio;
     let (track_host, app_host) = match c.region {
         raw::Region::Us => ("https://track.customer.io", "https://api.customer.io"),
@@ -134,8 +146,29 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
     })
 }
 
-/// `sqlite://relative.db` (or `sqlite:relative.db`) is relative to the folder of the file
-/// that names it, like every other path: config.yaml for the state, the job file for a source.
+/// Where a relative SQLite state path is rooted under systemd: the first of
+/// `$STATE_DIRECTORY`'s colon-separated paths (one per `StateDirectory=` entry); `None` when it
+/// is unset or empty, so the config file's folder is used.
+fn state_base(state_directory: Option<&str>) -> Result<Option<PathBuf>, String> {
+    let Some(first) = state_directory.and_then(|v| v.split(':').next()) else {
+        return Ok(None);
+    };
+    if first.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(first);
+    if dir.is_absolute() {
+        Ok(Some(dir))
+    } else {
+        Err(format!(
+            "STATE_DIRECTORY=`{first}` is not an absolute path, so a relative sqlite:// state path has no base: unset it, or let systemd set it from `StateDirectory=`"
+        ))
+    }
+}
+
+/// `sqlite://relative.db` (or `sqlite:relative.db`) is relative to `base`, like every other
+/// path: for the state, `$STATE_DIRECTORY` under systemd, else config.yaml's folder; for a
+/// source, the job file's folder.
 fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseUrl {
     let s = url.expose();
     if let Some(rest) = s
