@@ -53,8 +53,8 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, DemoEr
     };
     let cfg = config::load(config_path, &demo_env)?;
     let mut settings = cfg.settings.clone();
-    settings.customerio.track_url = sim.url();
-    settings.customerio.app_url = sim.url();
+    settings.customerio.track_url = config::ApiUrl::new(sim.url());
+    settings.customerio.app_url = config::ApiUrl::new(sim.url());
     settings.customerio.site_id = Some(Secret::new(sim_config.site_id.clone()));
     settings.customerio.track_api_key = Some(Secret::new(sim_config.track_api_key.clone()));
     settings.customerio.app_api_key = Some(Secret::new(sim_config.app_api_key.clone()));

@@ -131,7 +131,7 @@ pub async fn check_connected(cfg: &Config) -> PreflightReport {
                 info.region
             )),
             Err(e) => report.problems.push(PreflightError::Track {
-                url: settings.customerio.track_url.clone(),
+                url: settings.customerio.track_url.masked(),
                 reason: match e {
                     RunnerError::Track { source, .. } => source.to_string(),
                     RunnerError::Job { message, .. } => message,
@@ -144,7 +144,7 @@ pub async fn check_connected(cfg: &Config) -> PreflightReport {
         match check_app_key(settings, &cancel).await {
             Ok(()) => report.passed.push("App API: key accepted".into()),
             Err(reason) => report.problems.push(PreflightError::App {
-                url: settings.customerio.app_url.clone(),
+                url: settings.customerio.app_url.masked(),
                 reason,
             }),
         }
@@ -174,7 +174,7 @@ async fn check_app_key(settings: &Settings, cancel: &CancellationToken) -> Resul
         ..RetryPolicy::from(&settings.retry)
     };
     let client = crate::app_api::AppClient::new(
-        &settings.customerio.app_url,
+        settings.customerio.app_url.expose(),
         key,
         Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
         once,

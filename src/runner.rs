@@ -237,7 +237,7 @@ pub fn track_client(
         });
     };
     TrackClient::new(
-        &c.track_url,
+        c.track_url.expose(),
         site,
         key,
         gate,

@@ -2,8 +2,10 @@
 //!
 //! Owns: wiring jobs to tokio-cron-scheduler (kept behind this one seam: schedules are UTC,
 //! six fields with seconds), never letting two runs of one job overlap in this process (the
-//! job lease covers other replicas), and the graceful stop: stop firing, let running jobs
-//! finish their batches and write checkpoints within the grace period, then return.
+//! job lease covers other replicas), what a reload request (SIGHUP) does to the schedule
+//! (today: nothing, logged; running jobs are never touched), and the graceful stop: stop
+//! firing, let running jobs finish their batches and write checkpoints within the grace
+//! period, then return.
 //! Must not: run a job's pipeline itself (that is `runner`), or exit the process.
 
 use std::collections::HashMap;
@@ -165,7 +167,7 @@ pub async fn run_daemon(
         .await
         .map_err(|e| ScheduleError::Scheduler(e.to_string()))?;
     tracing::info!(jobs = scheduled.len(), "cio-sync daemon started.");
-    signals.stop.cancelled().await;
+    wait_for_stop(&signals).await;
     tracing::info!("Stopping: no new runs; waiting for running jobs to write their checkpoints.");
     // shutdown() does not wait for running jobs; the ticker's tracker does.
     if let Err(e) = sched.shutdown().await {
@@ -176,10 +178,39 @@ pub async fn run_daemon(
     Ok(())
 }
 
+/// Serves reload requests until a stop signal. Subscribed before it waits, so a SIGHUP from
+/// the moment the daemon has started is a reload request, never a kill.
+async fn wait_for_stop(signals: &Signals) {
+    let mut reloads = signals.reload_requests();
+    loop {
+        tokio::select! {
+            _ = signals.stop.cancelled() => return,
+            changed = reloads.changed() => {
+                if changed.is_err() {
+                    // The sender lives in `signals`, so this cannot happen; if it did, no more
+                    // reloads could arrive and only the stop is left to wait for.
+                    signals.stop.cancelled().await;
+                    return;
+                }
+                reloads.borrow_and_update();
+                reload();
+            }
+        }
+    }
+}
+
+/// What a reload request does to the running daemon. Reloading jobs is not built yet: the
+/// request is acknowledged in the log and the daemon, and every run in it, goes on as before.
+fn reload() {
+    tracing::warn!(
+        "SIGHUP received: reloading the configuration is not supported yet; ignoring it (running jobs go on; restart the service to apply changes)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::{CsvSection, DeleteAction};
+    use crate::config::{CsvSource as CsvSection, DeleteAction};
     use crate::config::{
         IdentifierKind, IdentifierSpec, JobKind, MappingSpec, PushJob, SourceSpec,
     };
@@ -222,10 +253,7 @@ mod tests {
                 concurrency: None,
             })),
         };
-        let signals = Signals {
-            stop: Default::default(),
-            force: Default::default(),
-        };
+        let signals = Signals::new();
         let ticker = Ticker::new(runner, signals.clone(), std::slice::from_ref(&job));
         assert_eq!(ticker.tick(&job), Tick::Started);
         assert_eq!(ticker.tick(&job), Tick::SkippedOverlap);

@@ -1,26 +1,30 @@
 //! The App API client: segments, segment membership, campaigns and campaign metrics.
 //!
-//! Owns: App endpoints and auth (`Authorization: Bearer <app_api_key>`, region host from
-//! `customerio.app_url`), paging membership with `start`/`limit` until `next` runs out, and
-//! turning each final response into a value or an [`AppError`] (401/403 = the key, 3xx = the
-//! region, 404 = the resource is gone). Every attempt goes through the process-wide App rate
-//! gate and the shared retry policy in `http/`.
+//! Owns: App endpoints and auth (`Authorization: Bearer <app_api_key>` on the shared
+//! [`ApiClient`], region host from `customerio.app_url`), the one [`Pager`] for every listing,
+//! the credential check, and turning each final response into a value or an [`AppError`]
+//! (401/403 = the key, 3xx = the region, 404 = the resource is gone). Every attempt goes
+//! through the process-wide App rate gate and the shared retry policy in `http/`.
 //! Must not: write to any database or decide what a pull does with what it reads (`pull/`
 //! does), and must not retry by itself (`http::retry` does).
 
+pub mod pager;
 pub mod response;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::raw::MetricsPeriod;
+use crate::config::MetricsPeriod;
 use crate::config::{Secret, Settings};
-use crate::http::{self, RateGate, RetriesExhausted, RetryPolicy, RunCounters};
+use crate::http::{
+    ApiClient, Auth, HttpError, MAX_APP_ANSWER_BYTES, RateGate, Request, RetriesExhausted,
+    RetryPolicy, RunCounters,
+};
 
+pub use pager::Pager;
 pub use response::{Campaign, Member, Segment, Series};
 
 /// The API's largest membership page.
@@ -37,9 +41,15 @@ pub enum AppError {
     )]
     Unauthorized { status: u16, what: String },
     #[error(
-        "the App API redirected {what} (HTTP {status}): the workspace is in another region; set `customerio.region` in config.yaml to match it"
+        "the App API redirected {what} (HTTP {status}{}): the workspace is in another region; set `customerio.region` in config.yaml to match it",
+        location.as_deref().map(|l| format!(" to {l}")).unwrap_or_default()
     )]
-    WrongRegion { status: u16, what: String },
+    WrongRegion {
+        status: u16,
+        what: String,
+        /// Where it pointed: scheme and host only.
+        location: Option<String>,
+    },
     /// 404: the segment or campaign no longer exists.
     #[error("{what}: not found (HTTP 404); it was deleted in Customer.io or the id is wrong")]
     NotFound { what: String },
@@ -66,28 +76,45 @@ pub enum AppError {
     Client(String),
 }
 
-#[derive(Clone)]
+/// Why [`AppClient::check_credentials`] did not pass. `validate --connect` tells the user
+/// which of these it is, because the fix differs: a wrong key is fixed in config, an
+/// unreachable host in the network or the region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialCheckError {
+    /// 401 or 403: the key is wrong, belongs to another workspace or region, or lacks scope.
+    #[error(
+        "Customer.io refused the App API key (HTTP {status} on {CHECK_PATH}): check CIO_APP_API_KEY (`customerio.app_api_key` in config.yaml), that it is an App API key (not a Track key) of this workspace and region, and that its scope allows reading"
+    )]
+    Rejected { status: u16 },
+    /// No HTTP answer at all: DNS, refused connection, TLS, timeout.
+    #[error(
+        "cannot reach the App API at {url}: {error}; check `customerio.app_url` / `customerio.region` in config.yaml, DNS, firewalls and proxies"
+    )]
+    Unreachable { url: String, error: String },
+    /// 3xx: Customer.io redirects a call to the other region's host.
+    #[error(
+        "the App API redirected {CHECK_PATH} (HTTP {status}{}): the workspace is in another region; set `customerio.region` in config.yaml to match it",
+        location.as_deref().map(|l| format!(" to {l}")).unwrap_or_default()
+    )]
+    WrongRegion {
+        status: u16,
+        location: Option<String>,
+    },
+    /// Any other answer (a 5xx, a 404, a proxy's page): whether the key is good is unknown.
+    #[error(
+        "the App API answered {CHECK_PATH} unexpectedly ({answer}), so the key could not be checked; try again later, and check any proxy in between"
+    )]
+    Unexpected { answer: String },
+}
+
+/// The request the credential check makes: the cheapest documented App GET
+/// (customerio-api.md §1: "check the App key with `GET /v1/segments`").
+const CHECK_PATH: &str = "GET /v1/segments";
+
+/// The App API on [`ApiClient`] with Bearer auth; `Debug` shows no key.
+#[derive(Clone, Debug)]
 pub struct AppClient {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    http: reqwest::Client,
-    /// Region host or override, without a trailing slash.
-    base: String,
-    api_key: Secret,
-    /// Shared by every job of the process: Customer.io's limit is per workspace.
-    gate: Arc<RateGate>,
-    policy: RetryPolicy,
-}
-
-impl std::fmt::Debug for AppClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppClient")
-            .field("base", &self.inner.base)
-            .field("api_key", &self.inner.api_key)
-            .finish()
-    }
+    api: ApiClient,
 }
 
 impl AppClient {
@@ -98,16 +125,10 @@ impl AppClient {
         policy: RetryPolicy,
         timeout: Duration,
     ) -> Result<Self, AppError> {
-        let http = http::build_client(timeout).map_err(|e| AppError::Client(e.to_string()))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                base: base.trim_end_matches('/').to_string(),
-                api_key,
-                gate,
-                policy,
-            }),
-        })
+        let auth = Auth::Bearer(api_key);
+        let api = ApiClient::new(base, auth, gate, policy, timeout, MAX_APP_ANSWER_BYTES)
+            .map_err(|e| AppError::Client(e.to_string()))?;
+        Ok(Self { api })
     }
 
     /// The client for config.yaml's `customerio` and `app` sections, on the process's App gate.
@@ -119,7 +140,7 @@ impl AppClient {
             .filter(|k| !k.is_empty())
             .ok_or(AppError::MissingKey)?;
         Self::new(
-            &settings.customerio.app_url,
+            settings.customerio.app_url.expose(),
             key,
             gate,
             RetryPolicy::from(&settings.retry),
@@ -127,12 +148,44 @@ impl AppClient {
         )
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.inner.base
+    /// Checks the App API key with one request (`GET /v1/segments`, not retried, so a
+    /// pre-flight answers at once). `Ok` means Customer.io accepted the key.
+    pub async fn check_credentials(&self) -> Result<(), CredentialCheckError> {
+        let resp = match self.api.send_once(&Request::get("/v1/segments")).await {
+            Ok(resp) => resp,
+            Err(RetriesExhausted {
+                last: HttpError::Transport(error),
+                ..
+            }) => {
+                return Err(CredentialCheckError::Unreachable {
+                    url: self.api.shown_base(),
+                    error,
+                });
+            }
+            Err(e) => {
+                return Err(CredentialCheckError::Unexpected {
+                    answer: e.last.to_string(),
+                });
+            }
+        };
+        match resp.status {
+            200..=299 => Ok(()),
+            401 | 403 => Err(CredentialCheckError::Rejected {
+                status: resp.status,
+            }),
+            300..=399 => Err(CredentialCheckError::WrongRegion {
+                status: resp.status,
+                location: resp.redirect_to,
+            }),
+            status => Err(CredentialCheckError::Unexpected {
+                answer: format!("HTTP {status}: {}", resp.body_excerpt()),
+            }),
+        }
     }
 
-    /// One GET, retried per the policy; `what` names it in errors (`GET /v1/segments`).
-    async fn get<T: DeserializeOwned>(
+    /// One GET, retried per the policy, its 2xx read as `T`; `what` names it in errors
+    /// (`GET /v1/segments`).
+    pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
@@ -140,26 +193,14 @@ impl AppClient {
         cancel: &CancellationToken,
     ) -> Result<T, AppError> {
         let what = format!("GET {path}");
-        let url = format!("{}{}", self.inner.base, path);
-        let resp = http::retry::send_with_retry(
-            &self.inner.gate,
-            &self.inner.policy,
-            counters,
-            cancel,
-            || {
-                let r = self
-                    .inner
-                    .http
-                    .get(&url)
-                    .bearer_auth(self.inner.api_key.expose());
-                if query.is_empty() { r } else { r.query(query) }
-            },
-        )
-        .await
-        .map_err(|error| AppError::Failed {
-            what: what.clone(),
-            error,
-        })?;
+        let resp = self
+            .api
+            .send(&Request::get(path).query(query), counters, cancel)
+            .await
+            .map_err(|error| AppError::Failed {
+                what: what.clone(),
+                error,
+            })?;
         match resp.status {
             200..=299 => serde_json::from_slice(&resp.body).map_err(|e| AppError::Decode {
                 what,
@@ -169,6 +210,7 @@ impl AppClient {
             300..=399 => Err(AppError::WrongRegion {
                 status: resp.status,
                 what,
+                location: resp.redirect_to,
             }),
             401 | 403 => Err(AppError::Unauthorized {
                 status: resp.status,
@@ -189,25 +231,9 @@ impl AppClient {
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Segment>, AppError> {
-        let mut out = Vec::new();
-        let mut paging = Paging::default();
-        loop {
-            let list: response::SegmentList = self
-                .get("/v1/segments", &paging.query(), counters, cancel)
-                .await?;
-            for raw in list.segments {
-                out.push(
-                    Segment::from_value(raw).map_err(|message| AppError::Decode {
-                        what: "GET /v1/segments".into(),
-                        message,
-                        body: String::new(),
-                    })?,
-                );
-            }
-            if !paging.advance(list.next) {
-                return Ok(out);
-            }
-        }
+        Pager::<response::SegmentList>::new(self.clone(), "/v1/segments".into(), Vec::new())
+            .all(counters, cancel)
+            .await
     }
 
     /// `GET /v1/campaigns`: every campaign of the workspace.
@@ -216,37 +242,19 @@ impl AppClient {
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Campaign>, AppError> {
-        let mut out = Vec::new();
-        let mut paging = Paging::default();
-        loop {
-            let list: response::CampaignList = self
-                .get("/v1/campaigns", &paging.query(), counters, cancel)
-                .await?;
-            for raw in list.campaigns {
-                out.push(
-                    Campaign::from_value(raw).map_err(|message| AppError::Decode {
-                        what: "GET /v1/campaigns".into(),
-                        message,
-                        body: String::new(),
-                    })?,
-                );
-            }
-            if !paging.advance(list.next) {
-                return Ok(out);
-            }
-        }
+        Pager::<response::CampaignList>::new(self.clone(), "/v1/campaigns".into(), Vec::new())
+            .all(counters, cancel)
+            .await
     }
 
-    /// Pages through one segment's members, `page_size` (1..=30000) at a time.
+    /// Pages through one segment's members, `page_size` (1..=30000) at a time. A 404
+    /// ([`AppError::NotFound`]) from any page means the segment is gone.
     pub fn membership(&self, segment_id: i64, page_size: u32) -> MembershipPager {
-        MembershipPager {
-            client: self.clone(),
-            segment_id,
-            limit: page_size.clamp(1, MAX_PAGE_SIZE),
-            paging: Paging::default(),
-            done: false,
-            pages: 0,
-        }
+        Pager::new(
+            self.clone(),
+            format!("/v1/segments/{segment_id}/membership"),
+            vec![("limit", page_size.clamp(1, MAX_PAGE_SIZE).to_string())],
+        )
     }
 
     /// `GET /v1/campaigns/{id}/metrics?period=&steps=` (v1): metric → values, index 0 oldest.
@@ -274,6 +282,9 @@ impl AppClient {
     }
 }
 
+/// One segment's membership, a page at a time (pages are not kept: a caller streams them on).
+pub type MembershipPager = Pager<response::MembershipPage>;
+
 /// The API's name of a metrics period.
 pub fn period_name(p: MetricsPeriod) -> &'static str {
     match p {
@@ -284,89 +295,63 @@ pub fn period_name(p: MetricsPeriod) -> &'static str {
     }
 }
 
-/// `start`/`next` bookkeeping: stop when `next` is missing, `null`, `""`, or one already used
-/// (a server that hands back the same token would otherwise loop forever).
-#[derive(Debug, Default)]
-struct Paging {
-    start: Option<String>,
-    seen: HashSet<String>,
-}
-
-impl Paging {
-    fn query(&self) -> Vec<(&'static str, String)> {
-        self.start.iter().map(|s| ("start", s.clone())).collect()
-    }
-
-    /// Takes the answer's `next`; false when there are no more pages.
-    fn advance(&mut self, next: Option<String>) -> bool {
-        match next {
-            Some(token) if self.seen.insert(token.clone()) => {
-                self.start = Some(token);
-                true
-            }
-            Some(token) => {
-                tracing::warn!(next = %token, "The App API repeated a paging token; treating the list as complete.");
-                false
-            }
-            None => false,
-        }
-    }
-}
-
-/// One segment's membership, a page at a time (pages are not kept: a caller streams them on).
-pub struct MembershipPager {
-    client: AppClient,
-    segment_id: i64,
-    limit: u32,
-    paging: Paging,
-    done: bool,
-    pages: u32,
-}
-
-impl MembershipPager {
-    pub fn segment_id(&self) -> i64 {
-        self.segment_id
-    }
-
-    /// Pages fetched so far.
-    pub fn pages(&self) -> u32 {
-        self.pages
-    }
-
-    /// The next page of members, or `None` after the last one. A 404 ([`AppError::NotFound`])
-    /// means the segment is gone.
-    pub async fn next_page(
-        &mut self,
-        counters: &Arc<RunCounters>,
-        cancel: &CancellationToken,
-    ) -> Result<Option<Vec<Member>>, AppError> {
-        if self.done {
-            return Ok(None);
-        }
-        let mut query = self.paging.query();
-        query.push(("limit", self.limit.to_string()));
-        let path = format!("/v1/segments/{}/membership", self.segment_id);
-        let page: response::MembershipPage =
-            self.client.get(&path, &query, counters, cancel).await?;
-        self.pages += 1;
-        self.done = !self.paging.advance(page.next);
-        Ok(Some(page.identifiers))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn paging_stops_on_missing_or_repeated_tokens() {
-        let mut p = Paging::default();
-        assert!(p.query().is_empty());
-        assert!(p.advance(Some("a".into())));
-        assert_eq!(p.query(), [("start", "a".to_string())]);
-        assert!(p.advance(Some("b".into())));
-        assert!(!p.advance(Some("a".into())));
-        assert!(!Paging::default().advance(None));
+    fn client(base: &str, key: &str) -> AppClient {
+        AppClient::new(
+            base,
+            Secret::new(key),
+            Arc::new(RateGate::per_second(100)),
+            RetryPolicy {
+                max_attempts: 5,
+                base_delay: Duration::from_millis(1),
+                max_wait: Duration::from_millis(5),
+                max_total_wait: Duration::from_secs(1),
+            },
+            Duration::from_secs(5),
+        )
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn the_credential_check_tells_a_wrong_key_from_an_unreachable_host() {
+        let sim = crate::simulator::Simulator::start(Default::default())
+            .await
+            .expect("simulator");
+        assert_eq!(
+            client(&sim.url(), "demo-app-key").check_credentials().await,
+            Ok(())
+        );
+        let wrong = client(&sim.url(), "wrong-key").check_credentials().await;
+        assert_eq!(wrong, Err(CredentialCheckError::Rejected { status: 401 }));
+        let text = wrong.unwrap_err().to_string();
+        assert!(
+            text.contains("CIO_APP_API_KEY") && !text.contains("wrong-key"),
+            "{text}"
+        );
+        assert_eq!(
+            sim.requests().len(),
+            2,
+            "one request per check, none retried"
+        );
+
+        // A port nobody listens on: bind one, note it, and close it again.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let gone = client(&format!("http://127.0.0.1:{port}"), "demo-app-key")
+            .check_credentials()
+            .await;
+        match gone {
+            Err(CredentialCheckError::Unreachable { url, error }) => {
+                assert_eq!(url, format!("http://127.0.0.1:{port}"));
+                assert!(error.contains("could not connect"), "{error}");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
     }
 
     #[test]
@@ -384,7 +369,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        assert_eq!(c.base_url(), "https://api.customer.io");
+        assert_eq!(c.api.shown_base(), "https://api.customer.io");
         assert!(!format!("{c:?}").contains("sekrit"));
     }
 }

@@ -101,6 +101,22 @@ pub struct CampaignList {
     pub next: Option<String>,
 }
 
+impl super::pager::PageBody for SegmentList {
+    type Item = Segment;
+    fn into_page(self) -> Result<(Vec<Segment>, Option<String>), String> {
+        let items = self.segments.into_iter().map(Segment::from_value);
+        Ok((items.collect::<Result<_, _>>()?, self.next))
+    }
+}
+
+impl super::pager::PageBody for CampaignList {
+    type Item = Campaign;
+    fn into_page(self) -> Result<(Vec<Campaign>, Option<String>), String> {
+        let items = self.campaigns.into_iter().map(Campaign::from_value);
+        Ok((items.collect::<Result<_, _>>()?, self.next))
+    }
+}
+
 /// One segment (`segmentResponseObject`): the columns cio-sync keeps, and the object itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
@@ -202,6 +218,13 @@ pub struct MembershipPage {
     pub identifiers: Vec<Member>,
     #[serde(default, deserialize_with = "next_token")]
     pub next: Option<String>,
+}
+
+impl super::pager::PageBody for MembershipPage {
+    type Item = Member;
+    fn into_page(self) -> Result<(Vec<Member>, Option<String>), String> {
+        Ok((self.identifiers, self.next))
+    }
 }
 
 /// One member as the membership endpoint lists them; any field may be `null`.

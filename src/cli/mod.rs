@@ -251,7 +251,12 @@ fn init_logging(g: &Global, quiet_default: bool) {
     } else {
         format!("{default},tokio_cron_scheduler=warn")
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // sqlx-postgres logs each URL parameter it does not know *with its value*
+    // (`sslpassword=…`): its URL parser stays silent whatever RUST_LOG says.
+    if let Ok(d) = "sqlx_postgres::options::parse=off".parse() {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,36 +1,33 @@
 //! HTTP plumbing shared by the Track and App clients.
 //!
-//! Owns: the one `reqwest::Client` builder (rustls, no redirects), the rate gate every attempt
-//! passes through, and the retry policy (which statuses retry, backoff with full jitter,
-//! `Retry-After`, per-wait and per-run caps).
+//! Owns: the one client type, [`ApiClient`] (rustls, no redirects, auth as a parameter), what
+//! is read of an answer (at most a cap per API, [`MAX_TRACK_ANSWER_BYTES`] and
+//! [`MAX_APP_ANSWER_BYTES`]; a 2xx must be JSON), the rate gate every
+//! attempt passes through, and the retry policy (which outcomes retry, backoff with full
+//! jitter, `Retry-After`, per-wait and per-run caps).
 //! Must not: know about Customer.io payloads or decide what a 4xx means for a row; it returns
 //! the final response and leaves that to `track/` and `app_api/`.
 
+pub mod body;
+pub mod client;
 pub mod rate_limit;
 pub mod retry;
 
 use std::time::Duration;
 
+pub use body::{Answer, MAX_APP_ANSWER_BYTES, MAX_TRACK_ANSWER_BYTES};
+pub use client::{ApiClient, Auth, Request};
 pub use rate_limit::RateGate;
 pub use retry::{RetryPolicy, RunCounters};
-
-/// The HTTP client both APIs use. Redirects are never followed: Customer.io redirects a
-/// wrong-region call, and a followed redirect would arrive without its credentials.
-pub fn build_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("cio-sync/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
 
 /// A response that ended the retry loop: any status that is not retried.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub body: bytes::Bytes,
+    /// Scheme, host and port of a 3xx's `Location` (never its path, which may carry
+    /// identifiers): where Customer.io sends a call for the other region.
+    pub redirect_to: Option<String>,
 }
 
 impl Response {
@@ -65,6 +62,21 @@ pub enum HttpError {
         retry_after: Option<Duration>,
         body: String,
     },
+    /// A 2xx whose body is not a JSON document. Customer.io answers JSON, so this came from
+    /// something in between (a proxy, a captive portal) and says nothing about the request.
+    #[error(
+        "HTTP {status} with a body that is not JSON (content type {content_type}): {body}; Customer.io answers JSON, so something in between (a proxy or captive portal) answered instead: check `customerio.track_url` / `customerio.app_url` and the network path"
+    )]
+    NotJson {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
+    /// The answer went on past the client's cap; reading stopped there.
+    #[error(
+        "HTTP {status} with an answer longer than {limit} bytes, far more than Customer.io sends; stopped reading it: check `customerio.track_url` / `customerio.app_url` and any proxy in between"
+    )]
+    TooLarge { status: u16, limit: usize },
     #[error("{0}")]
     Transport(String),
     /// The run's stop was requested while this request waited to be retried.

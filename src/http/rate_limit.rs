@@ -15,6 +15,7 @@ pub struct RateGate {
     limiter: DefaultDirectRateLimiter,
     /// Until when every request holds back after the server said "too many".
     paused_until: Mutex<Option<Instant>>,
+    /// Requests per second, kept only for `Debug`.
     per_sec: u32,
 }
 
@@ -29,8 +30,10 @@ impl std::fmt::Debug for RateGate {
 impl RateGate {
     pub fn per_second(per_sec: u32) -> Self {
         let n = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
-        // Burst of one second's worth at most, so a cold start cannot exceed the rate over
-        // any one-second window by more than the bucket.
+        // The bucket holds a tenth of a second's worth (at least one permit): after a cold
+        // start or an idle spell at most per_sec/10 requests go out at once, then the steady
+        // rate, so no one-second window carries more than 110% of `per_sec`. A full second's
+        // burst would let a window carry twice the rate, which is what fair-use limits punish.
         let quota = Quota::per_second(n)
             .allow_burst(NonZeroU32::new((per_sec / 10).max(1)).unwrap_or(NonZeroU32::MIN));
         Self {
@@ -38,10 +41,6 @@ impl RateGate {
             paused_until: Mutex::new(None),
             per_sec,
         }
-    }
-
-    pub fn rate(&self) -> u32 {
-        self.per_sec
     }
 
     /// Waits for a permit: first for any pause a 429 set, then for the bucket.

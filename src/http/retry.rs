@@ -1,9 +1,9 @@
 //! The retry policy, in one place for both APIs.
 //!
-//! Owns: which outcomes are retried (408, 429, 500, 502, 503, 504, 522, 524 and transport
-//! errors), the backoff (exponential with full jitter, driven by backon), honouring
-//! `Retry-After` (seconds or HTTP date), the cap on one wait and on a run's total waiting,
-//! and taking a rate permit on every attempt.
+//! Owns: which outcomes are retried (408, 429, every 5xx, transport errors, and a 2xx that is
+//! not Customer.io's answer: not JSON, or too long), the backoff (exponential with full jitter,
+//! driven by backon), honouring `Retry-After` (seconds or HTTP date), the cap on one wait and on
+//! a run's total waiting, and taking a rate permit on every attempt.
 //! Must not: interpret non-retried statuses: they are returned to the caller as responses.
 
 use std::sync::Arc;
@@ -14,16 +14,17 @@ use backon::Retryable;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use super::body::{self, Answer};
 use super::{HttpError, RateGate, Response, RetriesExhausted, excerpt};
 use crate::config::RetrySettings;
 
-/// Statuses worth another attempt: these, and every other 5xx (a server-side failure never
-/// says anything about the rows). Everything else is final: 400/404/413/422 reject rows,
-/// 401/403 stop the run, 3xx means the wrong region.
-pub const RETRIED_STATUSES: [u16; 8] = [408, 429, 500, 502, 503, 504, 522, 524];
-
+/// Statuses worth another attempt: 408 and 429 (the server asks to come back later) and every
+/// 5xx (500–599, which covers the 500/502/503/504 and Cloudflare 520–524 that Customer.io's own
+/// clients list): a server-side failure says nothing about the rows, and Track operations are
+/// safe to resend (identify is idempotent, events carry ULIDs). Everything else is final:
+/// 400/404/413/422 reject rows, 401/403 stop the run, 3xx means the wrong region.
 pub fn is_retried_status(status: u16) -> bool {
-    RETRIED_STATUSES.contains(&status) || (500..=599).contains(&status)
+    status == 408 || status == 429 || (500..=599).contains(&status)
 }
 
 #[derive(Debug, Clone)]
@@ -114,12 +115,14 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// Sends a request built by `build`, retrying per `policy`. Each attempt first takes a permit
 /// from `gate`. A 429 pauses the whole gate. Returns the first response whose status is not
-/// retried (2xx, 207, 3xx, 4xx other than 408/429, …).
-pub async fn send_with_retry<F>(
+/// retried (2xx, 207, 3xx, 4xx other than 408/429, …) and whose 2xx body holds `answer`.
+pub(super) async fn send_with_retry<F>(
     gate: &RateGate,
     policy: &RetryPolicy,
     counters: &Arc<RunCounters>,
     cancel: &CancellationToken,
+    answer: Answer,
+    answer_limit: usize,
     build: F,
 ) -> Result<Response, RetriesExhausted>
 where
@@ -133,14 +136,22 @@ where
         gate.acquire().await;
         attempts.fetch_add(1, Ordering::Relaxed);
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = build().send().await.map_err(transport)?;
+        let mut resp = build().send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER)
+            .as_deref()
             .and_then(parse_retry_after);
-        let body = resp.bytes().await.map_err(transport)?;
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let redirect_to = header(reqwest::header::LOCATION)
+            .as_deref()
+            .and_then(origin_of);
+        let body = body::read_capped(&mut resp, answer_limit).await?;
         if is_retried_status(status) {
             if status == 429 {
                 gate.pause_for(
@@ -155,7 +166,12 @@ where
                 body: excerpt(&String::from_utf8_lossy(&body)),
             });
         }
-        Ok(Response { status, body })
+        body::check_answer(answer, status, content_type.as_deref(), &body)?;
+        Ok(Response {
+            status,
+            body,
+            redirect_to,
+        })
     };
     let budget_ms = policy.max_total_wait.as_millis() as u64;
     let sleep_cancel = cancel.clone();
@@ -188,7 +204,14 @@ where
         .map_err(|last| RetriesExhausted { attempts: attempts.load(Ordering::Relaxed) as usize, last })
 }
 
-fn transport(e: reqwest::Error) -> HttpError {
+/// `scheme://host[:port]` of an absolute URL; `None` for a relative or unreadable one.
+fn origin_of(location: &str) -> Option<String> {
+    let url = reqwest::Url::parse(location).ok()?;
+    url.host_str()?;
+    Some(url.origin().ascii_serialization())
+}
+
+pub(super) fn transport(e: reqwest::Error) -> HttpError {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -210,6 +233,19 @@ fn transport(e: reqwest::Error) -> HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_shows_only_where_it_points_not_its_path() {
+        assert_eq!(
+            origin_of("https://track-eu.customer.io/api/v1/customers/ann%40example.com").as_deref(),
+            Some("https://track-eu.customer.io")
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:8080/x").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(origin_of("/relative/path"), None);
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
@@ -244,12 +280,11 @@ mod tests {
     }
 
     #[test]
-    fn only_the_listed_statuses_are_retried() {
-        for s in [408, 429, 500, 502, 503, 504, 522, 524] {
-            assert!(is_retried_status(s));
+    fn timeouts_rate_limits_and_every_5xx_are_retried() {
+        for s in [408, 429, 500, 502, 503, 504, 520, 522, 524, 599] {
+            assert!(is_retried_status(s), "{s}");
         }
-        assert!(is_retried_status(520));
-        for s in [200, 207, 301, 400, 401, 403, 404, 413, 422] {
+        for s in [200, 207, 301, 400, 401, 403, 404, 413, 422, 600] {
             assert!(!is_retried_status(s));
         }
     }

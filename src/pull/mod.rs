@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app_api::{self, AppClient, AppError, Campaign, Segment};
-use crate::config::raw::MembershipSelection;
+use crate::config::MembershipSelection;
 use crate::config::{JobSpec, PullJob, Settings};
 use crate::http::{RateGate, RunCounters};
 use crate::pipeline::{RunReport, StopSignal};
@@ -194,23 +194,23 @@ pub async fn run(
 }
 
 /// `pull.into`, or the state database itself (sharing its pool, so SQLite keeps one writer).
+/// Either way only the pulled tables' own migrator runs on it.
 async fn open_target(ctx: &PullContext, job: &JobSpec, pull: &PullJob) -> Result<Store, PullError> {
+    let store_err = |error| PullError::Store {
+        job: job.name.clone(),
+        error,
+    };
     match &pull.into {
-        Some(url) => {
-            let (pool, backend) =
-                state::connect(url, 4)
-                    .await
-                    .map_err(|error| PullError::State {
-                        job: job.name.clone(),
-                        error,
-                    })?;
-            Ok(Store::new(pool, backend, url.masked()))
+        Some(url) => Store::open(url, 4).await.map_err(store_err),
+        None => {
+            let store = Store::new(
+                ctx.state.pool().clone(),
+                ctx.state.backend(),
+                ctx.state.url().masked(),
+            );
+            store.migrate().await.map_err(store_err)?;
+            Ok(store)
         }
-        None => Ok(Store::new(
-            ctx.state.pool().clone(),
-            ctx.state.backend(),
-            ctx.state.url().masked(),
-        )),
     }
 }
 
@@ -487,7 +487,7 @@ impl Pull<'_> {
     async fn metrics(
         &mut self,
         campaign_id: i64,
-        period: crate::config::raw::MetricsPeriod,
+        period: crate::config::MetricsPeriod,
         steps: u32,
     ) -> Result<(), PullError> {
         let series = self

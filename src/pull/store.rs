@@ -5,13 +5,41 @@
 //! segment's membership in one transaction, upserting metric points, and cleaning staging rows.
 //! Every statement is static SQL with `$n` placeholders; all but staging (which uses each
 //! backend's JSON functions) are the same text on SQLite and PostgreSQL.
-//! Must not: make HTTP calls or decide what to pull (`pull/mod.rs` does); the schema itself is
-//! in `migrations/{sqlite,postgres}/20261127000002_pulled.sql`.
+//! It also owns the pulled tables' migrator: their own migrations
+//! (`migrations/pulled/{sqlite,postgres}`) with their own history table, so a `pull.into`
+//! database gets only the `cio_*` tables, never the state tables.
+//! Text from Customer.io is made storable here: NUL is escaped (see [`storable`]).
+//! Must not: make HTTP calls or decide what to pull (`pull/mod.rs` does).
 
+use std::borrow::Cow;
+
+use serde_json::Value;
+use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::app_api::{Campaign, Member, Segment};
-use crate::state::Backend;
+use crate::config::DatabaseUrl;
+use crate::state::{self, Backend, StateError};
+
+static PULLED_SQLITE: Migrator = sqlx::migrate!("./migrations/pulled/sqlite");
+static PULLED_POSTGRES: Migrator = sqlx::migrate!("./migrations/pulled/postgres");
+
+/// Where the pulled tables' migrator records what it applied: a table of its own, so that it
+/// and the state migrator (`_sqlx_migrations`) never see each other's versions as unknown when
+/// both run on one database (the state database is the default pull target). Named `cio_*` like
+/// the tables it versions, so a pull target holds only `cio_*` tables.
+pub const PULLED_MIGRATIONS_TABLE: &str = "cio_sync_pulled_migrations";
+
+/// The pulled tables' migrator for `backend`, recording into [`PULLED_MIGRATIONS_TABLE`].
+pub fn pulled_migrator(backend: Backend) -> Migrator {
+    let source = match backend {
+        Backend::Sqlite => &PULLED_SQLITE,
+        Backend::Postgres => &PULLED_POSTGRES,
+    };
+    let mut m = Migrator::with_migrations(source.iter().cloned().collect());
+    m.dangerous_set_table_name(PULLED_MIGRATIONS_TABLE);
+    m
+}
 
 /// A query on a pulled table failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +83,47 @@ const STAGE_POSTGRES: &str = "INSERT INTO cio_segment_members_staging (run_id, j
      FROM json_array_elements(CAST($5 AS json)) WITH ORDINALITY AS t(m, ord)";
 
 impl Store {
+    /// Opens `url` (a job's `pull.into`) and brings the pulled tables up to date; nothing else
+    /// is created there.
+    pub async fn open(url: &DatabaseUrl, max_connections: u32) -> Result<Self, StoreError> {
+        let (pool, backend) =
+            state::open_pool(url, max_connections)
+                .await
+                .map_err(|e| StoreError {
+                    what: "opening the database",
+                    table: "cio_*",
+                    database: url.masked(),
+                    message: match e {
+                        StateError::Open { message, .. } => message,
+                        other => other.to_string(),
+                    },
+                })?;
+        let store = Self::new(pool, backend, url.masked());
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A store on an open pool (the state database's, when a job has no `pull.into`); call
+    /// [`Store::migrate`] before writing.
     pub fn new(pool: AnyPool, backend: Backend, database: String) -> Self {
         Self {
             pool,
             backend,
             database,
         }
+    }
+
+    /// Creates or updates the pulled tables (idempotent; cheap when up to date).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        pulled_migrator(self.backend)
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError {
+                what: "migrating the pulled tables",
+                table: PULLED_MIGRATIONS_TABLE,
+                database: self.database.clone(),
+                message: e.to_string(),
+            })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -111,14 +174,14 @@ impl Store {
                  updated_at = excluded.updated_at, raw = excluded.raw, deleted_at = NULL, pulled_run_id = excluded.pulled_run_id",
             )
             .bind(s.id)
-            .bind(&s.name)
-            .bind(&s.description)
-            .bind(&s.segment_type)
-            .bind(&s.state)
+            .bind(storable_opt(&s.name))
+            .bind(storable_opt(&s.description))
+            .bind(storable_opt(&s.segment_type))
+            .bind(storable_opt(&s.state))
             .bind(json_text(&s.tags))
             .bind(s.created_at)
             .bind(s.updated_at)
-            .bind(s.raw.to_string())
+            .bind(storable_json(&s.raw))
             .bind(run_id)
             .execute(&mut *tx)
             .await
@@ -157,17 +220,17 @@ impl Store {
                  pulled_run_id = excluded.pulled_run_id",
             )
             .bind(c.id)
-            .bind(&c.deduplicate_id)
-            .bind(&c.name)
-            .bind(&c.description)
-            .bind(&c.campaign_type)
-            .bind(&c.state)
+            .bind(storable_opt(&c.deduplicate_id))
+            .bind(storable_opt(&c.name))
+            .bind(storable_opt(&c.description))
+            .bind(storable_opt(&c.campaign_type))
+            .bind(storable_opt(&c.state))
             .bind(c.active)
             .bind(json_text(&c.tags))
             .bind(c.created_at)
             .bind(c.updated_at)
             .bind(c.first_started_at)
-            .bind(c.raw.to_string())
+            .bind(storable_json(&c.raw))
             .bind(run_id)
             .execute(&mut *tx)
             .await
@@ -247,9 +310,17 @@ impl Store {
         if members.is_empty() {
             return Ok(());
         }
-        let rows: Vec<[Option<&str>; 3]> = members
+        // Escaped before they go into the JSON page: PostgreSQL's `->>` refuses to turn a
+        // `\u0000` escape back into text.
+        let rows: Vec<[Option<String>; 3]> = members
             .iter()
-            .map(|m| [m.id.as_deref(), m.email.as_deref(), m.cio_id.as_deref()])
+            .map(|m| {
+                [
+                    storable_opt(&m.id),
+                    storable_opt(&m.email),
+                    storable_opt(&m.cio_id),
+                ]
+            })
             .collect();
         let page = serde_json::to_string(&rows).map_err(|e| StoreError {
             what: "staging members",
@@ -356,7 +427,7 @@ impl Store {
                  pulled_run_id = excluded.pulled_run_id",
             )
             .bind(campaign_id)
-            .bind(metric)
+            .bind(storable(metric).into_owned())
             .bind(period)
             .bind(*start)
             .bind(*value)
@@ -372,6 +443,86 @@ impl Store {
     }
 }
 
+/// Text from Customer.io made storable. PostgreSQL `text` and `jsonb` cannot hold NUL (an
+/// insert fails, and with it the whole pull, on every run), and SQLite's text functions stop at
+/// it. So each NUL becomes the six characters `\u0000`, which is how JSON writes it: the text
+/// still says what Customer.io sent. Text without NUL is passed through untouched.
+pub fn storable(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\\u0000"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// [`storable`] for an optional column, owned as the database driver binds it.
+fn storable_opt(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(|s| storable(s).into_owned())
+}
+
+/// A JSON value as text with [`storable`] applied to every string and key, so the column
+/// also casts to `jsonb` (which refuses the escape `\u0000`).
+pub fn storable_json(v: &Value) -> String {
+    fn clean(v: &Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(storable(s).into_owned()),
+            Value::Array(items) => Value::Array(items.iter().map(clean).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (storable(k).into_owned(), clean(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let text = v.to_string();
+    // serde_json writes NUL as `\u0000` and nothing else produces that text except an escaped
+    // backslash before `u0000`, for which cleaning is a harmless no-op.
+    if text.contains("\\u0000") {
+        clean(v).to_string()
+    } else {
+        text
+    }
+}
+
 fn json_text(tags: &[String]) -> String {
-    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+    let tags: Vec<Cow<'_, str>> = tags.iter().map(|t| storable(t)).collect();
+    serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_pulled_migrations_have_the_same_versions_on_both_backends() {
+        let versions = |b| {
+            pulled_migrator(b)
+                .iter()
+                .map(|m| m.version)
+                .collect::<Vec<_>>()
+        };
+        assert!(!versions(Backend::Sqlite).is_empty());
+        assert_eq!(versions(Backend::Sqlite), versions(Backend::Postgres));
+    }
+
+    #[test]
+    fn nul_is_escaped_everywhere_and_other_text_is_untouched() {
+        assert_eq!(storable("plain"), Cow::Borrowed("plain"));
+        assert_eq!(storable("a\0b\0"), "a\\u0000b\\u0000");
+        let raw = json!({"name": "x\0y", "k\0": ["\0", 1, {"deep": "\0"}], "back": "\\u0000"});
+        let text = storable_json(&raw);
+        assert!(!text.contains('\0'));
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["name"], "x\\u0000y");
+        assert_eq!(back["k\\u0000"][0], "\\u0000");
+        assert_eq!(back["k\\u0000"][2]["deep"], "\\u0000");
+        assert_eq!(
+            back["back"], "\\u0000",
+            "a literal backslash-u0000 stays as it was"
+        );
+        assert_eq!(storable_json(&json!({"a": "b"})), r#"{"a":"b"}"#);
+        assert_eq!(json_text(&["t\0".into()]), r#"["t\\u0000"]"#);
+    }
 }

@@ -62,9 +62,59 @@ pub enum Backend {
     Postgres,
 }
 
-/// Connects to a database for cio-sync's own tables (state, or a pull job's target) and
-/// brings its schema up to date.
+/// Versions that were state migrations once and moved to a migrator of their own: the pulled
+/// tables (`pull::store`). A database made before still lists them as applied, and sqlx
+/// refuses an applied version it does not know unless told to ignore missing ones, so exactly
+/// these are ignored; any other unknown version is still refused.
+const MOVED_OUT_VERSIONS: &[i64] = &[20261127000002];
+
+/// Connects to the state database and brings its schema up to date.
 pub async fn connect(
+    url: &DatabaseUrl,
+    max_connections: u32,
+) -> Result<(AnyPool, Backend), StateError> {
+    let (pool, backend) = open_pool(url, max_connections).await?;
+    migrate(&pool, backend)
+        .await
+        .map_err(|e| StateError::Migrate {
+            url: url.masked(),
+            message: e.to_string(),
+        })?;
+    Ok((pool, backend))
+}
+
+/// The state migrations, ignoring only [`MOVED_OUT_VERSIONS`] when the database lists them.
+async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::migrate::MigrateError> {
+    let migrator = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
+    };
+    // No history table yet (a new database) reads as nothing applied; a database that cannot
+    // be read at all fails in the migrator's own run below, with its error.
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    let mut moved_out = false;
+    for v in applied.iter().filter(|v| !migrator.version_exists(**v)) {
+        if !MOVED_OUT_VERSIONS.contains(v) {
+            // What sqlx would say, but naming this version rather than the first missing one.
+            return Err(sqlx::migrate::MigrateError::VersionMissing(*v));
+        }
+        moved_out = true;
+    }
+    if moved_out {
+        let mut tolerant =
+            sqlx::migrate::Migrator::with_migrations(migrator.iter().cloned().collect());
+        tolerant.set_ignore_missing(true);
+        return tolerant.run(pool).await;
+    }
+    migrator.run(pool).await
+}
+
+/// Opens a pool on a database cio-sync keeps tables in (state, or a pull job's target),
+/// creating a SQLite file and its folder when missing; migrates nothing.
+pub async fn open_pool(
     url: &DatabaseUrl,
     max_connections: u32,
 ) -> Result<(AnyPool, Backend), StateError> {
@@ -130,14 +180,6 @@ pub async fn connect(
             url: shown.clone(),
             message: e.to_string(),
         })?;
-    let migrator = match backend {
-        Backend::Sqlite => &SQLITE_MIGRATIONS,
-        Backend::Postgres => &POSTGRES_MIGRATIONS,
-    };
-    migrator.run(&pool).await.map_err(|e| StateError::Migrate {
-        url: shown,
-        message: e.to_string(),
-    })?;
     Ok((pool, backend))
 }
 

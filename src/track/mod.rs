@@ -3,8 +3,8 @@
 //! Owns: Track endpoints and auth (HTTP Basic site id : key), v2 batch and v1 per-operation
 //! requests, percent-encoded path identifiers, and turning each final response into a
 //! [`BatchOutcome`] (delivered, rejected rows with Customer.io's reason, or failed).
-//! Must not: read sources, map rows or touch the state database; retries and rate limits
-//! come from `http/`.
+//! Must not: read sources, map rows or touch the state database; the HTTP client, retries,
+//! rate limits and answer caps come from `http/`.
 
 pub mod request;
 
@@ -15,30 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, v2_body};
 use crate::config::{Secret, Transport};
-use crate::http::{self, RateGate, RetriesExhausted, RetryPolicy, RunCounters};
+use crate::http::{
+    self, Answer, ApiClient, Auth, MAX_TRACK_ANSWER_BYTES, RateGate, Request, RetriesExhausted,
+    RetryPolicy, RunCounters,
+};
 
-#[derive(Clone)]
+/// The Track API on [`ApiClient`] with HTTP Basic auth; `Debug` shows no credential.
+#[derive(Clone, Debug)]
 pub struct TrackClient {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    http: reqwest::Client,
-    base: String,
-    site_id: Secret,
-    api_key: Secret,
-    gate: Arc<RateGate>,
-    policy: RetryPolicy,
-}
-
-impl std::fmt::Debug for TrackClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrackClient")
-            .field("base", &self.inner.base)
-            .field("site_id", &self.inner.site_id)
-            .field("api_key", &self.inner.api_key)
-            .finish()
-    }
+    api: ApiClient,
 }
 
 /// What became of one batch.
@@ -60,11 +45,19 @@ pub enum TrackError {
     )]
     Unauthorized { status: u16 },
     #[error(
-        "the Track API redirected the request (HTTP {status}{location}): the workspace is in another region; set `customerio.region` in config.yaml to match it"
+        "the Track API redirected the request (HTTP {status}{}): the workspace is in another region; set `customerio.region` in config.yaml to match it",
+        location.as_deref().map(|l| format!(" to {l}")).unwrap_or_default()
     )]
-    WrongRegion { status: u16, location: String },
-    #[error("{0}")]
-    Failed(#[from] RetriesExhausted),
+    WrongRegion {
+        status: u16,
+        /// Where it pointed: scheme and host only (`https://track-eu.customer.io`).
+        location: Option<String>,
+    },
+    /// The self-check got no final answer (network, or Customer.io failing).
+    #[error(
+        "the Track API did not answer: {0}; check `customerio.track_url` and the network, or try again later"
+    )]
+    Unanswered(RetriesExhausted),
     #[error("unexpected answer from the Track API: {0}")]
     Unexpected(String),
     #[error("the HTTP client could not be built: {0}")]
@@ -124,31 +117,13 @@ impl TrackClient {
         policy: RetryPolicy,
         timeout: std::time::Duration,
     ) -> Result<Self, TrackError> {
-        let http = http::build_client(timeout).map_err(|e| TrackError::Client(e.to_string()))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                base: base.trim_end_matches('/').to_string(),
-                site_id,
-                api_key,
-                gate,
-                policy,
-            }),
-        })
-    }
-
-    pub fn base_url(&self) -> &str {
-        &self.inner.base
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.inner
-            .http
-            .request(method, format!("{}{}", self.inner.base, path))
-            .basic_auth(
-                self.inner.site_id.expose(),
-                Some(self.inner.api_key.expose()),
-            )
+        let auth = Auth::Basic {
+            user: site_id,
+            password: api_key,
+        };
+        let api = ApiClient::new(base, auth, gate, policy, timeout, MAX_TRACK_ANSWER_BYTES)
+            .map_err(|e| TrackError::Client(e.to_string()))?;
+        Ok(Self { api })
     }
 
     /// The self-check: which region the credentials belong to.
@@ -157,14 +132,11 @@ impl TrackClient {
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
     ) -> Result<RegionInfo, TrackError> {
-        let resp = http::retry::send_with_retry(
-            &self.inner.gate,
-            &self.inner.policy,
-            counters,
-            cancel,
-            || self.request(reqwest::Method::GET, "/api/v1/accounts/region"),
-        )
-        .await?;
+        let resp = self
+            .api
+            .send(&Request::get("/api/v1/accounts/region"), counters, cancel)
+            .await
+            .map_err(TrackError::Unanswered)?;
         check_fatal(&resp)?;
         if resp.status != 200 {
             return Err(TrackError::Unexpected(format!(
@@ -196,22 +168,14 @@ impl TrackClient {
                         .body
                         .as_ref()
                         .map(|b| serde_json::to_vec(b).unwrap_or_default());
-                    let resp = http::retry::send_with_retry(
-                        &self.inner.gate,
-                        &self.inner.policy,
-                        counters,
-                        cancel,
-                        || {
-                            let r = self.request(req.method.clone(), &req.path);
-                            match &body {
-                                Some(b) => {
-                                    r.header("content-type", "application/json").body(b.clone())
-                                }
-                                None => r,
-                            }
-                        },
-                    )
-                    .await;
+                    let request = Request {
+                        method: req.method.clone(),
+                        path: &req.path,
+                        query: &[],
+                        body: body.map(bytes::Bytes::from),
+                        answer: Answer::JsonOrEmpty,
+                    };
+                    let resp = self.api.send(&request, counters, cancel).await;
                     match resp {
                         Err(e) => return BatchOutcome::Failed(e),
                         Ok(resp) => {
@@ -236,18 +200,8 @@ impl TrackClient {
         cancel: &CancellationToken,
     ) -> BatchOutcome {
         let body = bytes::Bytes::from(v2_body(batch));
-        let resp = http::retry::send_with_retry(
-            &self.inner.gate,
-            &self.inner.policy,
-            counters,
-            cancel,
-            || {
-                self.request(reqwest::Method::POST, "/api/v2/batch")
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            },
-        )
-        .await;
+        let request = Request::post("/api/v2/batch").json_body(body);
+        let resp = self.api.send(&request, counters, cancel).await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) => return BatchOutcome::Failed(e),
@@ -288,19 +242,12 @@ impl TrackClient {
             };
         };
         let body = serde_json::to_vec(&req.body).unwrap_or_default();
-        let resp = http::retry::send_with_retry(
-            &self.inner.gate,
-            &self.inner.policy,
-            counters,
-            cancel,
-            || {
-                self.request(reqwest::Method::POST, &req.path)
-                    .query(&[("id_type", req.id_type)])
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            },
-        )
-        .await;
+        let query = [("id_type", req.id_type.to_string())];
+        let request = Request::post(&req.path)
+            .query(&query)
+            .json_body(bytes::Bytes::from(body))
+            .answer(Answer::JsonOrEmpty);
+        let resp = self.api.send(&request, counters, cancel).await;
         match resp {
             Err(e) => BatchOutcome::Failed(e),
             Ok(resp) => {
@@ -334,7 +281,7 @@ fn check_fatal(resp: &http::Response) -> Result<(), TrackError> {
         }),
         300..=399 => Err(TrackError::WrongRegion {
             status: resp.status,
-            location: String::new(),
+            location: resp.redirect_to.clone(),
         }),
         // Only these say something about the rows (rejected or accepted).
         200..=299 | 400 | 404 | 413 | 422 => Ok(()),
@@ -444,6 +391,7 @@ mod tests {
         http::Response {
             status,
             body: bytes::Bytes::from(body.to_string()),
+            redirect_to: None,
         }
     }
 
@@ -473,6 +421,24 @@ mod tests {
             let out = partial_errors(&resp(207, body), 3);
             assert_eq!(out.len(), 3, "{body}");
         }
+    }
+
+    #[test]
+    fn a_redirect_names_where_it_pointed() {
+        let mut r = resp(301, "");
+        r.redirect_to = Some("https://track-eu.customer.io".into());
+        let e = check_fatal(&r).unwrap_err();
+        assert!(
+            matches!(&e, TrackError::WrongRegion { status: 301, location: Some(l) } if l == "https://track-eu.customer.io"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("(HTTP 301 to https://track-eu.customer.io)"),
+            "{e}"
+        );
+        let e = check_fatal(&resp(302, "")).unwrap_err().to_string();
+        assert!(e.contains("(HTTP 302)"), "{e}");
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! Customer.io simulator. One test binary; each test gets its own temp folder, state
 //! database and simulator.
 
+mod answers;
 mod cli;
 mod cli_output;
 mod config;
+mod config_load;
 mod faults;
 mod helpers;
+mod install;
 mod preflight;
 mod pull;
+mod pull_store;
 mod push;
 mod resume;
+mod signals;
 mod sql;

@@ -1,9 +1,15 @@
--- What pull jobs bring back from the App API (customerio-api.md §9). Times from Customer.io
--- (created_at, updated_at, first_started_at, period_start) are Unix seconds; times cio-sync sets
--- (deleted_at) are Unix ms, like the runs table. JSON columns hold JSON text. pulled_run_id is
+-- What pull jobs bring back from the App API (customerio-api.md §9). Migrated by the pulled
+-- tables' own migrator, with its own history table (cio_sync_pulled_migrations), so a
+-- `pull.into` database gets these tables and nothing else. IF NOT EXISTS because databases made
+-- before that migrator existed already hold these tables (the state migrations created them).
+--
+-- Times from Customer.io (created_at, updated_at, first_started_at, period_start) are Unix
+-- seconds; times cio-sync sets (deleted_at) are Unix ms, like the runs table. JSON columns hold
+-- JSON text. A NUL in text from Customer.io is stored as the six characters \u0000 (PostgreSQL
+-- text and jsonb cannot hold NUL), so every JSON column also casts to jsonb. pulled_run_id is
 -- runs.id of the last pull that saw the row (no foreign key: the target may be another database).
 
-CREATE TABLE cio_segments (
+CREATE TABLE IF NOT EXISTS cio_segments (
     id            BIGINT PRIMARY KEY,
     name          TEXT,
     description   TEXT,
@@ -19,7 +25,7 @@ CREATE TABLE cio_segments (
 
 -- One row per member per segment. A segment's rows are replaced in one transaction, only after
 -- every page of its membership was fetched, so readers see the old or the new list, never half.
-CREATE TABLE cio_segment_members (
+CREATE TABLE IF NOT EXISTS cio_segment_members (
     segment_id    BIGINT NOT NULL,
     customer_id   TEXT,                         -- the person's `id`, when they have one
     email         TEXT,
@@ -27,11 +33,11 @@ CREATE TABLE cio_segment_members (
     pulled_run_id TEXT NOT NULL,
     PRIMARY KEY (segment_id, cio_id)
 );
-CREATE INDEX cio_segment_members_customer ON cio_segment_members (customer_id);
+CREATE INDEX IF NOT EXISTS cio_segment_members_customer ON cio_segment_members (customer_id);
 
 -- Pages of a membership being fetched, until the segment's swap (then deleted). Rows left by a
 -- crashed run are deleted by the job's next run.
-CREATE TABLE cio_segment_members_staging (
+CREATE TABLE IF NOT EXISTS cio_segment_members_staging (
     run_id        TEXT NOT NULL,
     job           TEXT NOT NULL,
     segment_id    BIGINT NOT NULL,
@@ -41,9 +47,9 @@ CREATE TABLE cio_segment_members_staging (
     cio_id        TEXT,
     PRIMARY KEY (run_id, segment_id, seq)
 );
-CREATE INDEX cio_segment_members_staging_job ON cio_segment_members_staging (job);
+CREATE INDEX IF NOT EXISTS cio_segment_members_staging_job ON cio_segment_members_staging (job);
 
-CREATE TABLE cio_campaigns (
+CREATE TABLE IF NOT EXISTS cio_campaigns (
     id               BIGINT PRIMARY KEY,
     deduplicate_id   TEXT,
     name             TEXT,
@@ -61,7 +67,7 @@ CREATE TABLE cio_campaigns (
 );
 
 -- v1 metrics: one row per campaign, metric, period and period start; later pulls update values.
-CREATE TABLE cio_campaign_metrics (
+CREATE TABLE IF NOT EXISTS cio_campaign_metrics (
     campaign_id   BIGINT NOT NULL,
     metric        TEXT NOT NULL,                -- sent, delivered, opened, … (or 2xx… for webhooks)
     period        TEXT NOT NULL,                -- hours | days | weeks | months
