@@ -119,7 +119,10 @@ pub async fn check_connected(cfg: &Config) -> PreflightReport {
     let cancel = CancellationToken::new();
     if cfg.jobs.iter().any(|j| matches!(j.kind, JobKind::Push(_))) {
         let gate = Arc::new(RateGate::per_second(settings.track.rate_limit_per_sec));
-        match crate::runner::check_region(settings, gate, "validate", &cancel).await {
+        // One attempt: a pre-flight answers now, it does not wait out the retry budget.
+        let mut once = settings.clone();
+        once.retry.max_attempts = 1;
+        match crate::runner::check_region(&once, gate, "validate", &cancel).await {
             Ok(info) => report.passed.push(format!(
                 "Track API: credentials accepted; workspace {} in region {}",
                 info.environment_id

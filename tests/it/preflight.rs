@@ -162,3 +162,46 @@ async fn validate_connect_opens_a_reachable_state_postgres_and_migrates_nothing(
             .get(0);
     assert_eq!(tables, 0, "validate --connect created no table");
 }
+
+#[tokio::test]
+async fn validate_connect_asks_a_failing_track_host_once_instead_of_waiting_out_retries() {
+    let env = TestEnv::new().await;
+    env.write_data("people.csv", &people_csv(1));
+    env.write_job("people", PEOPLE_JOB);
+    // A host that accepts connections and hangs up at once: a transport error, which a run
+    // retries, counted per connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+    }
+    let config = std::fs::read_to_string(env.config_path()).expect("config");
+    std::fs::write(
+        env.config_path(),
+        config.replacen(
+            &format!("track_url: {}", env.sim.url()),
+            &format!("track_url: http://127.0.0.1:{port}"),
+            1,
+        ),
+    )
+    .expect("config");
+    let out = env.cli_output(&["validate", "--connect"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("Track API self-check (http://127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one attempt, not the retry policy's eight"
+    );
+}
