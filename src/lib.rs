@@ -35,4 +35,6 @@ pub mod shutdown;
 pub mod simulator;
 pub mod source;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod track;

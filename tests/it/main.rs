@@ -7,6 +7,7 @@ mod config;
 mod faults;
 mod helpers;
 mod install;
+mod pull;
 mod push;
 mod resume;
 mod signals;
