@@ -210,7 +210,7 @@ fn reload() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::{CsvSection, DeleteAction};
+    use crate::config::{CsvSource as CsvSection, DeleteAction};
     use crate::config::{
         IdentifierKind, IdentifierSpec, JobKind, MappingSpec, PushJob, SourceSpec,
     };
