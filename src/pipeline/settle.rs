@@ -183,3 +183,81 @@ impl Ledger {
         self.reject(p.seq, from, data, reason, "customerio");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IdentifierKind;
+    use crate::mapping::{Action, Mapped, Operation, Subject};
+    use crate::source::ResumePoint;
+    use crate::track::request::RequestError;
+
+    /// A ledger that has read `n` rows, and a batch holding all of them.
+    fn read(n: u64) -> (Ledger, Batch) {
+        let mut ledger = Ledger::new("people", false);
+        let items = (0..n)
+            .map(|row| {
+                let seq = ledger.tracker.read(ResumePoint::Csv {
+                    byte: row * 10,
+                    line: row + 2,
+                    row: row + 1,
+                });
+                let op = Operation {
+                    subject: Subject::Person {
+                        kind: IdentifierKind::Id,
+                        value: row.to_string(),
+                    },
+                    action: Action::Delete,
+                };
+                Pending {
+                    seq,
+                    line: row + 2,
+                    row_ref: format!("line:{}", row + 2),
+                    values: Vec::new(),
+                    mapped: Mapped {
+                        encoded: op.encode_v2(),
+                        op,
+                    },
+                }
+            })
+            .collect();
+        (ledger, Batch { items, bytes: 0 })
+    }
+
+    #[test]
+    fn a_whole_batch_refusal_dead_letters_every_row_with_its_line() {
+        let (mut ledger, batch) = read(3);
+        let outcome = BatchOutcome::Rejected {
+            reason: "HTTP 400: bad".into(),
+        };
+        let verdict = ledger.settle(Sent { batch, outcome }, &[], "people.csv");
+        assert_eq!(verdict, Verdict::GoOn);
+        assert_eq!(ledger.counts.rows_rejected, 3);
+        assert_eq!(ledger.counts.rows_delivered, 0);
+        let lines: Vec<Option<i64>> = ledger.dead.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![Some(2), Some(3), Some(4)]);
+        assert!(ledger.dead.iter().all(|d| d.stage == "customerio"));
+        assert_eq!(ledger.tracker.pending(), 0, "every row settled");
+    }
+
+    #[test]
+    fn an_unsendable_batch_fails_the_run_naming_the_job_and_settles_nothing() {
+        let (mut ledger, batch) = read(2);
+        let outcome = BatchOutcome::Unsendable(RequestError::NotOneSegment {
+            found: "an anonymous visitor".into(),
+        });
+        let verdict = ledger.settle(Sent { batch, outcome }, &[], "vip.csv");
+        let Verdict::Stop(msg) = verdict else {
+            panic!("the run stops: {verdict:?}");
+        };
+        assert!(msg.starts_with("job `people`: "), "{msg}");
+        assert!(msg.contains("line 2 (2 rows) was not sent"), "{msg}");
+        assert_eq!(
+            (ledger.counts.rows_delivered, ledger.counts.rows_rejected),
+            (0, 0),
+            "nothing counted"
+        );
+        assert!(ledger.dead.is_empty(), "nothing stored");
+        assert_eq!(ledger.tracker.pending(), 2, "the checkpoint stays before them");
+    }
+}

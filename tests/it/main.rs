@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod faults;
 mod helpers;
+mod pipeline;
 mod pull;
 mod push;
 mod resume;
