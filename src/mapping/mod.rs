@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value as J};
 
-use crate::config::raw::{
+use crate::config::{
     DeleteAction, EmptyPolicy, EventType, SegmentAction, TimestampFormat, ValueType,
 };
 use crate::config::{

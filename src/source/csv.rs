@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceError, SourceRow, SourceStream, Value};
-use crate::config::raw::CsvSection;
+use crate::config::CsvSource as CsvSection;
 
 /// Bytes of the file's head hashed into its fingerprint.
 const HEAD_BYTES: usize = 64 * 1024;

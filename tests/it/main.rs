@@ -3,10 +3,13 @@
 //! database and simulator.
 
 mod cli;
+mod cli_output;
 mod config;
+mod config_load;
 mod faults;
 mod helpers;
 mod pipeline;
+mod preflight;
 mod pull;
 mod push;
 mod resume;

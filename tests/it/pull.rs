@@ -302,7 +302,7 @@ fn expected_metrics(
     for (metric, values) in series {
         let tail = &values[values.len() - (steps + 1).min(values.len())..];
         let starts =
-            period::series_starts(now, cio_sync::config::raw::MetricsPeriod::Days, tail.len())
+            period::series_starts(now, cio_sync::config::MetricsPeriod::Days, tail.len())
                 .unwrap();
         for (start, v) in starts.into_iter().zip(tail) {
             rows.push((

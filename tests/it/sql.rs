@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cio_sync::config::DatabaseUrl;
-use cio_sync::config::raw::{CursorSection, SqlSection};
+use cio_sync::config::{SqlCursor as CursorSection, SqlSource as SqlSection};
 use cio_sync::source::{Checkpoint, SourceError, SourceRow, SourceStream, Value, sql};
 use cio_sync::state::Outcome;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
@@ -221,7 +221,7 @@ impl TestDb {
                 tiebreak: t.to_string(),
             }),
             batch_rows,
-            connect_timeout_secs: 5,
+            connect_timeout: std::time::Duration::from_secs(5),
         }
     }
 
@@ -1086,7 +1086,7 @@ async fn errors_name_job_and_database_message(kind: Kind) {
     };
     let cfg = SqlSection {
         url: DatabaseUrl::new(unreachable),
-        connect_timeout_secs: 3,
+        connect_timeout: std::time::Duration::from_secs(3),
         ..db.section("SELECT 1 AS one", None, 100)
     };
     for e in [

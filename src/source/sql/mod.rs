@@ -111,7 +111,7 @@ use self::plan::{Backend, BadCheckpoint, CursorPlan, Start};
 use self::pool::Db;
 use self::read::{ColumnInfo, Conn, Reader};
 use super::{Checkpoint, ROW_CHANNEL, SourceError, SourceStream};
-use crate::config::raw::SqlSection;
+use crate::config::SqlSource as SqlSection;
 
 /// Opens the job's query, continuing after `checkpoint` when it belongs to this query
 /// (see the module documentation for what that means in each mode).
