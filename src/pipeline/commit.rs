@@ -47,8 +47,7 @@ impl CommitPolicy {
             CommitPoint::RunEnd => true,
             CommitPoint::BatchAnswered if self.every_answered_batch => true,
             _ => {
-                since_last >= self.interval
-                    || waiting_dead_letters >= self.max_waiting_dead_letters
+                since_last >= self.interval || waiting_dead_letters >= self.max_waiting_dead_letters
             }
         }
     }

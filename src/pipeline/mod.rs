@@ -432,8 +432,7 @@ impl<'a> Run<'a> {
             }
         }
         let stopped_early = self.phase.stopped_early();
-        let complete =
-            !stopped_early && self.error.is_none() && self.ledger.tracker.pending() == 0;
+        let complete = !stopped_early && self.error.is_none() && self.ledger.tracker.pending() == 0;
         self.maybe_commit(&identity, CommitPoint::RunEnd).await?;
         if complete && matches!(self.mode, RunMode::Normal { .. }) {
             self.commit_complete(&identity).await?;
@@ -504,11 +503,10 @@ impl<'a> Run<'a> {
         identity: &serde_json::Value,
         point: CommitPoint,
     ) -> Result<(), PipelineError> {
-        if !self.commit_policy.due(
-            point,
-            self.last_commit.elapsed(),
-            self.ledger.dead.len(),
-        ) {
+        if !self
+            .commit_policy
+            .due(point, self.last_commit.elapsed(), self.ledger.dead.len())
+        {
             return Ok(());
         }
         let advance = self.ledger.tracker.take_advance();

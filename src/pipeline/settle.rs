@@ -258,6 +258,10 @@ mod tests {
             "nothing counted"
         );
         assert!(ledger.dead.is_empty(), "nothing stored");
-        assert_eq!(ledger.tracker.pending(), 2, "the checkpoint stays before them");
+        assert_eq!(
+            ledger.tracker.pending(),
+            2,
+            "the checkpoint stays before them"
+        );
     }
 }

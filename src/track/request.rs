@@ -235,7 +235,8 @@ mod tests {
         assert_eq!(r.method, reqwest::Method::PUT);
         assert_eq!(r.path, "/api/v1/customers/42");
         assert_eq!(
-            r.body.map(|b| serde_json::from_slice::<Value>(&b).expect("json")),
+            r.body
+                .map(|b| serde_json::from_slice::<Value>(&b).expect("json")),
             Some(json!({"plan":"pro","_timestamp":1717171717}))
         );
 

@@ -61,10 +61,14 @@ async fn dry_run_request_counts_equal_the_real_runs_for_identify_anonymous_track
     );
     // 25 people in batches of 10; 7 anonymous events, one v1 call each; 2500 ids by 1000.
     for (job, expected) in [("people", 3), ("visits", 7), ("vip", 3)] {
-        let out = env
-            .cli_output(&["run", job, "--dry-run", "--json"])
-            .await;
-        assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+        let out = env.cli_output(&["run", job, "--dry-run", "--json"]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
         let planned = dry_run_requests(&out);
         env.sim.reset_records();
         let report = env.run(job).await;
@@ -86,24 +90,31 @@ async fn a_whole_batch_refused_with_400_logs_one_warning_with_the_row_count_and_
     env.write_job("people", PEOPLE_JOB);
     env.sim.fail_batch_containing("u-000500".into(), 400);
     let out = env.cli_output(&["run", "people"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let log = stderr(&out);
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(
         warnings.len(),
         1,
         "one warning for the refused batch, not one per row:\n{}",
-        warnings.iter().take(5).copied().collect::<Vec<_>>().join("\n")
+        warnings
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let w = warnings[0];
     for part in ["rows=1000", "first_line=2", "last_line=1001", "HTTP 400"] {
         assert!(w.contains(part), "`{part}` in {w}");
     }
-    assert!(
-        stdout(&out).contains("rejected 1000"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("rejected 1000"), "{}", stdout(&out));
 }
 
 fn client(env: &TestEnv) -> TrackClient {
@@ -171,7 +182,11 @@ async fn a_v1_operation_without_a_v1_call_is_dead_lettered_and_never_sent_or_cou
     match outcome {
         BatchOutcome::Settled { rejected } => {
             assert_eq!(rejected.len(), 1, "the row is dead-lettered, not delivered");
-            assert!(rejected[0].1.contains("internal error"), "{}", rejected[0].1);
+            assert!(
+                rejected[0].1.contains("internal error"),
+                "{}",
+                rejected[0].1
+            );
         }
         other => panic!("the row settles as rejected: {other:?}"),
     }
