@@ -52,16 +52,6 @@ pub struct Operation {
 }
 
 impl Operation {
-    /// Whether the v2 batch API can carry this operation (anonymous events and manual
-    /// segment membership have only v1 endpoints).
-    pub fn fits_v2(&self) -> bool {
-        matches!(self.subject, Subject::Person { .. })
-            && !matches!(
-                self.action,
-                Action::SegmentAdd { .. } | Action::SegmentRemove { .. }
-            )
-    }
-
     /// A short label for logs and dry-run output.
     pub fn action_name(&self) -> &'static str {
         match &self.action {

@@ -11,6 +11,7 @@ use crate::batch::{Batcher, Pending};
 use crate::config::{JobSpec, PushJob, Settings};
 use crate::mapping::Mapper;
 use crate::source;
+use crate::track::WirePlan;
 
 #[derive(Debug, Serialize)]
 pub struct DryRunReport {
@@ -19,7 +20,8 @@ pub struct DryRunReport {
     pub rows_read: u64,
     pub operations: u64,
     pub rejected: u64,
-    /// Requests a real run would make (v2 batches, or one per operation for v1).
+    /// Requests a real run would make when every one is answered at once: v2 batches, one
+    /// per operation for v1, one per segment batch (retries not included).
     pub requests: u64,
     pub sample_operations: Vec<serde_json::Value>,
     pub sample_rejections: Vec<Rejection>,
@@ -42,19 +44,9 @@ pub async fn dry_run(
         .map_err(|e| crate::source::with_job(&job.name, &e))?;
     let mapper = Mapper::new(&job.name, &push.mapping, &stream.columns)
         .map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
-    let transport = push.transport.unwrap_or(settings.track.transport);
-    let batch = push
-        .batch
-        .clone()
-        .unwrap_or_else(|| settings.track.batch.clone());
-    let mut batcher = Batcher::new(
-        if transport == crate::config::Transport::V1 {
-            1
-        } else {
-            batch.max_items
-        },
-        batch.max_bytes,
-    );
+    // The same plan a real run cuts its batches by, so the request count is the real one.
+    let plan = WirePlan::for_job(&settings.track, push);
+    let mut batcher = Batcher::new(plan.max_items, plan.max_bytes);
     let mut report = DryRunReport {
         job: job.name.clone(),
         source: stream.describe.clone(),
@@ -87,9 +79,13 @@ pub async fn dry_run(
             Ok((mapped, values)) => {
                 report.operations += 1;
                 if report.sample_operations.len() < limit {
-                    report
-                        .sample_operations
-                        .push(serde_json::from_slice(&mapped.encoded).unwrap_or_default());
+                    // The encoding is our own JSON; were it not, show exactly what would be sent.
+                    let sample = serde_json::from_slice(&mapped.encoded).unwrap_or_else(|_| {
+                        serde_json::Value::String(
+                            String::from_utf8_lossy(&mapped.encoded).into_owned(),
+                        )
+                    });
+                    report.sample_operations.push(sample);
                 }
                 let pending = Pending {
                     seq,

@@ -1,12 +1,27 @@
-//! One push run: checkpoint → source → mapping → batcher → sender → acknowledgement → checkpoint.
+//! One push run: checkpoint → source → mapping → batcher → [per-batch stage] → sender →
+//! acknowledgement → checkpoint.
 //!
-//! Owns: wiring the stages together for one job run, the requests in flight, when a run stops
-//! (end of input, a fatal answer, retries exhausted, a stop signal with its grace period) and
-//! committing progress (checkpoint + counters + dead letters in one transaction).
-//! Must not: parse files, build HTTP requests or write SQL itself; each stage's module does.
+//! Owns: wiring the stages together for one job run as one loop over explicit phases
+//! (reading, draining, grace, forced), the requests in flight, and committing progress
+//! (checkpoint + counters + dead letters in one transaction) when the commit policy says.
+//! Must not: parse files, build HTTP requests, decide the wire plan, read answers row by row
+//! or write SQL itself; each stage's module does (`track::plan`, `settle`, `state`).
+//!
+//! # Layout
+//! - `mod.rs`: the run loop.
+//! - `phase.rs`: what a run may do at each point, and how stops and failures move it on.
+//! - `settle.rs`: an answered batch → delivered rows and dead letters.
+//! - `commit.rs`: when progress is written.
+//! - `stage.rs`: the slot between a batch closing and its being sent.
+//! - `ack.rs`: how far the checkpoint may move.
+//! - `dry_run.rs`: `run --dry-run`.
 
 pub mod ack;
+mod commit;
 pub mod dry_run;
+mod phase;
+mod settle;
+pub mod stage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,18 +32,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::batch::{Batch, Batcher, Pending};
-use crate::config::{JobSpec, MappingSpec, PushJob, Settings};
+use crate::config::{JobSpec, PushJob, Settings};
 use crate::http::RunCounters;
 use crate::mapping::Mapper;
 use crate::source::{self, Checkpoint, SourceError, SourceStream};
-use crate::state::{Commit, DeadLetter, Outcome, RunCounts, Scope, StateError, StateStore};
-use crate::track::{BatchOutcome, TrackClient, TrackError, Wire};
+use crate::state::{Commit, Outcome, RunCounts, Scope, StateError, StateStore};
+use crate::track::{TrackClient, Wire, WirePlan};
 
-use ack::Tracker;
-
-/// Progress is committed after every acknowledged batch, so a crash re-sends at most the
-/// batches in flight. Rows rejected before sending are committed at least this often.
-const COMMIT_EVERY: Duration = Duration::from_millis(250);
+use commit::{CommitPoint, CommitPolicy};
+use phase::Phase;
+use settle::{Ledger, RowOrigin, Sent, Verdict};
+use stage::{BatchStage, SendAll};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -107,11 +121,6 @@ impl StopSignal {
     }
 }
 
-struct Sent {
-    batch: Batch,
-    outcome: BatchOutcome,
-}
-
 /// Runs a push job once.
 pub async fn run_push(
     ctx: &PushContext,
@@ -183,8 +192,9 @@ pub async fn run_push(
     let run = Run::new(ctx, job, push, mode, stop, run_id.clone(), reader_stop);
     let result = run.go(stream, started).instrument(span).await;
     if let Err(e) = &result {
-        // Best effort: the run must not stay "running" in the history.
-        let _ = ctx
+        // The run must not stay "running" in the history; if even that fails, the run's own
+        // error is still what the caller sees, and this one is logged.
+        if let Err(finish) = ctx
             .state
             .finish_run(
                 &run_id,
@@ -193,7 +203,10 @@ pub async fn run_push(
                 RunCounts::default(),
                 None,
             )
-            .await;
+            .await
+        {
+            tracing::error!(job = %job.name, run_id = %run_id, error = %finish, "Could not record the failed run; the run history shows it as still running.");
+        }
     }
     result
 }
@@ -230,12 +243,13 @@ struct Run<'a> {
     /// Cancels retry waits of requests in flight (grace period over, or a fatal answer).
     send_stop: CancellationToken,
     counters: Arc<RunCounters>,
-    tracker: Tracker,
-    counts: RunCounts,
-    dead: Vec<DeadLetter>,
-    resolved: Vec<String>,
+    /// Settled but not yet committed.
+    ledger: Ledger,
+    /// Between a batch closing and its being sent.
+    stage: Box<dyn BatchStage + 'a>,
+    commit_policy: CommitPolicy,
+    phase: Phase,
     error: Option<String>,
-    fatal: bool,
     last_commit: Instant,
 }
 
@@ -249,6 +263,7 @@ impl<'a> Run<'a> {
         run_id: String,
         reader_stop: CancellationToken,
     ) -> Self {
+        let resolving = matches!(mode, RunMode::RetryDeadLetters);
         Self {
             ctx,
             job,
@@ -259,37 +274,13 @@ impl<'a> Run<'a> {
             reader_stop,
             send_stop: CancellationToken::new(),
             counters: Arc::new(RunCounters::default()),
-            tracker: Tracker::new(),
-            counts: RunCounts::default(),
-            dead: Vec::new(),
-            resolved: Vec::new(),
+            ledger: Ledger::new(&job.name, resolving),
+            stage: Box::new(SendAll),
+            commit_policy: CommitPolicy::DEFAULT,
+            phase: Phase::Reading,
             error: None,
-            fatal: false,
             last_commit: Instant::now(),
         }
-    }
-
-    fn settings(&self) -> (Wire, usize, usize, usize) {
-        let s = &self.ctx.settings.track;
-        let transport = self.push.transport.unwrap_or(s.transport);
-        let batch = self.push.batch.clone().unwrap_or_else(|| s.batch.clone());
-        let concurrency = self.push.concurrency.unwrap_or(s.concurrency);
-        let (anonymous, segment) = match &self.push.mapping {
-            MappingSpec::Track {
-                who: crate::config::EventSubject::Anonymous { .. },
-                ..
-            } => (true, false),
-            MappingSpec::Segment { .. } => (false, true),
-            _ => (false, false),
-        };
-        let wire = Wire::for_job(transport, !anonymous, segment);
-        let max_items = match wire {
-            Wire::V2Batch => batch.max_items,
-            Wire::V1 => 1,
-            // add_customers takes a list of ids; keep requests modest.
-            Wire::Segment => batch.max_items.min(1000),
-        };
-        (wire, max_items, batch.max_bytes, concurrency)
     }
 
     async fn go(
@@ -319,16 +310,14 @@ impl<'a> Run<'a> {
                     .await;
             }
         };
-        let (wire, max_items, max_bytes, concurrency) = self.settings();
-        let mut batcher = Batcher::new(max_items, max_bytes);
+        let plan = WirePlan::for_job(&self.ctx.settings.track, self.push);
+        let mut batcher = Batcher::new(plan.max_items, plan.max_bytes);
         // Rows read but not yet covered by the checkpoint: what a crash may re-send.
-        let window = concurrency.saturating_add(1).saturating_mul(max_items);
+        let window = plan
+            .concurrency
+            .saturating_add(1)
+            .saturating_mul(plan.max_items);
         let mut in_flight: JoinSet<Sent> = JoinSet::new();
-        let mut reading = true;
-        let mut stopping = false;
-        let mut grace_deadline: Option<tokio::time::Instant> = None;
-        let mut stop_seen = false;
-        let mut forced = false;
         let columns = stream.columns.clone();
         let describe = stream.describe.clone();
         let identity = stream.identity.clone();
@@ -339,23 +328,25 @@ impl<'a> Run<'a> {
             // while the rows past the checkpoint fill the window (a slow early batch holds the
             // checkpoint back; without the window later batches would pile up behind it, and a
             // crash would re-send all of them, not just the ones in flight).
-            let window_full = self.tracker.pending() >= window;
-            let can_read = reading && !stopping && in_flight.len() < concurrency && !window_full;
-            if (!reading || window_full)
-                && !stopping
+            let window_full = self.ledger.tracker.pending() >= window;
+            let slot_free = in_flight.len() < plan.concurrency;
+            if self.phase.sends()
+                && (self.phase == Phase::Draining || window_full)
+                && slot_free
                 && !batcher.is_empty()
-                && in_flight.len() < concurrency
             {
                 if let Some(b) = batcher.take() {
-                    self.spawn(&mut in_flight, b, wire);
+                    self.spawn(&mut in_flight, b, plan.wire);
                 }
                 continue;
             }
+            let can_read = self.phase.reads() && slot_free && !window_full;
             if !can_read && in_flight.is_empty() {
                 break;
             }
+            let deadline = self.phase.deadline();
             let grace = async {
-                match grace_deadline {
+                match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
@@ -363,103 +354,96 @@ impl<'a> Run<'a> {
             tokio::select! {
                 biased;
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    match done {
-                        Ok(sent) => self.settle(sent, &columns, &describe),
-                        Err(e) if e.is_cancelled() => {}
-                        Err(e) => {
-                            self.error.get_or_insert_with(|| format!("a sender task failed: {e}"));
-                            stopping = true;
-                            self.reader_stop.cancel();
+                    let verdict = match done {
+                        Ok(sent) => self.ledger.settle(sent, &columns, &describe),
+                        Err(e) if e.is_cancelled() => Verdict::GoOn,
+                        Err(e) => Verdict::Stop(format!("a sender task failed: {e}")),
+                    };
+                    match verdict {
+                        Verdict::GoOn => {}
+                        Verdict::Stop(msg) => {
+                            self.error.get_or_insert(msg);
+                        }
+                        Verdict::StopNow(msg) => {
+                            self.error = Some(msg);
+                            self.abandon_in_flight(&mut in_flight);
                         }
                     }
-                    if self.fatal || (self.error.is_some() && !stopping) {
-                        stopping = true;
-                        self.reader_stop.cancel();
+                    if self.error.is_some() {
+                        self.fail();
                     }
-                    if self.fatal {
-                        self.send_stop.cancel();
-                        in_flight.abort_all();
-                    }
-                    self.maybe_commit(&identity, true).await?;
+                    self.maybe_commit(&identity, CommitPoint::BatchAnswered).await?;
                 }
-                // Also after a failure has stopped reading: the grace period must still start,
-                // or retrying requests could outlive systemd's stop timeout.
-                _ = self.stop.stop.cancelled(), if !stop_seen => {
+                _ = self.stop.stop.cancelled(), if self.phase.awaits_stop() => {
                     tracing::info!(in_flight = in_flight.len(), grace_secs = self.stop.grace.as_secs(), "Stop requested: no more reading; waiting for requests in flight.");
-                    stop_seen = true;
-                    stopping = true;
                     self.reader_stop.cancel();
                     let now = tokio::time::Instant::now();
-                    grace_deadline = Some(now.checked_add(self.stop.grace).unwrap_or(now));
+                    self.phase = self.phase.stop_requested(now.checked_add(self.stop.grace).unwrap_or(now));
                 }
-                _ = self.stop.force.cancelled(), if !forced => {
+                _ = self.stop.force.cancelled(), if self.phase.awaits_force() => {
                     tracing::warn!(in_flight = in_flight.len(), "Second stop signal: abandoning requests in flight; their rows will be sent again next run.");
-                    forced = true;
-                    stopping = true;
-                    self.reader_stop.cancel();
-                    self.send_stop.cancel();
-                    in_flight.abort_all();
+                    self.abandon_in_flight(&mut in_flight);
                 }
                 _ = grace => {
                     tracing::warn!(in_flight = in_flight.len(), "Grace period over: abandoning requests in flight; their rows will be sent again next run.");
-                    self.send_stop.cancel();
-                    in_flight.abort_all();
-                    grace_deadline = None;
+                    self.abandon_in_flight(&mut in_flight);
                 }
                 row = stream.rows.recv(), if can_read => {
                     match row {
-                        None => reading = false,
+                        None => self.phase = self.phase.input_ended(),
                         Some(Err(e)) => {
                             let msg = PipelineError::Source { job: self.job.name.clone(), source: e }.to_string();
                             tracing::error!(error = %msg, "Reading the source failed; finishing what is in flight.");
                             self.error = Some(msg);
-                            reading = false;
-                            stopping = true;
+                            self.phase = self.phase.failed();
                         }
                         Some(Ok(row)) => {
-                            self.counts.rows_read += 1;
-                            let seq = self.tracker.read(row.resume.clone());
+                            self.ledger.counts.rows_read += 1;
+                            let seq = self.ledger.tracker.read(row.resume.clone());
+                            let from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line };
                             let values = match row.values {
                                 Ok(v) => v,
                                 Err(reason) => {
                                     let data = serde_json::json!({ "raw": row.raw.unwrap_or_default() }).to_string();
-                                    self.reject(seq, &describe, &row.row_ref, row.line, data, format!("line {}: {reason}", row.line), "source");
+                                    self.ledger.reject(seq, from, data, format!("line {}: {reason}", row.line), "source");
                                     continue;
                                 }
                             };
                             match mapper.map(&values) {
                                 Err(reason) => {
                                     let data = Mapper::row_json(&columns, &values).to_string();
-                                    self.reject(seq, &describe, &row.row_ref, row.line, data, reason.0, "mapping");
+                                    self.ledger.reject(seq, from, data, reason.0, "mapping");
                                 }
                                 Ok(mapped) => {
                                     let pending = Pending { seq, line: row.line, row_ref: row.row_ref, values, mapped };
                                     if let Some(b) = batcher.push(pending) {
-                                        self.spawn(&mut in_flight, b, wire);
+                                        self.spawn(&mut in_flight, b, plan.wire);
                                     }
                                 }
                             }
                             if last_progress.elapsed() >= Duration::from_secs(10) {
                                 last_progress = Instant::now();
                                 let (requests, retries) = self.counters.snapshot();
-                                tracing::info!(read = self.counts.rows_read, delivered = self.counts.rows_delivered, rejected = self.counts.rows_rejected, requests, retries, "Progress.");
+                                let c = &self.ledger.counts;
+                                tracing::info!(read = c.rows_read, delivered = c.rows_delivered, rejected = c.rows_rejected, requests, retries, "Progress.");
                             }
-                            self.maybe_commit(&identity, false).await?;
+                            self.maybe_commit(&identity, CommitPoint::RowRead).await?;
                         }
                     }
                 }
             }
         }
-        let complete = !stopping && self.error.is_none() && self.tracker.pending() == 0;
-        self.maybe_commit(&identity, true).await?;
+        let stopped_early = self.phase.stopped_early();
+        let complete = !stopped_early && self.error.is_none() && self.ledger.tracker.pending() == 0;
+        self.maybe_commit(&identity, CommitPoint::RunEnd).await?;
         if complete && matches!(self.mode, RunMode::Normal { .. }) {
             self.commit_complete(&identity).await?;
         }
         let outcome = if self.error.is_some() {
             Outcome::Failed
-        } else if stopping {
+        } else if stopped_early {
             Outcome::Interrupted
-        } else if self.counts.rows_rejected > 0 {
+        } else if self.ledger.counts.rows_rejected > 0 {
             Outcome::RejectedRows
         } else {
             Outcome::Succeeded
@@ -469,14 +453,36 @@ impl<'a> Run<'a> {
             .await
     }
 
-    fn spawn(&self, set: &mut JoinSet<Sent>, batch: Batch, wire: Wire) {
+    /// A failure: read no more, send no more, let what is in flight finish.
+    fn fail(&mut self) {
+        self.phase = self.phase.failed();
+        self.reader_stop.cancel();
+    }
+
+    /// Gives up on every request in flight; their rows stay unsettled and go next run.
+    fn abandon_in_flight(&mut self, in_flight: &mut JoinSet<Sent>) {
+        self.phase = Phase::Forced;
+        self.reader_stop.cancel();
+        self.send_stop.cancel();
+        in_flight.abort_all();
+    }
+
+    /// Passes a closed batch through the per-batch stage and sends what it leaves.
+    fn spawn(&mut self, set: &mut JoinSet<Sent>, batch: Batch, wire: Wire) {
+        let staged = self.stage.stage(batch);
+        for p in &staged.skipped {
+            self.ledger.skip(p);
+        }
+        let Some(batch) = staged.send.filter(|b| !b.items.is_empty()) else {
+            return;
+        };
         let track = self.ctx.track.clone();
         let counters = self.counters.clone();
         let cancel = self.send_stop.clone();
         let span = tracing::debug_span!(
             "batch",
             rows = batch.items.len(),
-            first_line = batch.items.first().map(|p| p.line).unwrap_or(0)
+            first_line = batch.items.first().map_or(0, |p| p.line)
         );
         set.spawn(
             async move {
@@ -487,100 +493,30 @@ impl<'a> Run<'a> {
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn reject(
-        &mut self,
-        seq: u64,
-        source: &str,
-        row_ref: &str,
-        line: u64,
-        row_data: String,
-        reason: String,
-        stage: &'static str,
-    ) {
-        tracing::debug!(line, reason = %reason, "Row dead-lettered.");
-        self.counts.rows_rejected += 1;
-        self.dead.push(DeadLetter {
-            job: self.job.name.clone(),
-            source: source.to_string(),
-            row_ref: row_ref.to_string(),
-            line: Some(line as i64),
-            row_data,
-            reason,
-            stage,
-        });
-        self.tracker.settle(seq);
-    }
-
-    fn settle(&mut self, sent: Sent, columns: &[String], describe: &str) {
-        match sent.outcome {
-            BatchOutcome::Settled { rejected } => {
-                let mut rejected = rejected.into_iter().peekable();
-                for (i, p) in sent.batch.items.into_iter().enumerate() {
-                    if rejected.peek().is_some_and(|(r, _)| *r == i) {
-                        let (_, reason) = rejected.next().unwrap_or_default();
-                        let data = Mapper::row_json(columns, &p.values).to_string();
-                        tracing::warn!(line = p.line, reason = %reason, "Customer.io rejected a row; dead-lettered.");
-                        self.reject(
-                            p.seq,
-                            describe,
-                            &p.row_ref,
-                            p.line,
-                            data,
-                            reason,
-                            "customerio",
-                        );
-                    } else {
-                        self.counts.rows_delivered += 1;
-                        if matches!(self.mode, RunMode::RetryDeadLetters) {
-                            self.resolved.push(p.row_ref);
-                        }
-                        self.tracker.settle(p.seq);
-                    }
-                }
-            }
-            BatchOutcome::Failed(e) => {
-                let first = sent.batch.items.first().map(|p| p.line).unwrap_or(0);
-                if !matches!(e.last, crate::http::HttpError::Cancelled) {
-                    let msg = format!(
-                        "the Track API did not accept the batch starting at line {first} ({} rows): {e}; the checkpoint stays before it and the next run resumes there",
-                        sent.batch.items.len()
-                    );
-                    tracing::error!(error = %msg, "Delivery failed.");
-                    self.error.get_or_insert(msg);
-                }
-            }
-            BatchOutcome::Fatal(e) => {
-                tracing::error!(error = %e, "Stopping the run.");
-                self.fatal = true;
-                let msg = match e {
-                    TrackError::Unauthorized { .. } | TrackError::WrongRegion { .. } => {
-                        e.to_string()
-                    }
-                    other => other.to_string(),
-                };
-                self.error = Some(msg);
-            }
-        }
-    }
-
     fn snapshot_counts(&mut self) -> RunCounts {
         let (requests, retries) = self.counters.snapshot();
-        self.counts.requests = requests;
-        self.counts.retries = retries;
-        self.counts
+        self.ledger.counts.requests = requests;
+        self.ledger.counts.retries = retries;
+        self.ledger.counts
     }
 
     async fn maybe_commit(
         &mut self,
         identity: &serde_json::Value,
-        force: bool,
+        point: CommitPoint,
     ) -> Result<(), PipelineError> {
-        if !force && self.last_commit.elapsed() < COMMIT_EVERY && self.dead.len() < 1000 {
+        if !self
+            .commit_policy
+            .due(point, self.last_commit.elapsed(), self.ledger.dead.len())
+        {
             return Ok(());
         }
-        let advance = self.tracker.take_advance();
-        if !force && advance.is_none() && self.dead.is_empty() && self.resolved.is_empty() {
+        let advance = self.ledger.tracker.take_advance();
+        if !CommitPolicy::writes_counts(point)
+            && advance.is_none()
+            && self.ledger.dead.is_empty()
+            && self.ledger.resolved.is_empty()
+        {
             return Ok(());
         }
         let checkpoint = match (&self.mode, advance) {
@@ -592,8 +528,8 @@ impl<'a> Run<'a> {
             _ => None,
         };
         let counts = self.snapshot_counts();
-        let dead = std::mem::take(&mut self.dead);
-        let resolved = std::mem::take(&mut self.resolved);
+        let dead = std::mem::take(&mut self.ledger.dead);
+        let resolved = std::mem::take(&mut self.ledger.resolved);
         self.ctx
             .state
             .commit(Commit {
@@ -612,7 +548,7 @@ impl<'a> Run<'a> {
     }
 
     async fn commit_complete(&mut self, identity: &serde_json::Value) -> Result<(), PipelineError> {
-        let Some(resume) = self.tracker.settled_point().cloned() else {
+        let Some(resume) = self.ledger.tracker.settled_point().cloned() else {
             return Ok(());
         };
         let cp = Checkpoint {

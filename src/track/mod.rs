@@ -6,7 +6,10 @@
 //! Must not: read sources, map rows or touch the state database; the HTTP client, retries,
 //! rate limits and answer caps come from `http/`.
 
+pub mod plan;
 pub mod request;
+
+pub use plan::{Wire, WirePlan};
 
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, v2_body};
-use crate::config::{Secret, Transport};
+use crate::config::Secret;
 use crate::http::{
     self, Answer, ApiClient, Auth, MAX_TRACK_ANSWER_BYTES, RateGate, Request, RetriesExhausted,
     RetryPolicy, RunCounters,
@@ -34,6 +37,11 @@ pub enum BatchOutcome {
     Settled { rejected: Vec<(usize, String)> },
     /// No final answer (retries exhausted, or stopped while waiting): the rows are unsettled.
     Failed(RetriesExhausted),
+    /// Customer.io refused the whole request (400, 413, 422, …) for `reason`: nothing of it
+    /// was applied, and the same body would be refused again, so every row is dead-lettered.
+    Rejected { reason: String },
+    /// The batch could not be put on the wire (an internal error): nothing was sent.
+    Unsendable(request::RequestError),
     /// The run cannot go on (credentials, region): stop everything.
     Fatal(TrackError),
 }
@@ -75,37 +83,6 @@ pub struct RegionInfo {
     #[serde(default)]
     pub url: String,
     pub environment_id: Option<i64>,
-}
-
-impl BatchOutcome {
-    /// Every row of the batch refused for the same reason.
-    fn reject_all(len: usize, reason: String) -> Self {
-        BatchOutcome::Settled {
-            rejected: (0..len).map(|i| (i, reason.clone())).collect(),
-        }
-    }
-}
-
-/// How a batch is put on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    V2Batch,
-    /// One request per operation.
-    V1,
-    /// `add_customers` / `remove_customers` with many ids.
-    Segment,
-}
-
-impl Wire {
-    pub fn for_job(transport: Transport, ops_fit_v2: bool, is_segment: bool) -> Wire {
-        if is_segment {
-            Wire::Segment
-        } else if transport == Transport::V1 || !ops_fit_v2 {
-            Wire::V1
-        } else {
-            Wire::V2Batch
-        }
-    }
 }
 
 impl TrackClient {
@@ -163,16 +140,19 @@ impl TrackClient {
             Wire::V1 => {
                 let mut rejected = Vec::new();
                 for (i, item) in batch.items.iter().enumerate() {
-                    let req = request::v1(&item.mapped.op);
-                    let body = req
-                        .body
-                        .as_ref()
-                        .map(|b| serde_json::to_vec(b).unwrap_or_default());
+                    let req = match request::v1(&item.mapped.op) {
+                        Ok(req) => req,
+                        // Nothing sent, nothing counted: the row is dead-lettered.
+                        Err(e) => {
+                            rejected.push((i, e.to_string()));
+                            continue;
+                        }
+                    };
                     let request = Request {
                         method: req.method.clone(),
                         path: &req.path,
                         query: &[],
-                        body: body.map(bytes::Bytes::from),
+                        body: req.body.map(bytes::Bytes::from),
                         answer: Answer::JsonOrEmpty,
                     };
                     let resp = self.api.send(&request, counters, cancel).await;
@@ -219,13 +199,12 @@ impl TrackClient {
             _ => {
                 // The whole request was refused (400, 413, 422, …): nothing was applied, and the
                 // same body would be refused again, so every row of it is dead-lettered.
-                BatchOutcome::reject_all(
-                    batch.items.len(),
-                    format!(
+                BatchOutcome::Rejected {
+                    reason: format!(
                         "Customer.io rejected the whole batch: {}",
                         rejection_reason(&resp)
                     ),
-                )
+                }
             }
         }
     }
@@ -236,16 +215,14 @@ impl TrackClient {
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
     ) -> BatchOutcome {
-        let Some(req) = request::segment(batch) else {
-            return BatchOutcome::Settled {
-                rejected: Vec::new(),
-            };
+        let req = match request::segment(batch) {
+            Ok(req) => req,
+            Err(e) => return BatchOutcome::Unsendable(e),
         };
-        let body = serde_json::to_vec(&req.body).unwrap_or_default();
         let query = [("id_type", req.id_type.to_string())];
         let request = Request::post(&req.path)
             .query(&query)
-            .json_body(bytes::Bytes::from(body))
+            .json_body(bytes::Bytes::from(req.body))
             .answer(Answer::JsonOrEmpty);
         let resp = self.api.send(&request, counters, cancel).await;
         match resp {
@@ -259,13 +236,12 @@ impl TrackClient {
                         rejected: Vec::new(),
                     }
                 } else {
-                    BatchOutcome::reject_all(
-                        batch.items.len(),
-                        format!(
+                    BatchOutcome::Rejected {
+                        reason: format!(
                             "Customer.io rejected the segment update: {}",
                             rejection_reason(&resp)
                         ),
-                    )
+                    }
                 }
             }
         }

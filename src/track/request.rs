@@ -18,10 +18,37 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Why an operation could not be put on the wire. Mapping and the wire plan never produce
+/// these cases; if one happens anyway nothing is sent for it, and nothing is counted as
+/// delivered: the row is dead-lettered (v1) or the run fails (a segment batch).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "internal error: the Track API has no v1 request for `{action}` of {subject}; nothing was sent for this row (a bug in cio-sync: please report it with the job file)"
+    )]
+    NoV1Request {
+        action: &'static str,
+        /// `an anonymous visitor`, or `a person` for operations v1 sends as lists.
+        subject: &'static str,
+    },
+    #[error(
+        "internal error: a segment batch holds {found}; nothing of the batch was sent (a bug in cio-sync: please report it with the job file)"
+    )]
+    NotOneSegment {
+        /// What broke the rule: `no rows`, `an anonymous visitor`, `two segments`, ….
+        found: String,
+    },
+    #[error(
+        "internal error: the {what} request body could not be encoded ({reason}); nothing was sent (a bug in cio-sync: please report it with the job file)"
+    )]
+    Encode { what: &'static str, reason: String },
+}
+
 pub struct V1Request {
     pub method: reqwest::Method,
     pub path: String,
-    pub body: Option<Value>,
+    /// The JSON body, already encoded; `None` for calls that take none (`DELETE`, `suppress`).
+    pub body: Option<Vec<u8>>,
 }
 
 /// The v1 path form of a person: ids and emails as they are, cio_ids with `cio_`.
@@ -33,23 +60,35 @@ pub fn path_identifier(kind: &IdentifierKind, value: &str) -> String {
     utf8_percent_encode(&raw, PATH_SEGMENT).to_string()
 }
 
-pub fn v1(op: &Operation) -> V1Request {
+fn encode(what: &'static str, body: &Value) -> Result<Vec<u8>, RequestError> {
+    serde_json::to_vec(body).map_err(|e| RequestError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// The v1 call for one operation. Segment membership goes as a list ([`segment`]), and an
+/// anonymous visitor can only send events; anything else is a [`RequestError`], never a
+/// stand-in request.
+pub fn v1(op: &Operation) -> Result<V1Request, RequestError> {
+    let no_request = |subject| RequestError::NoV1Request {
+        action: op.action_name(),
+        subject,
+    };
     let person = match &op.subject {
-        Subject::Person { kind, value } => Some(format!(
+        Subject::Person { kind, value } => Ok(format!(
             "/api/v1/customers/{}",
             path_identifier(kind, value)
         )),
-        Subject::Anonymous(_) => None,
+        Subject::Anonymous(_) => Err(no_request("an anonymous visitor")),
     };
-    match (&op.action, person) {
-        (
-            Action::Identify {
-                attributes,
-                timestamp,
-                update_only,
-            },
-            Some(p),
-        ) => {
+    match &op.action {
+        Action::Identify {
+            attributes,
+            timestamp,
+            update_only,
+        } => {
+            let path = person?;
             let mut body = attributes.clone();
             if let Some(t) = timestamp {
                 body.insert("_timestamp".into(), json!(t));
@@ -57,22 +96,19 @@ pub fn v1(op: &Operation) -> V1Request {
             if *update_only {
                 body.insert("_update".into(), json!(true));
             }
-            V1Request {
+            Ok(V1Request {
                 method: reqwest::Method::PUT,
-                path: p,
-                body: Some(Value::Object(body)),
-            }
+                path,
+                body: Some(encode("identify", &Value::Object(body))?),
+            })
         }
-        (
-            Action::Event {
-                kind,
-                name,
-                id,
-                timestamp,
-                data,
-            },
-            person,
-        ) => {
+        Action::Event {
+            kind,
+            name,
+            id,
+            timestamp,
+            data,
+        } => {
             let mut body = Map::new();
             body.insert("name".into(), json!(name));
             body.insert("id".into(), json!(id));
@@ -89,68 +125,75 @@ pub fn v1(op: &Operation) -> V1Request {
             }
             body.insert("data".into(), Value::Object(data.clone()));
             let path = match (&op.subject, person) {
-                (_, Some(p)) => format!("{p}/events"),
-                (Subject::Anonymous(a), None) => {
+                (_, Ok(p)) => format!("{p}/events"),
+                (Subject::Anonymous(a), Err(_)) => {
                     body.insert("anonymous_id".into(), json!(a));
                     "/api/v1/events".to_string()
                 }
-                (Subject::Person { .. }, None) => "/api/v1/events".to_string(),
+                (Subject::Person { .. }, Err(e)) => return Err(e),
             };
-            V1Request {
+            Ok(V1Request {
                 method: reqwest::Method::POST,
                 path,
-                body: Some(Value::Object(body)),
-            }
+                body: Some(encode("event", &Value::Object(body))?),
+            })
         }
-        (Action::Delete, Some(p)) => V1Request {
+        Action::Delete => Ok(V1Request {
             method: reqwest::Method::DELETE,
-            path: p,
+            path: person?,
             body: None,
-        },
-        (Action::Suppress, Some(p)) => V1Request {
+        }),
+        Action::Suppress => Ok(V1Request {
             method: reqwest::Method::POST,
-            path: format!("{p}/suppress"),
+            path: format!("{}/suppress", person?),
             body: None,
-        },
-        // Mapping never builds these for anonymous subjects; send nothing harmful if it did.
-        (_, p) => V1Request {
-            method: reqwest::Method::GET,
-            path: p.unwrap_or_else(|| "/api/v1/accounts/region".into()),
-            body: None,
-        },
+        }),
+        Action::SegmentAdd { .. } | Action::SegmentRemove { .. } => Err(no_request("a person")),
     }
 }
 
 pub struct SegmentRequest {
     pub path: String,
     pub id_type: &'static str,
-    pub body: Value,
+    /// `{"ids":[…]}`, encoded.
+    pub body: Vec<u8>,
 }
 
 /// One `add_customers` / `remove_customers` call for a batch of one job's segment operations.
-pub fn segment(batch: &Batch) -> Option<SegmentRequest> {
-    let first = batch.items.first()?;
-    let (segment_id, verb) = match first.mapped.op.action {
-        Action::SegmentAdd { segment_id } => (segment_id, "add_customers"),
-        Action::SegmentRemove { segment_id } => (segment_id, "remove_customers"),
-        _ => return None,
+/// Every row must be the same change to the same segment for a person with the same kind of
+/// identifier: a row that is not would otherwise be left out of the call and still counted.
+pub fn segment(batch: &Batch) -> Result<SegmentRequest, RequestError> {
+    let broken = |found: &str| RequestError::NotOneSegment {
+        found: found.to_string(),
     };
-    let id_type = match &first.mapped.op.subject {
-        Subject::Person { kind, .. } => kind.as_str(),
-        Subject::Anonymous(_) => return None,
+    let first = batch.items.first().ok_or_else(|| broken("no rows"))?;
+    let (action, verb) = match &first.mapped.op.action {
+        a @ Action::SegmentAdd { segment_id } => (a, format!("{segment_id}/add_customers")),
+        a @ Action::SegmentRemove { segment_id } => (a, format!("{segment_id}/remove_customers")),
+        _ => {
+            let found = format!("a `{}` operation", first.mapped.op.action_name());
+            return Err(broken(&found));
+        }
     };
-    let ids: Vec<&str> = batch
-        .items
-        .iter()
-        .filter_map(|p| match &p.mapped.op.subject {
-            Subject::Person { value, .. } => Some(value.as_str()),
-            Subject::Anonymous(_) => None,
-        })
-        .collect();
-    Some(SegmentRequest {
-        path: format!("/api/v1/segments/{segment_id}/{verb}"),
-        id_type,
-        body: json!({ "ids": ids }),
+    let kind = match &first.mapped.op.subject {
+        Subject::Person { kind, .. } => kind,
+        Subject::Anonymous(_) => return Err(broken("an anonymous visitor")),
+    };
+    let mut ids: Vec<&str> = Vec::with_capacity(batch.items.len());
+    for p in &batch.items {
+        if &p.mapped.op.action != action {
+            return Err(broken("changes of more than one kind or segment"));
+        }
+        match &p.mapped.op.subject {
+            Subject::Person { kind: k, value } if k == kind => ids.push(value),
+            Subject::Person { .. } => return Err(broken("two kinds of identifier")),
+            Subject::Anonymous(_) => return Err(broken("an anonymous visitor")),
+        }
+    }
+    Ok(SegmentRequest {
+        path: format!("/api/v1/segments/{verb}"),
+        id_type: kind.as_str(),
+        body: encode("segment", &json!({ "ids": ids }))?,
     })
 }
 
@@ -188,10 +231,14 @@ mod tests {
                 update_only: false,
             },
         };
-        let r = v1(&op);
+        let r = v1(&op).expect("identify has a v1 request");
         assert_eq!(r.method, reqwest::Method::PUT);
         assert_eq!(r.path, "/api/v1/customers/42");
-        assert_eq!(r.body, Some(json!({"plan":"pro","_timestamp":1717171717})));
+        assert_eq!(
+            r.body
+                .map(|b| serde_json::from_slice::<Value>(&b).expect("json")),
+            Some(json!({"plan":"pro","_timestamp":1717171717}))
+        );
 
         let ev = Operation {
             subject: Subject::Anonymous("cookie-1".into()),
@@ -203,8 +250,9 @@ mod tests {
                 data: Map::new(),
             },
         };
-        let r = v1(&ev);
+        let r = v1(&ev).expect("anonymous events have a v1 request");
         assert_eq!(r.path, "/api/v1/events");
-        assert_eq!(r.body.unwrap()["anonymous_id"], json!("cookie-1"));
+        let body: Value = serde_json::from_slice(&r.body.expect("a body")).expect("json");
+        assert_eq!(body["anonymous_id"], json!("cookie-1"));
     }
 }
