@@ -209,6 +209,7 @@ mod tests {
                     escape: None,
                     quoting: true,
                     trim: false,
+                    min_age_secs: None,
                 }),
                 mapping: MappingSpec::Delete {
                     identifier: IdentifierSpec {

@@ -270,6 +270,10 @@ pub struct CsvSection {
     /// Trim spaces around fields.
     #[serde(default)]
     pub trim: bool,
+    /// Seconds: a file modified more recently than this is not read (the run fails with a
+    /// message, the checkpoint unchanged), for exporters that write the file in place.
+    #[serde(default)]
+    pub min_age_secs: Option<u64>,
 }
 
 fn default_delimiter() -> char {
