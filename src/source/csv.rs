@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceError, SourceRow, SourceStream, Value};
+use super::error::SourceError;
+use super::row::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Value};
 use crate::config::raw::CsvSection;
 
 /// Bytes of the file's head hashed into its fingerprint.
@@ -189,15 +190,14 @@ pub async fn open(
     let path = cfg.path.clone();
     let describe = path.display().to_string();
     // Opening touches the disk: keep it off the async workers.
-    let opened = tokio::task::spawn_blocking(move || {
-        prepare(&cfg, checkpoint.as_ref(), SystemTime::now())
-    })
-    .await
-    .map_err(|e| SourceError::Read {
-        path: describe.clone(),
-        line: 0,
-        message: e.to_string(),
-    })??;
+    let opened =
+        tokio::task::spawn_blocking(move || prepare(&cfg, checkpoint.as_ref(), SystemTime::now()))
+            .await
+            .map_err(|e| SourceError::Read {
+                path: describe.clone(),
+                line: 0,
+                message: e.to_string(),
+            })??;
     Ok(opened.stream(cancel))
 }
 
@@ -685,11 +685,17 @@ mod tests {
         let p = dir.path().join("a.csv");
         std::fs::write(&p, "id,v\n1,a\n").unwrap();
         let (rows, fp) = open_then(&p, || append(&p, b"2,b\n3,c\n")).await;
-        assert_eq!(rows.iter().map(text).collect::<Vec<_>>(), vec![vec!["1", "a"]]);
+        assert_eq!(
+            rows.iter().map(text).collect::<Vec<_>>(),
+            vec![vec!["1", "a"]]
+        );
         let ResumePoint::Csv { byte, .. } = rows[0].resume else {
             panic!("a CSV position")
         };
-        assert_eq!(byte, fp.size, "the checkpoint ends where the fingerprint does");
+        assert_eq!(
+            byte, fp.size,
+            "the checkpoint ends where the fingerprint does"
+        );
     }
 
     #[tokio::test]
@@ -698,7 +704,10 @@ mod tests {
         let p = dir.path().join("a.csv");
         std::fs::write(&p, "id,v\n1,a\n2,b").unwrap();
         let (rows, fp) = open_then(&p, || append(&p, b"b\n3,c\n")).await;
-        assert_eq!(rows.iter().map(text).collect::<Vec<_>>(), vec![vec!["1", "a"]]);
+        assert_eq!(
+            rows.iter().map(text).collect::<Vec<_>>(),
+            vec![vec!["1", "a"]]
+        );
         let ResumePoint::Csv { byte, .. } = rows[0].resume else {
             panic!("a CSV position")
         };
@@ -724,7 +733,10 @@ mod tests {
                 .unwrap();
         })
         .await;
-        assert_eq!(rows.iter().map(text).collect::<Vec<_>>(), vec![vec!["1", "a"]]);
+        assert_eq!(
+            rows.iter().map(text).collect::<Vec<_>>(),
+            vec![vec!["1", "a"]]
+        );
     }
 
     #[tokio::test]

@@ -93,6 +93,7 @@
 //! Dead letters name a row by its tiebreak (`id=42`) in incremental reads, by its position
 //! in the result and a hash of its content (`row 17 #9f2c…`) in full reads.
 
+mod decode;
 mod key;
 mod mysql;
 mod pg;
@@ -110,8 +111,9 @@ use tracing::Instrument;
 use self::plan::{Backend, BadCheckpoint, CursorPlan, Start};
 use self::pool::Db;
 use self::read::{ColumnInfo, Conn, Reader};
-use super::{Checkpoint, ROW_CHANNEL, SourceError, SourceStream};
 use crate::config::raw::SqlSection;
+use crate::source::error::SourceError;
+use crate::source::row::{Checkpoint, ROW_CHANNEL, SourceStream};
 
 /// Opens the job's query, continuing after `checkpoint` when it belongs to this query
 /// (see the module documentation for what that means in each mode).

@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::plan::Backend;
 use crate::config::raw::SqlSection;
-use crate::source::SourceError;
+use crate::source::error::SourceError;
 
 /// The next step after a connection problem.
 pub const CONNECT_FIX: &str = "check `source.sql.url` (host, port, database, user, password) and that the database accepts connections from this machine";
