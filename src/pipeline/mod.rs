@@ -38,7 +38,7 @@ pub enum PipelineError {
         #[source]
         source: StateError,
     },
-    #[error("{}", crate::source::with_job(job, source))]
+    #[error("job `{job}`: {source}")]
     Source {
         job: String,
         #[source]

@@ -16,11 +16,11 @@ pub async fn check_job(job: &JobSpec) -> Result<(), String> {
     let columns = match &push.source {
         crate::config::SourceSpec::Sql(sql) => super::sql::probe_columns(sql, &job.name)
             .await
-            .map_err(|e| crate::source::with_job(&job.name, &e))?,
+            .map_err(|e| format!("job `{}`: {e}", job.name))?,
         spec => {
             let stream = super::open(spec, &job.name, None, cancel.clone())
                 .await
-                .map_err(|e| crate::source::with_job(&job.name, &e))?;
+                .map_err(|e| format!("job `{}`: {e}", job.name))?;
             cancel.cancel();
             stream.columns.to_vec()
         }

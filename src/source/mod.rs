@@ -19,18 +19,8 @@ pub use row::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Val
 
 use crate::config::SourceSpec;
 
-/// `job `name`: error`, unless the error already names the job (SQL errors do, so that
-/// they read well on their own).
-pub fn with_job(job: &str, error: &dyn std::fmt::Display) -> String {
-    let text = error.to_string();
-    if text.contains(&format!("job `{job}`")) {
-        text
-    } else {
-        format!("job `{job}`: {text}")
-    }
-}
-
-/// Opens the job's source, continuing after `checkpoint` when it still applies.
+/// Opens the job's source, continuing after `checkpoint` when it still applies. Errors name
+/// the file or database, never the job: whoever reports them adds the job, once.
 pub async fn open(
     spec: &SourceSpec,
     job: &str,

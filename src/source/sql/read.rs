@@ -77,6 +77,14 @@ impl Db {
 }
 
 impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Pg(_) => Backend::Postgres,
+            Conn::My(_) => Backend::MySql,
+            Conn::Lite(_) => Backend::Sqlite,
+        }
+    }
+
     /// The query's columns without reading a row: prepared, then run (a `LIMIT 0` query), so
     /// permission errors surface too.
     pub async fn describe(&mut self, sql: String) -> Result<Vec<ColumnInfo>, sqlx::Error> {
@@ -346,8 +354,8 @@ impl Reader {
                 Ended::Done if in_chunk < u64::from(self.batch_rows) => return,
                 Ended::Done if !advanced => {
                     let msg = format!(
-                        "job `{}`: a whole chunk of {} rows had no usable position (NULL `{}` or `{}`), so the read cannot move forward; make both columns NOT NULL or filter those rows out in `source.sql.query`",
-                        self.job, self.batch_rows, plan.cursor_name, plan.tiebreak_name
+                        "a whole chunk of {} rows had no usable position (NULL `{}` or `{}`), so the read cannot move forward; make both columns NOT NULL or filter those rows out in `source.sql.query`",
+                        self.batch_rows, plan.cursor_name, plan.tiebreak_name
                     );
                     return self
                         .fail(SourceError::Database {
@@ -403,7 +411,7 @@ impl Reader {
     fn db_error(&self, what: &str, message: &dyn std::fmt::Display) -> SourceError {
         SourceError::Database {
             describe: self.describe.clone(),
-            message: format!("job `{}`: {what}: {message}", self.job),
+            message: format!("{what}: {message}"),
         }
     }
 
@@ -437,11 +445,10 @@ impl Reader {
                 SourceError::Database {
                     describe: self.describe.clone(),
                     message: format!(
-                        "job `{}`: reading the query failed after {rows_so_far} rows{gave_up}: {}; {}",
-                        self.job,
+                        "reading the query failed after {rows_so_far} rows{gave_up}: {}; {}",
                         pool::describe_error(&e),
                         if pool::is_transient(&e) {
-                            pool::CONNECT_FIX
+                            pool::connect_fix(self.backend)
                         } else {
                             pool::QUERY_FIX
                         }
