@@ -164,6 +164,8 @@ pub struct FieldMapping {
     pub source: FieldSource,
     pub as_type: ValueType,
     pub format: TimestampFormat,
+    /// The zone of times without an offset; `None` = UTC.
+    pub timezone: Option<chrono_tz::Tz>,
     pub empty: EmptyPolicy,
 }
 
@@ -184,6 +186,8 @@ pub enum FieldSet {
 pub struct TimestampColumn {
     pub column: String,
     pub format: TimestampFormat,
+    /// The zone of times without an offset; `None` = UTC.
+    pub timezone: Option<chrono_tz::Tz>,
 }
 
 #[derive(Debug, Clone)]

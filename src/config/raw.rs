@@ -362,8 +362,7 @@ pub enum ValueType {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TimestampFormat {
     /// RFC 3339 / ISO-8601 date-time (no offset = UTC), `YYYY-MM-DD`, or integer Unix seconds.
     #[default]
@@ -372,6 +371,50 @@ pub enum TimestampFormat {
     Date,
     Unix,
     UnixMs,
+    /// A strftime pattern (`"%m/%d/%Y %H:%M"`), checked when the file is loaded.
+    Pattern(String),
+}
+
+impl From<&TimestampFormat> for TimestampFormat {
+    fn from(f: &TimestampFormat) -> Self {
+        f.clone()
+    }
+}
+
+impl<'de> Deserialize<'de> for TimestampFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "auto" => Self::Auto,
+            "rfc3339" => Self::Rfc3339,
+            "date" => Self::Date,
+            "unix" => Self::Unix,
+            "unix_ms" => Self::UnixMs,
+            p if p.contains('%') => {
+                if chrono::format::StrftimeItems::new(p).parse().is_err() {
+                    return Err(serde::de::Error::custom(format!(
+                        "`{p}` is not a valid strftime pattern; see https://docs.rs/chrono/latest/chrono/format/strftime/ (e.g. \"%m/%d/%Y %H:%M\")"
+                    )));
+                }
+                Self::Pattern(p.to_string())
+            }
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown timestamp format `{other}`; use auto, rfc3339, date, unix, unix_ms or a strftime pattern such as \"%m/%d/%Y %H:%M\""
+                )));
+            }
+        })
+    }
+}
+
+/// `timezone: Europe/Paris`: an IANA name, checked when the file is loaded.
+fn time_zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<chrono_tz::Tz>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<chrono_tz::Tz>().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "unknown time zone `{s}`; use an IANA name such as `Europe/Paris`, `America/New_York` or `UTC`"
+        ))
+    })
 }
 
 /// An attribute's source: a bare column name, or a column with a type.
@@ -391,6 +434,9 @@ pub struct TypedField {
     pub as_type: ValueType,
     #[serde(default)]
     pub format: TimestampFormat,
+    /// The zone of times that carry no offset (IANA name); default UTC.
+    #[serde(default, deserialize_with = "time_zone")]
+    pub timezone: Option<chrono_tz::Tz>,
     #[serde(default, deserialize_with = "empty_policy_opt")]
     pub empty: Option<EmptyPolicy>,
 }
@@ -430,6 +476,9 @@ pub struct TimestampField {
     pub column: String,
     #[serde(default)]
     pub format: TimestampFormat,
+    /// The zone of times that carry no offset (IANA name); default UTC.
+    #[serde(default, deserialize_with = "time_zone")]
+    pub timezone: Option<chrono_tz::Tz>,
 }
 
 /// `name: purchase` or `name: { column: event_name }`.

@@ -517,10 +517,12 @@ fn timestamp_column(t: TimestampSpec) -> TimestampColumn {
         TimestampSpec::Column(column) => TimestampColumn {
             column,
             format: Default::default(),
+            timezone: None,
         },
         TimestampSpec::Typed(t) => TimestampColumn {
             column: t.column,
             format: t.format,
+            timezone: t.timezone,
         },
     }
 }
@@ -537,6 +539,7 @@ fn field_set(
         source: FieldSource::Column(name),
         as_type: Default::default(),
         format: Default::default(),
+        timezone: None,
         empty,
     };
     match spec {
@@ -565,6 +568,7 @@ fn field_set(
                         source: FieldSource::Column(column),
                         as_type: Default::default(),
                         format: Default::default(),
+                        timezone: None,
                         empty,
                     }),
                     FieldSpec::Typed(t) => {
@@ -585,6 +589,7 @@ fn field_set(
                             source,
                             as_type: t.as_type,
                             format: t.format,
+                            timezone: t.timezone,
                             empty: t.empty.unwrap_or(empty),
                         });
                     }
