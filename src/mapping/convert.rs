@@ -32,6 +32,16 @@ impl TimeFormat {
 }
 
 pub fn convert(v: &Value, as_type: ValueType, time: &TimeFormat) -> Result<J, String> {
+    // JSON has no NaN or infinity: `Value::to_json` would make it null, which would clear the
+    // attribute in Customer.io instead of setting it.
+    if let Value::Float(f) = v
+        && !f.is_finite()
+        && !matches!(as_type, ValueType::String)
+    {
+        return Err(format!(
+            "is {f}, which JSON cannot carry; filter or COALESCE it in the query, or send it with `as: string`"
+        ));
+    }
     match as_type {
         ValueType::Auto => Ok(v.to_json()),
         ValueType::String => Ok(v.to_text().map(J::String).unwrap_or(J::Null)),
@@ -469,5 +479,27 @@ mod tests {
         }
         let e = timestamp(&t("1999-01-01"), TimestampFormat::Auto).unwrap_err();
         assert!(e.contains("before 2001-09-09"), "{e}");
+    }
+
+    #[test]
+    fn a_nan_or_infinite_float_is_the_rows_error_not_a_null_that_clears_the_attribute() {
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for as_type in [ValueType::Auto, ValueType::Number] {
+                let e = convert(&Value::Float(f), as_type, TimestampFormat::Auto).unwrap_err();
+                assert!(e.contains("JSON cannot carry"), "{f} as {as_type:?}: {e}");
+            }
+        }
+        assert_eq!(
+            convert(
+                &Value::Float(f64::NAN),
+                ValueType::String,
+                TimestampFormat::Auto
+            ),
+            Ok(J::String("NaN".into()))
+        );
+        assert_eq!(
+            convert(&Value::Float(1.5), ValueType::Auto, TimestampFormat::Auto),
+            Ok(serde_json::json!(1.5))
+        );
     }
 }

@@ -63,6 +63,8 @@ impl Value {
             Value::Null => None,
             Value::Text(s) => Some(s.clone()),
             Value::Json(serde_json::Value::String(s)) => Some(s.clone()),
+            // JSON has no NaN or infinity; as text they keep their name.
+            Value::Float(f) if !f.is_finite() => Some(f.to_string()),
             other => match other.to_json() {
                 serde_json::Value::String(s) => Some(s),
                 j => Some(j.to_string()),
