@@ -1,24 +1,47 @@
 //! `cio-sync demo`: the example jobs against an in-process simulator.
 //!
 //! Owns: starting the simulator, pointing the configuration at it with demo credentials,
-//! running every job in `jobs/` with embedded SQLite state, and printing what arrived.
+//! running every job in `jobs/` with embedded SQLite state, and telling the story of what
+//! arrived (printed through `cli::output`, like every command).
 //! Must not: reach the real Customer.io: hosts and credentials are always the simulator's,
-//! whatever the environment says.
+//! whatever the environment says; or decide exit codes beyond what a run earned (the CLI's
+//! exit point maps a [`DemoError`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::cli::say;
-use crate::config::{self, DatabaseUrl, Secret};
+use crate::cli::output::{count, print_report_as, say};
+use crate::config::{self, ConfigErrors, DatabaseUrl, Secret};
 use crate::pipeline::{RunMode, StopSignal};
-use crate::runner::Runner;
+use crate::runner::{Runner, RunnerError};
 use crate::simulator::{SimConfig, Simulator};
+use crate::state::StateError;
 
-pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String> {
+/// Dead letters shown per job; the rest are counted.
+const SHOWN_DEAD_LETTERS: i64 = 3;
+
+/// Why the demo could not run. A configuration mistake is the user's to fix (exit 2); the
+/// others are failures (exit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error("demo: cannot start the simulator: {0}")]
+    Simulator(String),
+    #[error("demo: {0}")]
+    Runner(#[from] RunnerError),
+    #[error("demo: {0}")]
+    State(#[from] StateError),
+}
+
+/// Runs every job once against the simulator. `Ok` is the exit code: 0 when every job
+/// finished (the example data has rows rejected on purpose, so dead letters are part of the
+/// story, not a failure), 3 when a job failed.
+pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, DemoError> {
     let sim_config = SimConfig::default();
     let sim = Simulator::start(sim_config.clone())
         .await
-        .map_err(|e| format!("demo: cannot start the simulator: {e}"))?;
+        .map_err(|e| DemoError::Simulator(e.to_string()))?;
     seed_app_fixtures(&sim);
 
     // The demo never needs real credentials: unset variables get the simulator's.
@@ -28,10 +51,10 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
         "CIO_APP_API_KEY" => Some(sim_config.app_api_key.clone()),
         other => std::env::var(other).ok(),
     };
-    let cfg = config::load(config_path, &demo_env).map_err(|e| format!("demo: {e}"))?;
+    let cfg = config::load(config_path, &demo_env)?;
     let mut settings = cfg.settings.clone();
-    settings.customerio.track_url = sim.url();
-    settings.customerio.app_url = sim.url();
+    settings.customerio.track_url = config::ApiUrl::new(sim.url());
+    settings.customerio.app_url = config::ApiUrl::new(sim.url());
     settings.customerio.site_id = Some(Secret::new(sim_config.site_id.clone()));
     settings.customerio.track_api_key = Some(Secret::new(sim_config.track_api_key.clone()));
     settings.customerio.app_api_key = Some(Secret::new(sim_config.app_api_key.clone()));
@@ -39,6 +62,7 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let state_given = state.is_some();
     settings.state_url = DatabaseUrl::new(
         state.unwrap_or_else(|| format!("sqlite://{}", base.join("state/demo.db").display())),
     );
@@ -49,13 +73,13 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
         settings.state_url
     );
     say!(
-        "Running {} jobs from {}:\n",
-        cfg.jobs.len(),
+        "Running {} from {}:\n",
+        count(cfg.jobs.len() as u64, "job"),
         settings.jobs_dir.display()
     );
-    let runner = Runner::new(settings)
-        .await
-        .map_err(|e| format!("demo: {e}"))?;
+    let runner = Runner::new(settings).await?;
+    let me = invocation();
+    let me_here = format!("{me} --state {}", runner.state.url().masked());
     let mut code = crate::exit::OK;
     for job in &cfg.jobs {
         // `full`: every demo run starts from the top, so it always shows the whole flow.
@@ -64,18 +88,28 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
             .await
         {
             Ok(report) => {
-                crate::cli::print_report(&report);
+                print_report_as(&report, &me_here);
                 let letters = runner
                     .state
-                    .dead_letters(&job.name, 3)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for l in letters {
+                    .dead_letters(&job.name, SHOWN_DEAD_LETTERS)
+                    .await?;
+                for l in &letters {
                     say!(
                         "    dead letter, line {}: {}",
                         l.line.unwrap_or(0),
                         l.reason
                     );
+                }
+                let total = runner.state.count_dead_letters(&job.name).await?;
+                let more = total - letters.len() as i64;
+                if more > 0 {
+                    say!("    … and {more} more");
+                }
+                if !matches!(
+                    report.outcome,
+                    crate::state::Outcome::Succeeded | crate::state::Outcome::RejectedRows
+                ) {
+                    code = crate::exit::FAILED;
                 }
             }
             Err(e) => {
@@ -91,32 +125,54 @@ pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, String
         *by_action.entry(op.action.clone()).or_default() += 1;
     }
     say!(
-        "\nThe simulator accepted {} operations: {:?}",
-        ops.len(),
+        "\nThe simulator accepted {}: {:?}",
+        count(ops.len() as u64, "operation"),
         by_action
     );
     for action in ["identify", "event", "delete"] {
-        if let Some(op) = ops.iter().find(|o| o.action == action) {
-            say!(
-                "  e.g. {action}: {}",
-                serde_json::to_string(op).unwrap_or_default()
-            );
+        if let Some(op) = ops.iter().find(|o| o.action == action)
+            && let Ok(text) = serde_json::to_string(op)
+        {
+            say!("  e.g. {action}: {text}");
         }
     }
     let added = sim.segment_members_added();
     if !added.is_empty() {
-        say!("  {} people added to manual segments", added.len());
+        let n = added.len();
+        say!(
+            "  {n} {} added to manual segments",
+            if n == 1 { "person" } else { "people" }
+        );
     }
     let state = runner.state.url().masked();
     say!("\nLook around the demo's state database:");
-    say!("  cio-sync --state {state} status");
-    say!("  cio-sync --state {state} dead-letters crm-people");
-    say!(
-        "  sqlite3 {} 'SELECT id, name, type FROM cio_segments'",
-        state.trim_start_matches("sqlite://")
-    );
+    say!("  {me} --state {state} status");
+    say!("  {me} --state {state} dead-letters crm-people");
+    if !state_given || state.starts_with("sqlite:") {
+        say!(
+            "  sqlite3 {} 'SELECT id, name, type FROM cio_segments'",
+            state.trim_start_matches("sqlite://")
+        );
+    }
     sim.shutdown().await;
     Ok(code)
+}
+
+/// How to run this binary again from where the user is: `cargo run --release --` when it is
+/// cargo's build (the README starts the demo with `cargo run --release -- demo`), else its
+/// name.
+fn invocation() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile = exe
+        .parent()
+        .filter(|dir| dir.parent().and_then(Path::file_name) == Some("target".as_ref()))
+        .and_then(Path::file_name)
+        .and_then(|p| p.to_str());
+    match profile {
+        Some("release") => "cargo run --release --".into(),
+        Some("debug") => "cargo run --".into(),
+        _ => "cio-sync".into(),
+    }
 }
 
 /// Segments and campaigns for the example pull job to bring back.

@@ -17,7 +17,8 @@
 //! - [`runner`]: running jobs by name (leases, reports), shared by the CLI and the daemon.
 //! - [`schedule`]: the daemon: cron schedules, no overlapping runs, graceful stop.
 //! - [`simulator`]: a local Customer.io for tests, benchmarks and the demo.
-//! - [`cli`]: the command line; [`exit`]: the documented exit codes.
+//! - [`preflight`]: the file and connection checks of `cio-sync validate`.
+//! - [`cli`]: the command line (`cli/output.rs`: what it prints); [`exit`]: the exit codes.
 
 pub mod app_api;
 pub mod batch;
@@ -28,6 +29,7 @@ pub mod exit;
 pub mod http;
 pub mod mapping;
 pub mod pipeline;
+pub mod preflight;
 pub mod pull;
 pub mod runner;
 pub mod schedule;
@@ -35,4 +37,6 @@ pub mod shutdown;
 pub mod simulator;
 pub mod source;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod track;

@@ -97,58 +97,16 @@ impl Runner {
     }
 
     pub fn track_client(&self, job: &str) -> Result<TrackClient, RunnerError> {
-        let c = &self.settings.customerio;
-        let (Some(site), Some(key)) = (c.site_id.clone(), c.track_api_key.clone()) else {
-            return Err(RunnerError::Track {
-                job: job.to_string(),
-                source: TrackError::MissingCredentials,
-            });
-        };
-        TrackClient::new(
-            &c.track_url,
-            site,
-            key,
-            self.track_gate.clone(),
-            RetryPolicy::from(&self.settings.retry),
-            self.settings.track.timeout,
-        )
-        .map_err(|source| RunnerError::Track {
-            job: job.to_string(),
-            source,
-        })
+        track_client(&self.settings, self.track_gate.clone(), job)
     }
 
-    /// Asks Customer.io which region the Track credentials belong to (`GET
-    /// /api/v1/accounts/region`) and fails when it is not the configured one: a wrong region
-    /// would otherwise be redirected, or fail, on every request.
+    /// Asks Customer.io which region the Track credentials belong to; see [`check_region`].
     pub async fn check_region(
         &self,
         job: &str,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<crate::track::RegionInfo, RunnerError> {
-        let client = self.track_client(job)?;
-        let counters = Arc::new(crate::http::RunCounters::default());
-        let info = client
-            .region(&counters, cancel)
-            .await
-            .map_err(|source| RunnerError::Track {
-                job: job.to_string(),
-                source,
-            })?;
-        let configured = match self.settings.customerio.region {
-            crate::config::Region::Us => "us",
-            crate::config::Region::Eu => "eu",
-        };
-        if !info.region.eq_ignore_ascii_case(configured) {
-            return Err(RunnerError::Job {
-                job: job.to_string(),
-                message: format!(
-                    "the Track credentials belong to a workspace in the `{}` region, but config.yaml says `customerio.region: {configured}`; set `customerio.region: {}`",
-                    info.region, info.region
-                ),
-            });
-        }
-        Ok(info)
+        check_region(&self.settings, self.track_gate.clone(), job, cancel).await
     }
 
     /// Runs one job once, holding its lease for the duration.
@@ -263,4 +221,66 @@ impl Runner {
             }
         }
     }
+}
+
+/// The Track client for config.yaml's `customerio` and `track` sections, on `gate`.
+pub fn track_client(
+    settings: &Settings,
+    gate: Arc<RateGate>,
+    job: &str,
+) -> Result<TrackClient, RunnerError> {
+    let c = &settings.customerio;
+    let (Some(site), Some(key)) = (c.site_id.clone(), c.track_api_key.clone()) else {
+        return Err(RunnerError::Track {
+            job: job.to_string(),
+            source: TrackError::MissingCredentials,
+        });
+    };
+    TrackClient::new(
+        c.track_url.expose(),
+        site,
+        key,
+        gate,
+        RetryPolicy::from(&settings.retry),
+        settings.track.timeout,
+    )
+    .map_err(|source| RunnerError::Track {
+        job: job.to_string(),
+        source,
+    })
+}
+
+/// Asks Customer.io which region the Track credentials belong to (`GET
+/// /api/v1/accounts/region`) and fails when it is not the configured one: a wrong region
+/// would otherwise be redirected, or fail, on every request. Needs no state database, so
+/// `validate --connect` uses it as well as the first push of a process.
+pub async fn check_region(
+    settings: &Settings,
+    gate: Arc<RateGate>,
+    job: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<crate::track::RegionInfo, RunnerError> {
+    let client = track_client(settings, gate, job)?;
+    let counters = Arc::new(crate::http::RunCounters::default());
+    let info = client
+        .region(&counters, cancel)
+        .await
+        .map_err(|source| RunnerError::Track {
+            job: job.to_string(),
+            source,
+        })?;
+    let configured = match settings.customerio.region {
+        crate::config::Region::Us => "us",
+        crate::config::Region::Eu => "eu",
+    };
+    if !info.region.eq_ignore_ascii_case(configured) {
+        return Err(RunnerError::Job {
+            job: job.to_string(),
+            message: format!(
+                "the Track credentials belong to a workspace in the `{}` region, but config.yaml says `customerio.region: {configured}`; set `customerio.region: {}`",
+                info.region, info.region
+            ),
+        });
+    }
+    Ok(info)
 }

@@ -179,7 +179,7 @@ pub async fn run_daemon(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::{CsvSection, DeleteAction};
+    use crate::config::{CsvSource as CsvSection, DeleteAction};
     use crate::config::{
         IdentifierKind, IdentifierSpec, JobKind, MappingSpec, PushJob, SourceSpec,
     };
@@ -209,7 +209,7 @@ mod tests {
                     escape: None,
                     quoting: true,
                     trim: false,
-                    min_age_secs: None,
+                    min_age: None,
                 }),
                 mapping: MappingSpec::Delete {
                     identifier: IdentifierSpec {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::raw::MetricsPeriod;
+use crate::config::MetricsPeriod;
 use crate::config::{Secret, Settings};
 use crate::http::{self, RateGate, RetriesExhausted, RetryPolicy, RunCounters};
 
@@ -119,7 +119,7 @@ impl AppClient {
             .filter(|k| !k.is_empty())
             .ok_or(AppError::MissingKey)?;
         Self::new(
-            &settings.customerio.app_url,
+            settings.customerio.app_url.expose(),
             key,
             gate,
             RetryPolicy::from(&settings.retry),

@@ -2,16 +2,172 @@
 //!
 //! Owns: the checked shapes ([`Settings`], [`JobSpec`]) built by `validate.rs`, where every
 //! cross-field rule already holds (one identifier kind, one action, paths resolved).
-//! Must not: parse files or know about serde; nothing here does I/O.
+//! Must not: parse files or know about serde (the serde shapes stay private in `raw.rs`;
+//! `convert.rs` turns them into these); nothing here does I/O.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{
-    BatchSection, CsvSection, DeleteAction, EmptyPolicy, EventType, MetricsSection, PullSection,
-    Region, SegmentAction, SqlSection, TimestampFormat, Transport, ValueType,
-};
-use super::secret::{DatabaseUrl, Secret};
+use super::secret::{ApiUrl, DatabaseUrl, Secret};
+
+/// Which Customer.io data centre the workspace lives in; picks the default hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Region {
+    #[default]
+    Us,
+    Eu,
+}
+
+/// How operations go on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// `POST /api/v2/batch`, many operations a request.
+    #[default]
+    V2,
+    /// One `/api/v1/...` request per operation.
+    V1,
+}
+
+/// How big one v2 batch may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Operations per v2 batch at most.
+    pub max_items: usize,
+    /// Bytes per v2 batch body at most, envelope included (Customer.io's limit is 500 KB).
+    pub max_bytes: usize,
+}
+
+/// What an empty cell means for an attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmptyPolicy {
+    /// An empty cell is left out of the call (never blanks an attribute by accident).
+    #[default]
+    Skip,
+    /// An empty cell is sent as `null`, clearing the attribute.
+    Null,
+}
+
+/// The JSON type a value is sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueType {
+    /// Text stays text; typed database values keep their natural JSON form.
+    #[default]
+    Auto,
+    String,
+    Number,
+    Bool,
+    Timestamp,
+    Json,
+}
+
+/// How a timestamp cell is written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TimestampFormat {
+    /// RFC 3339 / ISO-8601 date-time (no offset = UTC), `YYYY-MM-DD`, or integer Unix seconds.
+    #[default]
+    Auto,
+    Rfc3339,
+    Date,
+    Unix,
+    UnixMs,
+    /// A strftime pattern (`"%m/%d/%Y %H:%M"`), checked when the file was loaded.
+    Pattern(String),
+}
+
+impl From<&TimestampFormat> for TimestampFormat {
+    fn from(f: &TimestampFormat) -> Self {
+        f.clone()
+    }
+}
+
+/// The kind of a Track event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventType {
+    #[default]
+    Event,
+    Page,
+    Screen,
+}
+
+/// `delete` removes the person; `suppress` also blocks the identifier for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeleteAction {
+    #[default]
+    Delete,
+    Suppress,
+}
+
+/// Whether a segment job adds people to the manual segment or removes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SegmentAction {
+    #[default]
+    Add,
+    Remove,
+}
+
+/// Which segments' members a pull job brings back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipSelection {
+    All,
+    Ids(Vec<i64>),
+}
+
+/// The period of campaign metrics series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricsPeriod {
+    Hours,
+    #[default]
+    Days,
+    Weeks,
+    Months,
+}
+
+/// Which campaign metrics a pull job asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSelection {
+    pub period: MetricsPeriod,
+    /// Periods back from now (the API's `steps`).
+    pub steps: u32,
+}
+
+/// A CSV source, its path resolved against the job file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvSource {
+    /// Absolute, or relative to the working directory only when the job file's own path was.
+    /// `.gz` is decompressed.
+    pub path: PathBuf,
+    /// Single ASCII characters (checked by validation).
+    pub delimiter: char,
+    pub quote: char,
+    /// `true`: `""` inside quotes is a quote; `false`: use `escape`.
+    pub double_quote: bool,
+    pub escape: Option<char>,
+    /// `false` to treat quote characters as ordinary text.
+    pub quoting: bool,
+    /// Trim spaces around fields.
+    pub trim: bool,
+    /// A file modified more recently than this is not read (`source.csv.min_age_secs`).
+    pub min_age: Option<std::time::Duration>,
+}
+
+/// A SQL source; a relative `sqlite://` path is already resolved against the job file's folder.
+#[derive(Debug, Clone)]
+pub struct SqlSource {
+    pub url: DatabaseUrl,
+    pub query: String,
+    pub cursor: Option<SqlCursor>,
+    /// Rows per chunk of the query; at least 1.
+    pub batch_rows: u32,
+    /// How long opening a connection may take before the run fails.
+    pub connect_timeout: Duration,
+}
+
+/// The columns an incremental SQL read orders and resumes by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlCursor {
+    pub column: String,
+    pub tiebreak: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -33,12 +189,13 @@ pub struct CustomerIo {
     pub site_id: Option<Secret>,
     pub track_api_key: Option<Secret>,
     pub app_api_key: Option<Secret>,
-    /// The Track API base URL (region host, or the override).
-    pub track_url: String,
+    /// The Track API base URL (region host, or the override), no trailing slash; masked when
+    /// shown, since an override may carry `user:pass@`.
+    pub track_url: ApiUrl,
     /// `true` when `track_url` was set by hand (a proxy or the simulator).
     pub track_url_overridden: bool,
-    /// The App API base URL (region host, or the override).
-    pub app_url: String,
+    /// The App API base URL (region host, or the override), no trailing slash; masked when shown.
+    pub app_url: ApiUrl,
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +203,7 @@ pub struct TrackSettings {
     pub rate_limit_per_sec: u32,
     pub concurrency: usize,
     pub timeout: Duration,
-    pub batch: BatchSection,
+    pub batch: BatchLimits,
     pub transport: Transport,
 }
 
@@ -87,38 +244,25 @@ pub struct PushJob {
     pub mapping: MappingSpec,
     /// Job-level overrides of config.yaml's `track` section.
     pub transport: Option<Transport>,
-    pub batch: Option<BatchSection>,
+    pub batch: Option<BatchLimits>,
     pub concurrency: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
 pub struct PullJob {
     pub segments: bool,
-    pub membership: Option<super::raw::MembershipSelection>,
+    pub membership: Option<MembershipSelection>,
     pub campaigns: bool,
-    pub metrics: Option<MetricsSection>,
+    pub metrics: Option<MetricsSelection>,
     pub into: Option<DatabaseUrl>,
     pub page_size: u32,
-}
-
-impl From<PullSection> for PullJob {
-    fn from(p: PullSection) -> Self {
-        Self {
-            segments: p.segments,
-            membership: p.segment_membership,
-            campaigns: p.campaigns,
-            metrics: p.campaign_metrics,
-            into: p.into,
-            page_size: p.page_size,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
 pub enum SourceSpec {
     /// `path` is resolved against the job file's folder.
-    Csv(CsvSection),
-    Sql(SqlSection),
+    Csv(CsvSource),
+    Sql(SqlSource),
 }
 
 impl SourceSpec {

@@ -1,13 +1,16 @@
-//! Loading configuration: read → YAML → `${VAR}` interpolation → strict typed parse → validate.
+//! Loading configuration: read → YAML → `${VAR}` interpolation → `CIO_SYNC__…` overrides
+//! (config.yaml only) → strict typed parse → validate → runtime types.
 //!
 //! Owns: finding and reading `config.yaml` and `jobs/*.yaml`, and turning them into
-//! [`Settings`] and [`JobSpec`]s, collecting every error with its file and key.
+//! [`Settings`] and [`JobSpec`]s, collecting every error of every file with its file and key.
 //! Must not: write anything (loading never creates files or folders), open network or
 //! database connections, or read a data source.
 
+mod convert;
 pub mod interpolate;
 pub mod job;
-pub mod raw;
+mod overrides;
+mod raw;
 pub mod secret;
 mod validate;
 
@@ -17,8 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use job::*;
-pub use raw::{Region, Transport};
-pub use secret::{DatabaseUrl, Secret};
+pub use secret::{ApiUrl, DatabaseUrl, Secret};
 
 /// A configuration mistake, always naming the file and, where there is one, the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub struct ConfigError {
     /// Dotted key path (`source.csv.path`), empty when the error is about the whole file.
     pub key: String,
     pub message: String,
+    /// Set when the error is that this `${VAR}` is not set, so callers that can do without
+    /// a variable (reading the state needs no credentials) decide by type, not by text.
+    pub unset_var: Option<String>,
 }
 
 impl fmt::Display for ConfigError {
@@ -53,6 +58,7 @@ impl ConfigError {
             file: file.to_path_buf(),
             key: key.into(),
             message: message.into(),
+            unset_var: None,
         }
     }
 }
@@ -64,11 +70,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(
-            f,
-            "{n} configuration error{}",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{n} problem{} in the configuration", if n == 1 { "" } else { "s" })?;
         for e in &self.0 {
             write!(f, "\n  {e}")?;
         }
@@ -85,6 +87,29 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// The largest configuration file read, and the most its values may hold once `${VAR}` is
+/// expanded: far above any real config, far below what would hurt the process.
+pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The prefix of environment overrides of `config.yaml`: `CIO_SYNC__TRACK__RATE_LIMIT_PER_SEC`
+/// sets `track.rate_limit_per_sec`. Control variables (`CIO_SYNC_CONFIG`, `CIO_SYNC_STATE`)
+/// have one underscore and stay outside it.
+pub const OVERRIDE_PREFIX: &str = "CIO_SYNC__";
+
+/// Every `CIO_SYNC__…` variable of this process, sorted by name, for [`load_layered`].
+/// A value that is not UTF-8 is kept as `None` and refused by name.
+pub fn process_overrides() -> Vec<(String, Option<String>)> {
+    let mut vars: Vec<(String, Option<String>)> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            k.starts_with(OVERRIDE_PREFIX)
+                .then(|| (k, v.into_string().ok()))
+        })
+        .collect();
+    vars.sort();
+    vars
+}
+
 /// `config.yaml` and every job it points at, validated.
 #[derive(Debug)]
 pub struct Config {
@@ -98,34 +123,105 @@ impl Config {
     }
 }
 
-/// Loads `config.yaml` and all jobs, returning every error found (not just the first).
+/// Loads `config.yaml` (with this process's `CIO_SYNC__…` overrides) and all jobs, returning
+/// every problem found in every file (not just the first file's).
 pub fn load(config_path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigErrors> {
+    load_layered(config_path, env, &process_overrides())
+}
+
+/// [`load`] with the overrides given: defaults, then the file, then `overrides` last.
+pub fn load_layered(
+    config_path: &Path,
+    env: EnvLookup<'_>,
+    overrides: &[(String, Option<String>)],
+) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
-    let settings = match load_settings(config_path, env) {
-        Ok(s) => s,
+    let loaded = read_settings(config_path, env, overrides);
+    // A broken config.yaml must not hide the job files' problems: list the jobs from the
+    // folder it names (or the default), and stay quiet about that folder only when the
+    // settings themselves did not load.
+    let (jobs_dir, settings) = match loaded.settings {
+        Ok(s) => (s.jobs_dir.clone(), Some(s)),
         Err(mut e) => {
             errors.append(&mut e);
-            return Err(ConfigErrors(errors));
+            (loaded.jobs_dir, None)
         }
     };
-    let jobs = match load_jobs(&settings, env) {
-        Ok(j) => j,
-        Err(mut e) => {
-            errors.append(&mut e);
+    let jobs = match list_jobs(config_path, &jobs_dir) {
+        Ok(files) => {
+            let mut jobs = Vec::new();
+            for file in files {
+                match load_job(&file, env) {
+                    Ok(job) => jobs.push(job),
+                    Err(mut e) => errors.append(&mut e),
+                }
+            }
+            jobs
+        }
+        Err(e) => {
+            if settings.is_some() {
+                errors.push(e);
+            }
             Vec::new()
         }
     };
-    if errors.is_empty() {
-        Ok(Config { settings, jobs })
-    } else {
-        Err(ConfigErrors(errors))
+    if let Some(settings) = &settings {
+        errors.extend(validate::needed_secrets(settings, &jobs, &loaded.used));
+    }
+    match settings {
+        Some(settings) if errors.is_empty() => Ok(Config { settings, jobs }),
+        _ => Err(ConfigErrors(errors)),
     }
 }
 
-/// Reads and validates `config.yaml` alone.
+/// What reading `config.yaml` gave, even when it failed: where the jobs should be.
+struct LoadedSettings {
+    settings: Result<Settings, Vec<ConfigError>>,
+    /// The jobs folder as named by the file (or the default), resolved against it.
+    jobs_dir: PathBuf,
+    /// The `${VAR}`s the file used, for naming an empty secret's variable.
+    used: Vec<interpolate::VarUse>,
+}
+
+fn read_settings(
+    path: &Path,
+    env: EnvLookup<'_>,
+    overrides: &[(String, Option<String>)],
+) -> LoadedSettings {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut loaded = LoadedSettings {
+        settings: Err(Vec::new()),
+        jobs_dir: base.join("jobs"),
+        used: Vec::new(),
+    };
+    let text = match read_file(path) {
+        Ok(t) => t,
+        Err(e) => {
+            loaded.settings = Err(vec![e]);
+            return loaded;
+        }
+    };
+    let mut tree = match tree_of(path, &text, env) {
+        Ok((tree, used)) => {
+            loaded.used = used;
+            tree
+        }
+        Err(e) => {
+            loaded.settings = Err(e);
+            return loaded;
+        }
+    };
+    let parsed = overrides::deserialize::<raw::DaemonFile>(path, &mut tree, overrides);
+    if let Some(dir) = tree.get("jobs_dir").and_then(|d| d.as_str()) {
+        loaded.jobs_dir = base.join(dir);
+    }
+    loaded.settings = parsed.and_then(|raw| validate::settings(path, raw));
+    loaded
+}
+
+/// Reads and validates `config.yaml` alone (with this process's `CIO_SYNC__…` overrides).
 pub fn load_settings(path: &Path, env: EnvLookup<'_>) -> Result<Settings, Vec<ConfigError>> {
-    let raw: raw::DaemonFile = parse_file(path, env)?;
-    validate::settings(path, raw)
+    read_settings(path, env, &process_overrides()).settings
 }
 
 /// Reads every `*.yaml` / `*.yml` in the jobs folder, sorted by name.
@@ -133,22 +229,7 @@ pub fn load_jobs(
     settings: &Settings,
     env: EnvLookup<'_>,
 ) -> Result<Vec<JobSpec>, Vec<ConfigError>> {
-    let dir = &settings.jobs_dir;
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        vec![ConfigError::new(
-            &settings.config_file,
-            "jobs_dir",
-            format!(
-                "cannot read the jobs folder {}: {e}; create it or fix `jobs_dir`",
-                dir.display()
-            ),
-        )]
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
+    let files = list_jobs(&settings.config_file, &settings.jobs_dir).map_err(|e| vec![e])?;
     let mut jobs = Vec::new();
     let mut errors = Vec::new();
     for file in files {
@@ -164,21 +245,92 @@ pub fn load_jobs(
     }
 }
 
+fn list_jobs(config_file: &Path, dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigError::new(
+            config_file,
+            "jobs_dir",
+            format!(
+                "cannot read the jobs folder {}: {e}; create it or fix `jobs_dir`",
+                dir.display()
+            ),
+        )
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Reads and validates one job file; its name is the file stem.
 pub fn load_job(path: &Path, env: EnvLookup<'_>) -> Result<JobSpec, Vec<ConfigError>> {
-    let raw: raw::JobFile = parse_file(path, env)?;
+    let text = read_file(path).map_err(|e| vec![e])?;
+    let raw: raw::JobFile = parse_str(path, &text, env)?;
     validate::job(path, raw)
 }
 
-fn parse_file<T: DeserializeOwned>(path: &Path, env: EnvLookup<'_>) -> Result<T, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError::new(
+/// Reads a file of at most [`MAX_FILE_BYTES`].
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| ConfigError::new(path, "", format!("cannot read the file: {e}"));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    if text.len() > MAX_FILE_BYTES {
+        return Err(ConfigError::new(
             path,
             "",
-            format!("cannot read the file: {e}"),
-        )]
+            format!(
+                "the file is larger than {} MiB; a configuration file is a few KB: is this the right file?",
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// YAML text → the tree with `${VAR}` expanded, and the variables it used.
+fn tree_of(
+    path: &Path,
+    text: &str,
+    env: EnvLookup<'_>,
+) -> Result<(serde_json::Value, Vec<interpolate::VarUse>), Vec<ConfigError>> {
+    let mut tree: serde_json::Value = serde_saphyr::from_str(text)
+        .map_err(|e| vec![ConfigError::new(path, "", format!("not valid YAML: {e}"))])?;
+    if tree.is_null() {
+        tree = serde_json::Value::Object(Default::default());
+    }
+    let used = interpolate::interpolate(&mut tree, env).map_err(|e| match e {
+        interpolate::InterpolateError::Missing(missing) => missing
+            .into_iter()
+            .map(|m| {
+                ConfigError {
+                    unset_var: Some(m.var.clone()),
+                    ..ConfigError::new(
+                        path,
+                        m.key,
+                        format!(
+                            "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile)",
+                            m.var, m.var
+                        ),
+                    )
+                }
+            })
+            .collect::<Vec<_>>(),
+        interpolate::InterpolateError::TooLarge { key, var, limit } => vec![ConfigError::new(
+            path,
+            key,
+            format!(
+                "expanding ${{{var}}} here takes the file's values past {} MiB; a variable is meant to hold a value, not to be repeated thousands of times: check the file and {var}",
+                limit >> 20
+            ),
+        )],
     })?;
-    parse_str(path, &text, env)
+    Ok((tree, used))
 }
 
 /// Parses YAML text as `T`: used by [`load`] and by tests.
@@ -187,29 +339,9 @@ pub fn parse_str<T: DeserializeOwned>(
     text: &str,
     env: EnvLookup<'_>,
 ) -> Result<T, Vec<ConfigError>> {
-    let mut tree: serde_json::Value = serde_saphyr::from_str(text)
-        .map_err(|e| vec![ConfigError::new(path, "", format!("not valid YAML: {e}"))])?;
-    if tree.is_null() {
-        tree = serde_json::Value::Object(Default::default());
-    }
-    interpolate::interpolate(&mut tree, env).map_err(|missing| {
-        missing
-            .into_iter()
-            .map(|m| {
-                ConfigError::new(
-                    path,
-                    m.key,
-                    format!(
-                        "uses ${{{}}}, which is not set: export {} (or add it to the service's EnvironmentFile)",
-                        m.var, m.var
-                    ),
-                )
-            })
-            .collect::<Vec<_>>()
-    })?;
-    serde_path_to_error::deserialize::<_, T>(tree).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        vec![ConfigError::new(path, key, e.into_inner().to_string())]
-    })
+    let (mut tree, _) = tree_of(path, text, env)?;
+    overrides::deserialize(path, &mut tree, &[])
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,8 @@
 //!
 //! Owns: the serde shapes of both files, strict (`deny_unknown_fields`, no `flatten`), with
 //! their defaults. Must not: check cross-field rules or touch the file system; that is
-//! `validate.rs`, which turns these into `ValidatedJob`s.
+//! `validate.rs`, which turns these into the runtime types of `job.rs`. Private to `config`:
+//! nothing outside it sees serde shapes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ pub struct StateSection {
     pub url: DatabaseUrl,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Region {
     #[default]
@@ -102,7 +103,7 @@ fn default_track_timeout() -> u64 {
     30
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// `POST /api/v2/batch`, many operations a request.
@@ -375,12 +376,6 @@ pub enum TimestampFormat {
     Pattern(String),
 }
 
-impl From<&TimestampFormat> for TimestampFormat {
-    fn from(f: &TimestampFormat) -> Self {
-        f.clone()
-    }
-}
-
 impl<'de> Deserialize<'de> for TimestampFormat {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -632,7 +627,7 @@ fn default_steps() -> u32 {
     30
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum MetricsPeriod {
     Hours,

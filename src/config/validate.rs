@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::job::*;
-use super::raw::{self, EmptyPolicy, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
+use super::raw::{self, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
+use super::interpolate::VarUse;
+use super::secret::{ApiUrl, Secret};
 
 pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -41,7 +43,10 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
             errors.push(ConfigError::new(
                 file,
                 key,
-                format!("`{u}` is not an http(s) URL, e.g. http://127.0.0.1:4010"),
+                format!(
+                    "`{}` is not an http(s) URL, e.g. http://127.0.0.1:4010",
+                    super::secret::mask_url_password(u)
+                ),
             ));
         }
     }
@@ -99,29 +104,21 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
         config_file: file.to_path_buf(),
         state_url,
         customerio: CustomerIo {
-            region: c.region,
+            region: c.region.into(),
             site_id: c.site_id,
             track_api_key: c.track_api_key,
             app_api_key: c.app_api_key,
             track_url_overridden: c.track_url.is_some(),
-            track_url: c
-                .track_url
-                .unwrap_or_else(|| track_host.to_string())
-                .trim_end_matches('/')
-                .to_string(),
-            app_url: c
-                .app_url
-                .unwrap_or_else(|| app_host.to_string())
-                .trim_end_matches('/')
-                .to_string(),
+            track_url: ApiUrl::new(c.track_url.unwrap_or_else(|| track_host.to_string())),
+            app_url: ApiUrl::new(c.app_url.unwrap_or_else(|| app_host.to_string())),
         },
         jobs_dir: base.join(raw.jobs_dir),
         track: TrackSettings {
             rate_limit_per_sec: t.rate_limit_per_sec,
             concurrency: t.concurrency,
             timeout: Duration::from_secs(t.timeout_secs),
-            batch: t.batch,
-            transport: t.transport,
+            batch: t.batch.into(),
+            transport: t.transport.into(),
         },
         app: AppSettings {
             rate_limit_per_sec: raw.app.rate_limit_per_sec,
@@ -137,10 +134,11 @@ pub fn settings(file: &Path, raw: raw::DaemonFile) -> Result<Settings, Vec<Confi
     })
 }
 
-/// `sqlite://relative.db` is relative to the config file's folder, like every other path.
+/// `sqlite://relative.db` (or `sqlite:relative.db`) is relative to the folder of the file
+/// that names it, like every other path: config.yaml for the state, the job file for a source.
 fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseUrl {
     let s = url.expose();
-    if let Some(rest) = s.strip_prefix("sqlite://")
+    if let Some(rest) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:"))
         && !rest.starts_with('/')
         && !rest.starts_with(":memory:")
         && !rest.is_empty()
@@ -149,6 +147,47 @@ fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseU
         return super::DatabaseUrl::new(format!("sqlite://{}", base.join(rest).display()));
     }
     url.clone()
+}
+
+/// Secrets that the jobs need must hold something: `CIO_SITE_ID=` set but empty would
+/// otherwise pass every check and fail only against Customer.io. Pure: looks at what was
+/// loaded, and names the variable that fed the key when there was one.
+pub fn needed_secrets(settings: &Settings, jobs: &[JobSpec], used: &[VarUse]) -> Vec<ConfigError> {
+    let names = |push: bool| -> Vec<&str> {
+        jobs.iter()
+            .filter(|j| matches!(j.kind, JobKind::Push(_)) == push)
+            .map(|j| j.name.as_str())
+            .collect()
+    };
+    let (pushes, pulls) = (names(true), names(false));
+    let c = &settings.customerio;
+    let mut errors = Vec::new();
+    for (key, value, jobs, what) in [
+        ("customerio.site_id", &c.site_id, &pushes, "the Site ID"),
+        ("customerio.track_api_key", &c.track_api_key, &pushes, "the Track API key"),
+        ("customerio.app_api_key", &c.app_api_key, &pulls, "an App API key"),
+    ] {
+        if jobs.is_empty() || !value.as_ref().is_some_and(Secret::is_empty) {
+            continue;
+        }
+        let needed_by = format!(
+            "job{} {} need{} it",
+            if jobs.len() == 1 { "" } else { "s" },
+            jobs.join(", "),
+            if jobs.len() == 1 { "s" } else { "" }
+        );
+        let message = match used.iter().find(|u| u.key == key && u.empty) {
+            Some(u) => format!(
+                "${{{var}}} is set but empty, and {needed_by}: set {var} to {what} from Customer.io's Account settings → API credentials",
+                var = u.var
+            ),
+            None => format!(
+                "is empty, and {needed_by}: set it to {what} from Customer.io's Account settings → API credentials"
+            ),
+        };
+        errors.push(ConfigError::new(&settings.config_file, key, message));
+    }
+    errors
 }
 
 fn positive(errors: &mut Vec<ConfigError>, file: &Path, key: &str, v: u64) {
@@ -283,7 +322,7 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
                         file,
                         "identify.attributes",
                         i.attributes,
-                        i.empty,
+                        i.empty.into(),
                         &mut errors,
                     ),
                     timestamp: i.timestamp.map(timestamp_column),
@@ -337,16 +376,16 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             who.map(|who| MappingSpec::Track {
                 who,
                 name,
-                event_type: t.event_type,
+                event_type: t.event_type.into(),
                 timestamp: t.timestamp.map(timestamp_column),
                 key_columns,
-                data: field_set(file, "track.data", t.data, t.empty, &mut errors),
+                data: field_set(file, "track.data", t.data, t.empty.into(), &mut errors),
             })
         } else if let Some(d) = raw.delete {
             identifier(file, "delete.identifier", &d.identifier, &mut errors).map(|identifier| {
                 MappingSpec::Delete {
                     identifier,
-                    action: d.action,
+                    action: d.action.into(),
                 }
             })
         } else if let Some(s) = raw.segment {
@@ -354,7 +393,7 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
                 MappingSpec::Segment {
                     segment_id: s.id,
                     identifier,
-                    action: s.action,
+                    action: s.action.into(),
                 }
             })
         } else {
@@ -374,8 +413,8 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
             (Some(source), Some(mapping)) => JobKind::Push(Box::new(PushJob {
                 source,
                 mapping,
-                transport: raw.transport,
-                batch: raw.batch,
+                transport: raw.transport.map(Into::into),
+                batch: raw.batch.map(Into::into),
                 concurrency: raw.concurrency,
             })),
             _ => return Err(errors),
@@ -435,9 +474,10 @@ fn source(
                 ));
             }
             csv.path = resolve(base, &csv.path);
-            Some(SourceSpec::Csv(csv))
+            Some(SourceSpec::Csv(csv.into()))
         }
-        (None, Some(sql)) => {
+        (None, Some(mut sql)) => {
+            sql.url = resolve_sqlite_url(&sql.url, base);
             let scheme = sql.url.scheme();
             if !matches!(
                 scheme.as_str(),
@@ -465,7 +505,7 @@ fn source(
                     "must be greater than 0",
                 ));
             }
-            Some(SourceSpec::Sql(sql))
+            Some(SourceSpec::Sql(sql.into()))
         }
         _ => {
             errors.push(ConfigError::new(
@@ -521,7 +561,7 @@ fn timestamp_column(t: TimestampSpec) -> TimestampColumn {
         },
         TimestampSpec::Typed(t) => TimestampColumn {
             column: t.column,
-            format: t.format,
+            format: t.format.into(),
             timezone: t.timezone,
         },
     }
@@ -587,10 +627,10 @@ fn field_set(
                         fields.push(FieldMapping {
                             name,
                             source,
-                            as_type: t.as_type,
-                            format: t.format,
+                            as_type: t.as_type.into(),
+                            format: t.format.into(),
                             timezone: t.timezone,
-                            empty: t.empty.unwrap_or(empty),
+                            empty: t.empty.map(Into::into).unwrap_or(empty),
                         });
                     }
                 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Seconds
 use chrono_tz::Tz;
 use serde_json::Value as J;
 
-use crate::config::raw::{TimestampFormat, ValueType};
+use crate::config::{TimestampFormat, ValueType};
 use crate::source::Value;
 
 /// Unix seconds must fall in this open range (2001-09-09 .. 5138-11-16), as the official

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value as J};
 
-use crate::config::raw::{DeleteAction, EmptyPolicy, EventType, SegmentAction, ValueType};
+use crate::config::{DeleteAction, EmptyPolicy, EventType, SegmentAction, ValueType};
 use crate::config::{
     EventName, EventSubject, FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec,
     TimestampColumn,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::IdentifierKind;
-use crate::config::raw::EventType;
+use crate::config::EventType;
 
 /// Who an operation is about.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::IdentifierKind;
-use crate::config::raw::{EmptyPolicy, EventType, TimestampFormat, ValueType};
+use crate::config::{EmptyPolicy, EventType, TimestampFormat, ValueType};
 use crate::config::{
     FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec, TimestampColumn,
 };
@@ -192,7 +192,7 @@ fn bad_rows_are_rejected_with_a_reason_naming_the_column() {
 fn unknown_columns_are_reported_with_the_available_ones() {
     let spec = MappingSpec::Delete {
         identifier: id("user"),
-        action: crate::config::raw::DeleteAction::Delete,
+        action: crate::config::DeleteAction::Delete,
     };
     let e = Mapper::new("j", &spec, &cols(&["id", "email"]))
         .err()

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app_api::{self, AppClient, AppError, Campaign, Segment};
-use crate::config::raw::MembershipSelection;
+use crate::config::MembershipSelection;
 use crate::config::{JobSpec, PullJob, Settings};
 use crate::http::{RateGate, RunCounters};
 use crate::pipeline::{RunReport, StopSignal};
@@ -487,7 +487,7 @@ impl Pull<'_> {
     async fn metrics(
         &mut self,
         campaign_id: i64,
-        period: crate::config::raw::MetricsPeriod,
+        period: crate::config::MetricsPeriod,
         steps: u32,
     ) -> Result<(), PullError> {
         let series = self

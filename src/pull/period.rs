@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc, Weekday};
 
-use crate::config::raw::MetricsPeriod;
+use crate::config::MetricsPeriod;
 
 /// Unix seconds at which the period `back` periods before the one holding `now` starts;
 /// `None` only for dates chrono cannot represent.

@@ -1,11 +1,10 @@
-//! The middleware in front of every simulator route: decides auth, faults and rate limits,
-//! adds latency, drops connections, and records each request with the status it got.
+//! The middleware in front of every simulator route: holds requests while a test asks it to,
+//! decides auth, faults and rate limits, adds latency, drops connections, and records each request with the status it got.
 //!
 //! Owns the per-request fault order documented on `Faults`; must not parse bodies or know any
 //! route's semantics.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -16,7 +15,7 @@ use super::state::{Shared, Verdict};
 use super::{Api, ConnKill, RequestRecord, respond};
 
 pub(crate) async fn gate(State(sim): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let now = Instant::now();
+    wait_at_hold(&sim).await;
     let path = req.uri().path().to_owned();
     let api = if path.starts_with("/v1/") {
         Api::App
@@ -31,9 +30,14 @@ pub(crate) async fn gate(State(sim): State<Arc<Shared>>, req: Request, next: Nex
         Api::Track => sim.track_auth_ok(auth_header),
         Api::App => sim.app_auth_ok(auth_header),
     };
-    let (verdict, latency) = {
+    let (now, verdict, latency) = {
         let mut st = sim.lock();
-        (st.verdict(api == Api::App, auth_ok, now), st.faults.latency)
+        let now = st.now();
+        (
+            now,
+            st.verdict(api == Api::App, auth_ok, now),
+            st.faults.latency,
+        )
     };
     let kill = req.extensions().get::<ConnKill>().cloned();
     let record = RequestRecord {
@@ -71,6 +75,44 @@ pub(crate) async fn gate(State(sim): State<Arc<Shared>>, req: Request, next: Nex
     tracing::debug!(status, path = %record.path, "Simulator answered.");
     sim.lock().requests.push(RequestRecord { status, ..record });
     response
+}
+
+/// Waits while a test holds requests (`Simulator::hold_from`); returns at once otherwise.
+/// A request waits before anything is decided about it, so it arrives when the hold lifts.
+async fn wait_at_hold(sim: &Shared) {
+    /// Counts one waiting request for `Simulator::held`, until the hold it waits at is
+    /// released or its connection goes away and the future is dropped mid-wait.
+    struct Waiting<'a> {
+        sim: &'a Shared,
+        /// The hold epoch this request is counted in.
+        epoch: Option<u64>,
+    }
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            let mut st = self.sim.lock();
+            if self.epoch == Some(st.hold_epoch) {
+                st.held = st.held.saturating_sub(1);
+            }
+        }
+    }
+    let mut waiting = Waiting { sim, epoch: None };
+    loop {
+        // Registered before the check, so a release between the check and the await wakes it.
+        let changed = sim.hold_changed.notified();
+        let mut changed = std::pin::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let mut st = sim.lock();
+            if !st.holding() {
+                break;
+            }
+            if waiting.epoch != Some(st.hold_epoch) {
+                st.held += 1;
+                waiting.epoch = Some(st.hold_epoch);
+            }
+        }
+        changed.await;
+    }
 }
 
 /// Records the request with status 0 and closes its connection; never returns normally.

@@ -11,7 +11,8 @@
 //! # Layout
 //! - `mod.rs`: public types, start/stop, accept loop.
 //! - `state.rs`: shared mutable state, fault decisions, recording.
-//! - `gate.rs`: middleware in front of every route (auth, faults, latency, request records).
+//! - `gate.rs`: middleware in front of every route (holds, auth, faults, latency, request
+//!   records).
 //! - `respond.rs`: canned response bodies in Customer.io's shapes.
 //! - `track.rs`: Track routes, validation and normalisation into [`RecordedOp`].
 //! - `app.rs`: App routes over the fixtures.
@@ -29,7 +30,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
@@ -107,7 +108,7 @@ impl std::fmt::Debug for SimConfig {
 
 /// Random and rate faults applied to Track and App requests alike.
 ///
-/// Per request, in this order: `fail_next` / `app_fault` (deterministic), then `drop_before_rate`,
+/// Per request, after any hold ([`Simulator::hold_from`]), in this order: `fail_next` / `app_fault` (deterministic), then `drop_before_rate`,
 /// then `error_5xx_rate`, then auth, then the rate limit, then the route itself, then
 /// `drop_after_rate`. Random draws happen only for rates above zero, from one RNG seeded with
 /// `seed` (re-seeded by [`Simulator::set_faults`]), so a single-threaded client sees the same
@@ -297,7 +298,40 @@ impl Simulator {
 
     /// Replaces the faults and re-seeds the fault RNG from `f.seed`; refills the rate buckets.
     pub fn set_faults(&self, f: Faults) {
-        self.shared.lock().set_faults(f, Instant::now());
+        let mut st = self.shared.lock();
+        let now = st.now();
+        st.set_faults(f, now);
+    }
+
+    /// Stops the simulator's clock, which rate buckets and [`RequestRecord::at`] read: until
+    /// [`Self::advance_clock`], no time passes for them however long the test takes.
+    pub fn pause_clock(&self) {
+        self.shared.lock().pause_clock();
+    }
+
+    /// Moves a paused clock forward (refilling rate buckets accordingly); no effect while the
+    /// clock runs.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.lock().advance_clock(by);
+    }
+
+    /// Holds every request that arrives once `n` operations have been accepted: it waits at
+    /// the gate, unanswered and undecided, until [`Self::release`]. A test stops a client at a
+    /// known count this way (then kills or signals it) instead of racing it with a timer.
+    pub fn hold_from(&self, n: usize) {
+        self.shared.lock().hold_from = Some(n);
+        self.shared.hold_changed.notify_waiters();
+    }
+
+    /// Requests waiting at the hold right now.
+    pub fn held(&self) -> usize {
+        self.shared.lock().held
+    }
+
+    /// Lifts the hold: waiting requests go on as if they had just arrived.
+    pub fn release(&self) {
+        self.shared.lock().release();
+        self.shared.hold_changed.notify_waiters();
     }
 
     /// Every accepted operation in arrival order, without duplicates of an accepted event id.

@@ -22,6 +22,8 @@ pub(crate) struct Shared {
     pub(crate) region: Region,
     /// Origin of `RequestRecord::at`.
     pub(crate) started: Instant,
+    /// Woken whenever a test changes or lifts the hold, so waiting requests look again.
+    pub(crate) hold_changed: tokio::sync::Notify,
     state: Mutex<State>,
 }
 
@@ -34,6 +36,7 @@ impl Shared {
             app_api_key: config.app_api_key,
             region: config.region,
             started: now,
+            hold_changed: tokio::sync::Notify::new(),
             state: Mutex::new(State::new(config.faults, now)),
         }
     }
@@ -174,6 +177,18 @@ pub(crate) struct State {
     pub(crate) membership: HashMap<i64, Vec<Member>>,
     pub(crate) campaigns: Vec<serde_json::Value>,
     pub(crate) metrics: HashMap<i64, BTreeMap<String, Vec<i64>>>,
+
+    /// The instant the clock stands still at, when a test paused it (`None`: real time).
+    /// Rate buckets and request times read [`State::now`], so a paused clock makes them
+    /// independent of how fast the machine runs the test.
+    paused_at: Option<Instant>,
+    /// The operation count from which arriving requests wait at the gate (`None`: no hold).
+    pub(crate) hold_from: Option<usize>,
+    /// Requests waiting at the hold right now (of the current epoch).
+    pub(crate) held: usize,
+    /// Bumped by every release: requests released from an earlier hold stop counting in
+    /// `held` at once, not only when their tasks next run.
+    pub(crate) hold_epoch: u64,
 }
 
 /// Why an operation was refused at recording time (rules the tests installed).
@@ -206,7 +221,40 @@ impl State {
             membership: HashMap::new(),
             campaigns: Vec::new(),
             metrics: HashMap::new(),
+            paused_at: None,
+            hold_from: None,
+            held: 0,
+            hold_epoch: 0,
         }
+    }
+
+    /// Now, by the simulator's clock: the paused instant, or real time.
+    pub(crate) fn now(&self) -> Instant {
+        self.paused_at.unwrap_or_else(Instant::now)
+    }
+
+    /// Stops the clock at the current instant (a paused clock stays where it is).
+    pub(crate) fn pause_clock(&mut self) {
+        self.paused_at = Some(self.now());
+    }
+
+    /// Moves a paused clock forward by `by`; a running clock is not touched.
+    pub(crate) fn advance_clock(&mut self, by: std::time::Duration) {
+        if let Some(at) = self.paused_at {
+            self.paused_at = Some(at + by);
+        }
+    }
+
+    /// Lifts the hold; what waited no longer counts as held.
+    pub(crate) fn release(&mut self) {
+        self.hold_from = None;
+        self.held = 0;
+        self.hold_epoch += 1;
+    }
+
+    /// Whether a request arriving now must wait at the hold.
+    pub(crate) fn holding(&self) -> bool {
+        self.hold_from.is_some_and(|n| self.op_count >= n)
     }
 
     pub(crate) fn set_faults(&mut self, faults: Faults, now: Instant) {

@@ -368,6 +368,10 @@ async fn membership_pages_with_opaque_string_tokens_until_an_empty_or_null_next(
                 .unwrap();
             assert_eq!(body["segment_id"], segment);
             pages.push(body["identifiers"].as_array().unwrap().len());
+            assert!(
+                pages.len() <= 3,
+                "5 members at 2 a page end after 3 pages: {pages:?}"
+            );
             match &body["next"] {
                 Value::String(next) if !next.is_empty() => {
                     assert!(next.parse::<u64>().is_err(), "token {next} must be opaque");
@@ -429,6 +433,9 @@ async fn membership_pages_with_opaque_string_tokens_until_an_empty_or_null_next(
 async fn over_the_rate_limit_answers_429_with_retry_after() {
     let sim = start().await;
     let c = reqwest::Client::new();
+    // The bucket reads the simulator's clock: paused, no token comes back between requests
+    // however slowly this machine runs them.
+    sim.pause_clock();
     sim.set_faults(Faults {
         rate_limit_per_sec: Some(2),
         retry_after_secs: 3,
@@ -457,6 +464,20 @@ async fn over_the_rate_limit_answers_429_with_retry_after() {
             .starts_with("rate limited")
     );
     assert_eq!(sim.operations().len(), 2);
+
+    // Half a second at 2/s refills one token: one more request passes, the next does not.
+    sim.advance_clock(std::time::Duration::from_millis(500));
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = track(&c, &sim, reqwest::Method::PUT, "/api/v1/customers/1")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 429]);
+    assert_eq!(sim.operations().len(), 3);
 
     // Deterministic faults: fail_next on Track and the n-th App request.
     sim.set_faults(Faults::default());
@@ -653,5 +674,38 @@ async fn campaigns_metrics_and_manual_segment_changes() {
         sim.segment_members_removed(),
         [(3, "id".to_owned(), "9".to_owned())]
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_held_request_waits_unanswered_until_released() {
+    let sim = start().await;
+    let c = reqwest::Client::new();
+    sim.hold_from(1);
+    let r = track(&c, &sim, reqwest::Method::PUT, "/api/v1/customers/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "below the count nothing is held");
+    let held = tokio::spawn(track(&c, &sim, reqwest::Method::PUT, "/api/v1/customers/2").send());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sim.held() == 0 {
+        assert!(
+            !held.is_finished(),
+            "the second request was answered instead of held"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second request never reached the hold"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(sim.operations().len(), 1, "a held request is not applied");
+    assert!(sim.requests().len() == 1 && !held.is_finished());
+    sim.release();
+    let r = held.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sim.held(), 0);
+    assert_eq!(sim.operations().len(), 2);
     sim.shutdown().await;
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::SourceError;
 use super::row::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Value};
-use crate::config::raw::CsvSection;
+use crate::config::CsvSource as CsvSection;
 
 /// Bytes of the file's head hashed into its fingerprint.
 const HEAD_BYTES: usize = 64 * 1024;
@@ -369,7 +369,7 @@ fn prepare(
         source,
     };
     let fingerprint = FileFingerprint::of(path).map_err(open_err)?;
-    if let Some(min_age) = cfg.min_age_secs {
+    if let Some(min_age) = cfg.min_age.map(|d| d.as_secs()) {
         let modified = std::time::UNIX_EPOCH
             + std::time::Duration::from_nanos(fingerprint.mtime_ns.max(0) as u64);
         // A modification time in the future counts as "just now".
@@ -517,7 +517,7 @@ mod tests {
             escape: None,
             quoting: true,
             trim: false,
-            min_age_secs: None,
+            min_age: None,
         }
     }
 
@@ -758,7 +758,7 @@ mod tests {
         std::fs::write(&p, "id,v\n1,a\n").unwrap();
         let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
         let mut c = cfg(&p);
-        c.min_age_secs = Some(60);
+        c.min_age = Some(std::time::Duration::from_secs(60));
         let err = prepare(&c, None, modified + std::time::Duration::from_secs(10))
             .err()
             .expect("too recent");

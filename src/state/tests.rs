@@ -141,48 +141,24 @@ async fn a_fenced_store_writes_checkpoints_only_while_it_holds_the_lease() {
     assert_eq!(s.checkpoint("j").await.unwrap(), Some(cp));
 }
 
-/// A fresh PostgreSQL database for one test (the server must be up: this never skips).
-async fn postgres() -> (String, StateStore) {
-    use sqlx::Connection;
-    let base = std::env::var("CIO_SYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!(
-        "cio_state_{}",
-        ulid::Ulid::generate().to_string().to_lowercase()
-    );
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
+/// A fresh PostgreSQL database for one test (the server must be up: this never skips); kept
+/// if the test fails, dropped by the guard otherwise.
+async fn postgres() -> (crate::testing::TestDb, StateStore) {
+    let db = crate::testing::TestDb::create(crate::testing::Server::Postgres).await;
+    let store = StateStore::open(&DatabaseUrl::new(db.url().to_string()))
         .await
         .unwrap();
-    let url = format!(
-        "{}/{name}",
-        base.rsplit_once('/').map(|(h, _)| h).unwrap_or(&base)
-    );
-    (
-        name,
-        StateStore::open(&DatabaseUrl::new(url)).await.unwrap(),
-    )
+    (db, store)
 }
 
-async fn drop_pg(name: &str, store: StateStore) {
-    use sqlx::Connection;
+async fn drop_pg(db: crate::testing::TestDb, store: StateStore) {
     store.pool().close().await;
-    let base = std::env::var("CIO_SYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    drop(db);
 }
 
 #[tokio::test]
 async fn the_same_state_semantics_hold_on_postgresql() {
-    let (name, s) = postgres().await;
+    let (db, s) = postgres().await;
     let run = s.start_run("j", "push").await.unwrap();
     let cp = Checkpoint {
         source: serde_json::json!({"f": 1}),
@@ -238,5 +214,5 @@ async fn the_same_state_semantics_hold_on_postgresql() {
         Err(StateError::LeaseLost { .. })
     ));
     assert_eq!(s.lease_holder("j").await.unwrap().as_deref(), Some("other"));
-    drop_pg(&name, s).await;
+    drop_pg(db, s).await;
 }

@@ -79,9 +79,9 @@ pub fn v1(op: &Operation) -> V1Request {
             body.insert(
                 "type".into(),
                 json!(match kind {
-                    crate::config::raw::EventType::Event => "event",
-                    crate::config::raw::EventType::Page => "page",
-                    crate::config::raw::EventType::Screen => "screen",
+                    crate::config::EventType::Event => "event",
+                    crate::config::EventType::Page => "page",
+                    crate::config::EventType::Screen => "screen",
                 }),
             );
             if let Some(t) = timestamp {
@@ -196,7 +196,7 @@ mod tests {
         let ev = Operation {
             subject: Subject::Anonymous("cookie-1".into()),
             action: Action::Event {
-                kind: crate::config::raw::EventType::Page,
+                kind: crate::config::EventType::Page,
                 name: "https://x.test/".into(),
                 id: "01HF7YAT004JX7A6R9PKEZRXGP".into(),
                 timestamp: None,

@@ -20,11 +20,11 @@ async fn a_secret_never_appears_in_logs_dry_run_output_errors_or_the_state_datab
     };
 
     let dry = with_secret(&["-vv", "run", "people", "--dry-run"]).await;
-    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    assert_exit(&dry, 0);
     assert!(stdout(&dry).contains("would send"), "{}", stdout(&dry));
     // A real run: the simulator refuses the planted key (401), so the error path is covered.
     let run = with_secret(&["-vv", "--log-format", "json", "run", "people"]).await;
-    assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    assert_exit(&run, 3);
     assert!(
         stdout(&run).contains("refused the Track credentials"),
         "{}",
@@ -73,7 +73,8 @@ async fn dry_run_shows_operations_and_rejections_and_sends_nothing() {
     );
     env.write_job("people", PEOPLE_JOB);
     let out = env.cli_output(&["run", "people", "--dry-run"]).await;
-    assert_eq!(out.status.code(), Some(1), "rejections make exit code 1");
+    // Rejections make exit code 1.
+    assert_exit(&out, 1);
     let text = stdout(&out);
     assert!(text.contains("2 rows read"), "{text}");
     assert!(text.contains(r#""identifiers":{"id":"u-1"}"#), "{text}");
@@ -95,7 +96,7 @@ async fn run_prints_a_summary_and_status_reports_runs_and_checkpoints() {
         reason: "nope".into(),
     });
     let out = env.cli_output(&["run", "--all"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_exit(&out, 1);
     assert!(
         stdout(&out).contains("people: rejected_rows — read 12, delivered 11, rejected 1"),
         "{}",
@@ -120,7 +121,7 @@ async fn run_prints_a_summary_and_status_reports_runs_and_checkpoints() {
 async fn unknown_jobs_and_missing_arguments_are_usage_errors() {
     let env = TestEnv::new().await;
     let out = env.cli_output(&["run", "nope"]).await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     assert!(
         stderr(&out).contains("no job named `nope`"),
         "{}",
@@ -134,7 +135,7 @@ async fn a_job_whose_columns_do_not_exist_fails_with_the_column_and_the_fix() {
     env.write_data("people.csv", "id,mail\nu-1,a@x.com\n");
     env.write_job("people", PEOPLE_JOB);
     let out = env.cli_output(&["run", "people"]).await;
-    assert_eq!(out.status.code(), Some(3));
+    assert_exit(&out, 3);
     let text = stdout(&out);
     assert!(text.contains("people.yaml: the job uses column `customer_id` (in `identify.identifier`), but the source has no such column; it has: id, mail"), "{text}");
 }

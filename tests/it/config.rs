@@ -8,7 +8,7 @@ async fn an_unknown_key_is_rejected_with_its_name_and_file() {
     env.write_data("people.csv", &people_csv(1));
     env.write_job("people", &format!("{PEOPLE_JOB}  atributes_typo: 1\n"));
     let out = env.cli_output(&["validate"]).await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(err.contains("people.yaml"), "{err}");
     assert!(err.contains("unknown field `atributes_typo`"), "{err}");
@@ -21,7 +21,7 @@ async fn an_unknown_key_is_rejected_with_its_name_and_file() {
     env.write_config("trak: {}\n");
     let before: Vec<_> = walk(env.path());
     let out = env.cli_output(&["validate"]).await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     assert!(
         stderr(&out).contains("config.yaml: `trak`: unknown field `trak`"),
         "{}",
@@ -53,7 +53,7 @@ async fn every_error_is_listed_with_file_and_key() {
     let mut c = env.cli();
     c.arg("validate").env_remove("CIO_TRACK_API_KEY");
     let out = env.output_of(c).await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(
         err.contains(
@@ -134,7 +134,7 @@ async fn validate_connect_checks_credentials_region_and_columns() {
     env.write_data("people.csv", &people_csv(3));
     env.write_job("people", PEOPLE_JOB);
     let out = env.cli_output(&["validate", "--connect"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("credentials accepted") && stdout(&out).contains("region us"),
         "{}",
@@ -150,7 +150,7 @@ async fn validate_connect_checks_credentials_region_and_columns() {
     eu.write_data("people.csv", "id\n1\n");
     eu.write_job("people", PEOPLE_JOB);
     let out = eu.cli_output(&["validate", "--connect"]).await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(
         err.contains("belong to a workspace in the `eu` region")

@@ -4,24 +4,32 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cio_sync::mapping::event_id::event_id;
 use cio_sync::simulator::{Api, Faults};
 use cio_sync::state::{Outcome, StateStore};
 
 use crate::helpers::*;
 
-/// The event ids the orders job must produce, one per row of `orders_csv(n)`.
-pub fn expected_event_ids(n: usize) -> HashSet<String> {
-    (1..=n)
-        .map(|i| {
-            event_id(
-                "orders",
-                &format!("o-{i:06}"),
-                "purchase",
-                Some(1_650_000_000 + i as i64 * 60),
-            )
-        })
-        .collect()
+/// Runs `work` while moving the simulator's paused clock on by a second each time it has
+/// answered another 429, so rate limiting depends on counts, not on this machine's speed.
+async fn refilling_after_each_429<T>(
+    env: &TestEnv,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut refused = 0;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            // A poll interval; `work` itself is bounded by its retry budget.
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                let now = env.sim.requests().iter().filter(|r| r.status == 429).count();
+                if now > refused {
+                    refused = now;
+                    env.sim.advance_clock(Duration::from_secs(1));
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,37 +41,34 @@ async fn every_row_arrives_once_under_5xx_dropped_connections_and_a_tighter_serv
     env.write_data("orders.csv", &orders_csv(N));
     env.write_job("people", PEOPLE_JOB);
     env.write_job("orders", ORDERS_JOB);
+    // The server's bucket runs on a paused clock that moves on only after a refusal: the limit
+    // binds however fast or slow this machine sends, and every 429 is followed by a refill.
+    env.sim.pause_clock();
     env.sim.set_faults(Faults {
         error_5xx_rate: 0.10,
         drop_before_rate: 0.01,
         drop_after_rate: 0.01,
-        // The client may send 2000/s; the server allows 150/s.
-        rate_limit_per_sec: Some(150),
+        // The client may send 2000/s (a burst of 200); the server allows 500/s (a burst of 51).
+        rate_limit_per_sec: Some(500),
         retry_after_secs: 1,
         latency: Duration::ZERO,
         seed: 42,
     });
-    let people = env.run("people").await;
-    let orders = env.run("orders").await;
+    let people = refilling_after_each_429(&env, env.run("people")).await;
+    let orders = refilling_after_each_429(&env, env.run("orders")).await;
     for r in [&people, &orders] {
         assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
         assert_eq!(r.counts.rows_delivered, N as u64);
         assert!(r.counts.retries > 0, "faults were exercised: {r:?}");
     }
     let ops = env.sim.operations();
-    let ids: HashSet<String> = ops
+    let identified: Vec<_> = ops
         .iter()
         .filter(|o| o.action == "identify")
-        .map(|o| o.identifiers["id"].clone())
+        .cloned()
         .collect();
-    assert_eq!(ids.len(), N, "every person arrived");
-    let events: Vec<String> = ops.iter().filter_map(|o| o.event_id.clone()).collect();
-    assert_eq!(events.len(), N, "no event accepted twice");
-    assert_eq!(
-        events.into_iter().collect::<HashSet<_>>(),
-        expected_event_ids(N),
-        "no event missing"
-    );
+    assert_eq!(ids_of(&identified).len(), N, "every person arrived");
+    assert_each_event_once(&ops, &expected_event_ids(N));
     let statuses: HashSet<u16> = env.sim.requests().iter().map(|r| r.status).collect();
     for s in [0, 429, 200] {
         assert!(statuses.contains(&s), "status {s} seen: {statuses:?}");
@@ -120,12 +125,7 @@ async fn a_400_for_one_batch_dead_letters_exactly_that_batchs_rows() {
         "{}",
         letters[0].reason
     );
-    let delivered: HashSet<String> = env
-        .sim
-        .operations()
-        .iter()
-        .map(|o| o.identifiers["id"].clone())
-        .collect();
+    let delivered = ids_of(&env.sim.operations());
     assert_eq!(delivered.len(), 900);
     assert!(!delivered.contains("u-000450"));
     assert!(delivered.contains("u-000400") && delivered.contains("u-000501"));
@@ -191,11 +191,9 @@ async fn when_retries_run_out_the_run_fails_and_the_next_resumes_from_the_settle
     assert_eq!(second.outcome, Outcome::Succeeded, "{second:?}");
     assert_eq!(second.resumed_after_rows, 500);
     assert_eq!(second.counts.rows_read, 500);
-    let ids: HashSet<String> = env
-        .sim
-        .operations()
-        .iter()
-        .map(|o| o.identifiers["id"].clone())
-        .collect();
-    assert_eq!(ids.len(), 1000, "every row delivered across the two runs");
+    assert_eq!(
+        ids_of(&env.sim.operations()).len(),
+        1000,
+        "every row delivered across the two runs"
+    );
 }

@@ -3,9 +3,13 @@
 //! database and simulator.
 
 mod cli;
+mod cli_output;
 mod config;
+mod config_load;
 mod faults;
 mod helpers;
+mod preflight;
+mod pull;
 mod push;
 mod resume;
 mod sql;

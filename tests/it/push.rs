@@ -153,12 +153,7 @@ async fn a_207_rejecting_two_rows_mid_batch_dead_letters_exactly_those_rows() {
         (98, 2)
     );
     assert_eq!(env.sim.requests().len(), 1, "one batch, not resent");
-    let delivered: HashSet<String> = env
-        .sim
-        .operations()
-        .iter()
-        .map(|o| o.identifiers["id"].clone())
-        .collect();
+    let delivered = ids_of(&env.sim.operations());
     assert_eq!(delivered.len(), 98);
     assert!(!delivered.contains("u-000037") && !delivered.contains("u-000061"));
 
@@ -321,13 +316,7 @@ async fn dead_letters_retry_resends_rows_that_now_pass_and_purge_empties_the_tab
     assert_eq!(env.run("people").await.counts.rows_rejected, 1);
     env.sim.clear_rejections();
     let out = env.cli_output(&["dead-letters", "retry", "people"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("0 dead letters left"),
         "{}",

@@ -1,14 +1,15 @@
 //! Crash safety through the real binary: SIGKILL at three points, SIGTERM with a grace period.
+//!
+//! Kill and stop points are counts of delivered operations, never times: the simulator holds
+//! requests from the chosen count on, the test waits until the child is stuck there, acts, and
+//! then lets the held requests go (as a real server would still apply what it had received).
 
-use std::collections::HashSet;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
-use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::Child;
 
-use cio_sync::simulator::Faults;
-
-use crate::faults::expected_event_ids;
 use crate::helpers::*;
 
 fn spawn(env: &TestEnv, job: &str) -> Child {
@@ -20,17 +21,13 @@ fn spawn(env: &TestEnv, job: &str) -> Child {
         .expect("spawn cio-sync")
 }
 
-/// Waits until the simulator holds at least `n` operations, then SIGKILLs the child.
-async fn kill_after(env: &TestEnv, child: &mut Child, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while env.sim.operation_count() < n {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the run ended ({status}) before {n} operations arrived");
-        }
-        assert!(Instant::now() < deadline, "no progress to {n} operations");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+/// Runs `job` until `n` operations have arrived in all, then SIGKILLs it while rows remain.
+async fn run_and_kill_at(env: &TestEnv, job: &str, n: usize) {
+    env.sim.hold_from(n);
+    let mut child = spawn(env, job);
+    wait_until_held(env, &mut child, n).await;
     child.kill().await.expect("SIGKILL");
+    env.sim.release();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,26 +39,14 @@ async fn runs_killed_at_three_points_then_restarted_deliver_every_row_and_each_e
     env.write_data("people.csv", &people_csv(N));
     env.write_job("orders", ORDERS_JOB);
     env.write_job("people", PEOPLE_JOB);
-    // Slow enough that the kills land mid-run.
-    env.sim.set_faults(Faults {
-        latency: Duration::from_millis(15),
-        ..Faults::default()
-    });
 
     for job in ["orders", "people"] {
         let base = env.sim.operation_count();
         for at in [3_000, 9_000, 15_000] {
-            let mut child = spawn(&env, job);
-            kill_after(&env, &mut child, base + at).await;
+            run_and_kill_at(&env, job, base + at).await;
         }
         let out = env.cli_output(&["run", job]).await;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        assert_exit(&out, 0);
         assert!(
             stdout(&out).contains("resumed after row"),
             "the last run resumed: {}",
@@ -70,18 +55,13 @@ async fn runs_killed_at_three_points_then_restarted_deliver_every_row_and_each_e
     }
 
     let ops = env.sim.operations();
-    let events: Vec<String> = ops.iter().filter_map(|o| o.event_id.clone()).collect();
-    assert_eq!(events.len(), N, "each event accepted exactly once");
-    assert_eq!(
-        events.into_iter().collect::<HashSet<_>>(),
-        expected_event_ids(N)
-    );
-    let people: HashSet<String> = ops
+    assert_each_event_once(&ops, &expected_event_ids(N));
+    let identified: Vec<_> = ops
         .iter()
         .filter(|o| o.action == "identify")
-        .map(|o| o.identifiers["id"].clone())
+        .cloned()
         .collect();
-    assert_eq!(people.len(), N, "every person arrived");
+    assert_eq!(ids_of(&identified).len(), N, "every person arrived");
     // Re-sends are bounded by what was in flight (and not yet checkpointed) at each kill.
     let resent_events = env.sim.duplicate_events().len();
     let identifies = ops.iter().filter(|o| o.action == "identify").count();
@@ -107,28 +87,41 @@ async fn sigterm_stops_reading_finishes_in_flight_requests_and_writes_the_checkp
     env.write_config("track: { concurrency: 2, batch: { max_items: 50, max_bytes: 480000 } }\nshutdown: { grace_secs: 30 }\n");
     env.write_data("orders.csv", &orders_csv(N));
     env.write_job("orders", ORDERS_JOB);
-    env.sim.set_faults(Faults {
-        latency: Duration::from_millis(30),
-        ..Faults::default()
+    env.sim.hold_from(1_000);
+    let mut child = spawn(&env, "orders");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr_lines = child.stderr.take().expect("piped stderr");
+    let log_writer = log.clone();
+    let copying = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr_lines).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut log = log_writer.lock().unwrap_or_else(|p| p.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
     });
-    let child = spawn(&env, "orders");
-    while env.sim.operation_count() < 1_000 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_until_held(&env, &mut child, 1_000).await;
     let pid = child.id().expect("pid").to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .expect("kill");
     assert!(status.success());
+    // Only once the run has stopped reading may its held requests finish.
+    let logged = |needle: &str| {
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(needle)
+    };
+    wait_for(&mut child, "the run to log \"Stop requested\"", || {
+        logged("Stop requested")
+    })
+    .await;
+    env.sim.release();
     let out = child.wait_with_output().await.expect("wait");
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    copying.await.expect("stderr copied");
+    let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(out.status.code(), Some(130), "{}{log}", stdout(&out),);
     assert!(
         stdout(&out).contains("orders: interrupted"),
         "{}",
@@ -148,7 +141,7 @@ async fn sigterm_stops_reading_finishes_in_flight_requests_and_writes_the_checkp
     );
 
     let out = env.cli_output(&["run", "orders"]).await;
-    assert_eq!(out.status.code(), Some(0));
+    assert_exit(&out, 0);
     assert_eq!(env.sim.operation_count(), N);
     assert!(
         env.sim.duplicate_events().is_empty(),

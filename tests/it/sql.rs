@@ -10,17 +10,16 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cio_sync::config::DatabaseUrl;
-use cio_sync::config::raw::{CursorSection, SqlSection};
+use cio_sync::config::{SqlCursor as CursorSection, SqlSource as SqlSection};
 use cio_sync::source::{Checkpoint, SourceError, SourceRow, SourceStream, Value, sql};
 use cio_sync::state::Outcome;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::TestEnv;
+use crate::helpers::{TestEnv, assert_exit, wait_until_held};
+use cio_sync::testing::{Server, TestDb as ServerDb};
 
 const JOB: &str = "crm_people";
-const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -87,33 +86,13 @@ mod a_lost_connection_is_retried_without_skipping_or_repeating_rows {
 // Databases
 // ---------------------------------------------------------------------------------------------
 
-fn server_url(kind: Kind) -> String {
-    let (var, default) = match kind {
-        Kind::Pg => ("CIO_SYNC_TEST_PG", PG_DEFAULT),
-        Kind::Maria => ("CIO_SYNC_TEST_MYSQL", MYSQL_DEFAULT),
+/// The server a kind runs on (SQLite has none).
+fn server(kind: Kind) -> Server {
+    match kind {
+        Kind::Pg => Server::Postgres,
+        Kind::Maria => Server::MariaDb,
         Kind::Lite => unreachable!("SQLite needs no server"),
-    };
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-/// `base` with its database name replaced by `name`.
-fn with_database(base: &str, name: &str) -> String {
-    let (head, query) = base
-        .split_once('?')
-        .map_or((base, None), |(h, q)| (h, Some(q)));
-    let host_start = head.find("://").map_or(0, |i| i + 3);
-    let host_end = head[host_start..]
-        .find('/')
-        .map_or(head.len(), |i| host_start + i);
-    let mut url = format!("{}/{name}", &head[..host_end]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
     }
-    url
 }
 
 /// A fresh database for one test.
@@ -121,6 +100,9 @@ struct TestDb {
     kind: Kind,
     url: String,
     name: String,
+    /// The server database, dropped when a test passes and kept when it fails.
+    _server: Option<ServerDb>,
+    /// The SQLite file's folder.
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -132,36 +114,23 @@ enum Conn {
 
 #[track_caller]
 fn server_missing(kind: Kind, url: &str, e: sqlx::Error) -> ! {
-    let var = if kind == Kind::Pg {
-        "CIO_SYNC_TEST_PG"
-    } else {
-        "CIO_SYNC_TEST_MYSQL"
-    };
     panic!(
-        "{kind:?} is not reachable at {url}: {e}. These tests need the real server: start it, or set {var} to its URL"
+        "{kind:?} is not reachable at {}: {e}. These tests need the real server: start it, or set {} to its URL",
+        cio_sync::testing::masked(url),
+        server(kind).env_var()
     )
 }
 
 impl TestDb {
     async fn new(kind: Kind) -> TestDb {
-        let name = format!(
-            "cio_test_{}",
-            ulid::Ulid::generate().to_string().to_lowercase()
-        );
         match kind {
             Kind::Pg | Kind::Maria => {
-                let server = server_url(kind);
-                let admin = TestDb {
-                    kind,
-                    url: server.clone(),
-                    name: String::new(),
-                    _dir: None,
-                };
-                admin.exec(&format!("CREATE DATABASE {name}")).await;
+                let db = ServerDb::create(server(kind)).await;
                 TestDb {
                     kind,
-                    url: with_database(&server, &name),
-                    name,
+                    url: db.url().to_string(),
+                    name: db.name().to_string(),
+                    _server: Some(db),
                     _dir: None,
                 }
             }
@@ -180,10 +149,22 @@ impl TestDb {
                 TestDb {
                     kind,
                     url: format!("sqlite://{}", path.display()),
-                    name,
+                    name: String::new(),
+                    _server: None,
                     _dir: Some(dir),
                 }
             }
+        }
+    }
+
+    /// The server's own database, for statements about a test database.
+    fn admin(kind: Kind) -> TestDb {
+        TestDb {
+            kind,
+            url: server(kind).url(),
+            name: String::new(),
+            _server: None,
+            _dir: None,
         }
     }
 
@@ -231,38 +212,6 @@ impl TestDb {
         r.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    /// Drops the database (forcibly: the source's pool may still hold connections).
-    async fn remove(self) {
-        let admin = TestDb {
-            kind: self.kind,
-            url: String::new(),
-            name: String::new(),
-            _dir: None,
-        };
-        match self.kind {
-            Kind::Pg => {
-                TestDb {
-                    url: server_url(Kind::Pg),
-                    ..admin
-                }
-                .exec(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-                .await
-            }
-            Kind::Maria => {
-                TestDb {
-                    url: server_url(Kind::Maria),
-                    ..admin
-                }
-                .exec(&format!("DROP DATABASE IF EXISTS {}", self.name))
-                .await
-            }
-            Kind::Lite => {}
-        }
-    }
-
     fn section(&self, query: &str, cursor: Option<(&str, &str)>, batch_rows: u32) -> SqlSection {
         SqlSection {
             url: DatabaseUrl::new(self.url.clone()),
@@ -272,7 +221,7 @@ impl TestDb {
                 tiebreak: t.to_string(),
             }),
             batch_rows,
-            connect_timeout_secs: 5,
+            connect_timeout: std::time::Duration::from_secs(5),
         }
     }
 
@@ -495,7 +444,6 @@ async fn types_read_exactly(kind: Kind) {
         };
         assert_eq!(nulls[i], want, "column {name} of the NULL row");
     }
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,7 +540,6 @@ async fn full_read_streams_in_order(kind: Kind) {
     );
     let (_, fresh) = read(&other, Some(&checkpoint(&s.identity, &settled, false))).await;
     assert_eq!(fresh.len(), N as usize);
-    db.remove().await;
 }
 
 async fn incremental_picks_up_changes(kind: Kind) {
@@ -673,7 +620,6 @@ async fn incremental_picks_up_changes(kind: Kind) {
     );
     let (_, all) = read(&by_id, Some(&done)).await;
     assert_eq!(all.len(), 1005);
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -728,7 +674,6 @@ async fn ties_across_chunks(kind: Kind) {
     assert_eq!(col(&rest, 0), expected[170..]);
     assert_eq!(rest[0].line, 171);
     assert_eq!(rest[0].row_ref, format!("tb={}", expected[170]));
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -872,7 +817,6 @@ async fn every_cursor_type_pages_exactly(kind: Kind) {
             "cursor type {ty}: a completed read has nothing new"
         );
     }
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -994,7 +938,6 @@ async fn bad_rows_are_row_errors(kind: Kind) {
     let after_2 = rows.iter().find(|r| r.row_ref == "id=2").expect("row id=2");
     let (_, rest) = read(&cfg, Some(&checkpoint(&identity, after_2, false))).await;
     assert_eq!(col(&rest, 0), ["4"]);
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1094,7 +1037,6 @@ async fn unsupported_types_are_named(kind: Kind) {
         );
         assert_eq!(values(&rows[2])[1], Value::Int(3));
     }
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1145,7 +1087,7 @@ async fn errors_name_job_and_database_message(kind: Kind) {
     };
     let cfg = SqlSection {
         url: DatabaseUrl::new(unreachable),
-        connect_timeout_secs: 3,
+        connect_timeout: std::time::Duration::from_secs(3),
         ..db.section("SELECT 1 AS one", None, 100)
     };
     for e in [
@@ -1225,7 +1167,9 @@ async fn errors_name_job_and_database_message(kind: Kind) {
         .await;
         let mut ok = 0;
         let err = loop {
-            match s.rows.recv().await {
+            let row = tokio::time::timeout(crate::helpers::WAIT, s.rows.recv()).await;
+            match row.expect("the stream neither ended nor failed: waited for the division by zero")
+            {
                 Some(Ok(_)) => ok += 1,
                 Some(Err(e)) => break e,
                 None => panic!("the stream ended without the error"),
@@ -1234,7 +1178,6 @@ async fn errors_name_job_and_database_message(kind: Kind) {
         assert_eq!(ok, 2);
         assert_database_error(&err, &["division by zero", "after 2 rows"]);
     }
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1243,12 +1186,7 @@ async fn errors_name_job_and_database_message(kind: Kind) {
 
 /// Kills the server side of every busy connection to the test database; how many.
 async fn kill_connections(db: &TestDb) -> usize {
-    let admin = TestDb {
-        kind: db.kind,
-        url: server_url(db.kind),
-        name: String::new(),
-        _dir: None,
-    };
+    let admin = TestDb::admin(db.kind);
     match db.kind {
         Kind::Pg => admin
             .texts(&format!(
@@ -1291,18 +1229,21 @@ async fn lost_connection_is_retried(kind: Kind, incremental: bool) {
     for _ in 0..10 {
         ids.push(int(&values(&next(&mut s).await.expect("a row"))[0]));
     }
-    // Let the reader fill the channel and block, mid-query, then cut its connection.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        kill_connections(&db).await >= 1,
-        "the reader's connection was killed"
-    );
+    // The reader fills the channel and blocks mid-query (it is never done: nothing is
+    // consumed); cut its connection as soon as the server shows it busy.
+    let deadline = std::time::Instant::now() + crate::helpers::WAIT;
+    while kill_connections(&db).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for the reader's query to be running on the server, to kill it"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     while let Some(row) = next(&mut s).await {
         ids.push(int(&values(&row)[0]));
         assert_eq!(row.line, ids.len() as u64);
     }
     assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "every row once, in order");
-    db.remove().await;
 }
 
 mod a_cancelled_read_stops_promptly_and_the_next_read_starts_cleanly {
@@ -1342,12 +1283,34 @@ async fn cancelled_read_stops(kind: Kind) {
         "the read stopped early ({} more rows)",
         rest.len()
     );
-    // The same pool serves the next read at once, from the first row.
-    let started = std::time::Instant::now();
+
+    // A read cancelled mid-result must not hand its connection back to the shared pool:
+    // testing it on return drains the rest of the result first, and a result that never ends
+    // keeps that connection busy for good. Cancel as many endless reads (same URL, so the same
+    // pool) as the pool has connections; the next read must still get one.
+    let endless = match kind {
+        Kind::Pg => "SELECT generate_series(1, 1000000000000) AS id",
+        Kind::Maria => "SELECT CAST(seq AS SIGNED) AS id FROM seq_1_to_1000000000000",
+        Kind::Lite => {
+            "WITH RECURSIVE n(id) AS (SELECT 1 UNION ALL SELECT id + 1 FROM n) SELECT id FROM n"
+        }
+    };
+    for _ in 0..2 {
+        let cancel = CancellationToken::new();
+        let mut s = sql::open(&db.section(endless, None, 100), JOB, None, cancel.clone())
+            .await
+            .expect("open the endless read");
+        for _ in 0..10 {
+            next(&mut s).await.expect("a row of the endless read");
+        }
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), drain(&mut s))
+            .await
+            .expect("the endless stream ends after a cancel");
+    }
+    // The same pool serves the next read, from the first row.
     let (_, all) = read(&cfg, None).await;
     assert_eq!(all.len(), 50_000);
-    assert!(started.elapsed() < Duration::from_secs(30));
-    db.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1429,7 +1392,6 @@ async fn sql_job_through_the_pipeline(kind: Kind) {
         .expect("customer 7");
     assert_eq!(seven.attributes["email"], "new@example.com");
     assert_eq!(seven.attributes["updated"], 1_704_153_600);
-    db.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1451,13 +1413,7 @@ async fn validate_connect_probes_each_sql_query_and_names_the_job_and_the_databa
         ),
     );
     let out = env.cli_output(&["validate", "--connect"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        crate::helpers::stdout(&out),
-        crate::helpers::stderr(&out)
-    );
+    assert_exit(&out, 0);
 
     env.write_job(
         "typo",
@@ -1483,7 +1439,6 @@ async fn validate_connect_probes_each_sql_query_and_names_the_job_and_the_databa
         "{err}"
     );
     assert!(!err.contains("job `good`"), "{err}");
-    db.remove().await;
 }
 
 /// The real binary reading an incremental SQL job, SIGKILLed twice mid-run and restarted:
@@ -1502,40 +1457,24 @@ async fn killed_sql_job_resumes(kind: Kind) {
             db.url
         ),
     );
-    env.sim.set_faults(cio_sync::simulator::Faults {
-        latency: std::time::Duration::from_millis(10),
-        ..Default::default()
-    });
     for at in [5_000, 12_000] {
+        // The kill lands while rows remain: from `at` operations on, the simulator holds
+        // requests until the child is dead.
+        env.sim.hold_from(at);
         let mut child = tokio::process::Command::from(env.cli())
             .args(["run", "crm"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn cio-sync");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while env.sim.operation_count() < at {
-            assert!(
-                child.try_wait().ok().flatten().is_none(),
-                "the run ended before {at} operations"
-            );
-            assert!(std::time::Instant::now() < deadline, "no progress to {at}");
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+        wait_until_held(&env, &mut child, at).await;
         child.kill().await.expect("SIGKILL");
+        env.sim.release();
     }
     let out = env.cli_output(&["run", "crm"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let ops = env.sim.operations();
-    let ids: std::collections::HashSet<&str> =
-        ops.iter().map(|o| o.identifiers["id"].as_str()).collect();
-    assert_eq!(ids.len(), N, "every row arrived");
+    assert_eq!(crate::helpers::ids_of(&ops).len(), N, "every row arrived");
     // At most the batches in flight (4) and the one being acknowledged, per kill.
     assert!(ops.len() <= N + 2 * 5 * 100, "{} identify calls", ops.len());
-    db.remove().await;
 }

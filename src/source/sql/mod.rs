@@ -111,7 +111,7 @@ use tracing::Instrument;
 use self::plan::{Backend, BadCheckpoint, CursorPlan, Start};
 use self::pool::Db;
 use self::read::{ColumnInfo, Conn, Reader};
-use crate::config::raw::SqlSection;
+use crate::config::SqlSource as SqlSection;
 use crate::source::error::SourceError;
 use crate::source::row::{Checkpoint, ROW_CHANNEL, SourceStream};
 
@@ -282,7 +282,7 @@ mod tests {
             query: "SELECT id FROM people".into(),
             cursor: None,
             batch_rows: 100,
-            connect_timeout_secs: 5,
+            connect_timeout: std::time::Duration::from_secs(5),
         };
         let source = open(&cfg, "orders", None, CancellationToken::new())
             .await

@@ -17,7 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{ConnectOptions, Connection};
 
 use super::plan::Backend;
-use crate::config::raw::SqlSection;
+use crate::config::SqlSource as SqlSection;
 use crate::source::error::SourceError;
 
 /// The next step after a connection problem with a database server.
@@ -85,7 +85,7 @@ pub async fn connect(cfg: &SqlSection, backend: Backend) -> Result<Db, SourceErr
     if let Some(db) = cached(url) {
         return Ok(db);
     }
-    let timeout = Duration::from_secs(cfg.connect_timeout_secs.max(1));
+    let timeout = cfg.connect_timeout.max(Duration::from_secs(1));
     let fail = |message: String| SourceError::Database {
         describe: cfg.url.masked(),
         message,
@@ -253,7 +253,7 @@ mod tests {
             query: "SELECT 1".into(),
             cursor: None,
             batch_rows: 100,
-            connect_timeout_secs,
+            connect_timeout: Duration::from_secs(connect_timeout_secs),
         }
     }
 

@@ -1,87 +1,21 @@
 //! Pull jobs end to end: the real runner against the in-process simulator, writing to SQLite
 //! (a file in a temp dir) and to the real PostgreSQL server (`CIO_SYNC_TEST_PG`, default
-//! `postgres://postgres@127.0.0.1:5432/test`; a fresh database per test, dropped after). A
-//! missing PostgreSQL server fails the test: it is never skipped.
+//! `postgres://postgres@127.0.0.1:5432/test`; a fresh database per test, dropped after a pass
+//! and kept after a failure). A missing PostgreSQL server fails the test: it is never skipped.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use cio_sync::config::{self, Config, JobSpec};
+use cio_sync::config::{Config, JobSpec};
 use cio_sync::pipeline::{RunMode, RunReport, StopSignal};
 use cio_sync::pull::period;
 use cio_sync::runner::Runner;
-use cio_sync::simulator::{Api, AppFault, Faults, Member, SimConfig, Simulator};
+use cio_sync::simulator::{Api, AppFault, Faults, Member};
 use cio_sync::state::Outcome;
 use serde_json::{Value, json};
-use sqlx::{AnyPool, Connection, Row};
+use sqlx::{AnyPool, Row};
 
-const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-/// A PostgreSQL database made for one test and dropped when the test ends (even by a panic).
-struct PgDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl PgDb {
-    async fn create() -> PgDb {
-        let admin = std::env::var("CIO_SYNC_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.to_string());
-        let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for this test and is not reachable at {admin} ({e}); start it or set CIO_SYNC_TEST_PG")
-        });
-        let name = format!(
-            "cio_pull_{}",
-            ulid::Ulid::generate().to_string().to_lowercase()
-        );
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("CREATE DATABASE");
-        conn.close().await.ok();
-        let base = admin.split('?').next().unwrap_or(&admin);
-        let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
-        let host_end = base[authority_start..]
-            .find('/')
-            .map(|i| authority_start + i)
-            .unwrap_or(base.len());
-        let url = format!("{}/{name}", &base[..host_end]);
-        PgDb { admin, name, url }
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop runs outside any async context we could await in: use a runtime of its own.
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let mut conn = sqlx::postgres::PgConnection::connect(&admin).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("could not drop the test database {}: {done:?}", self.name);
-        }
-    }
-}
+use crate::helpers::{StateDb, TestEnv};
 
 /// Settings knobs a test changes.
 struct Opts {
@@ -100,80 +34,28 @@ impl Default for Opts {
     }
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    sim: Simulator,
-    state_url: String,
-    _pg: Option<PgDb>,
-}
-
-impl Env {
-    async fn new(db: Db) -> Env {
-        init_logs();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sim = Simulator::start(SimConfig::default())
-            .await
-            .expect("simulator");
-        let (state_url, pg) = match db {
-            Db::Sqlite => (
-                format!("sqlite://{}", dir.path().join("state.db").display()),
-                None,
-            ),
-            Db::Postgres => {
-                let pg = PgDb::create().await;
-                (pg.url.clone(), Some(pg))
-            }
-        };
-        Env {
-            dir,
-            sim,
-            state_url,
-            _pg: pg,
-        }
-    }
-
-    /// Writes config.yaml and `jobs/<job>.yaml`, and loads them as the daemon would.
-    fn config(&self, job: &str, job_yaml: &str, opts: &Opts) -> (Config, JobSpec) {
-        let jobs = self.dir.path().join("jobs");
-        std::fs::create_dir_all(&jobs).expect("jobs dir");
-        let config_path = self.dir.path().join("config.yaml");
-        std::fs::write(
-            &config_path,
-            format!(
-                "state:\n  url: \"{state}\"\n\
-                 customerio:\n  region: us\n  app_api_key: \"${{CIO_APP_API_KEY}}\"\n  app_url: \"{url}\"\n  track_url: \"{url}\"\n\
-                 app:\n  rate_limit_per_sec: {rate}\n  timeout_secs: 10\n\
-                 retry:\n  max_attempts: {attempts}\n  base_delay_ms: 20\n  max_wait_secs: 5\n  max_total_wait_secs: 60\n",
-                state = self.state_url,
-                url = self.sim.url(),
-                rate = opts.app_rate,
-                attempts = opts.max_attempts,
-            ),
-        )
-        .expect("config.yaml");
-        std::fs::write(jobs.join(format!("{job}.yaml")), job_yaml).expect("job file");
-        let key = opts.app_key.to_string();
-        let cfg = config::load(&config_path, &|name| {
-            (name == "CIO_APP_API_KEY").then(|| key.clone())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        let spec = cfg.job(job).expect("job loaded").clone();
-        (cfg, spec)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-/// Logs to stderr only when `TEST_LOG` is set (e.g. `TEST_LOG=cio_sync=debug`).
-fn init_logs() {
-    if let Ok(filter) = std::env::var("TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    }
+/// Writes config.yaml (App settings only) and `jobs/<job>.yaml`, and loads them as the daemon
+/// would.
+fn load_job(env: &TestEnv, job: &str, job_yaml: &str, opts: &Opts) -> (Config, JobSpec) {
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "state:\n  url: \"{state}\"\n\
+             customerio:\n  region: us\n  app_api_key: \"${{CIO_APP_API_KEY}}\"\n  app_url: \"{url}\"\n  track_url: \"{url}\"\n\
+             app:\n  rate_limit_per_sec: {rate}\n  timeout_secs: 10\n\
+             retry:\n  max_attempts: {attempts}\n  base_delay_ms: 20\n  max_wait_secs: 5\n  max_total_wait_secs: 60\n",
+            state = env.state_url(),
+            url = env.sim.url(),
+            rate = opts.app_rate,
+            attempts = opts.max_attempts,
+        ),
+    )
+    .expect("config.yaml");
+    env.write_job(job, job_yaml);
+    let key = opts.app_key.to_string();
+    let cfg = env.load_with(&|name| (name == "CIO_APP_API_KEY").then(|| key.clone()));
+    let spec = cfg.job(job).expect("job loaded").clone();
+    (cfg, spec)
 }
 
 async fn run(runner: &Runner, job: &JobSpec) -> RunReport {
@@ -420,7 +302,7 @@ fn expected_metrics(
     for (metric, values) in series {
         let tail = &values[values.len() - (steps + 1).min(values.len())..];
         let starts =
-            period::series_starts(now, cio_sync::config::raw::MetricsPeriod::Days, tail.len())
+            period::series_starts(now, cio_sync::config::MetricsPeriod::Days, tail.len())
                 .unwrap();
         for (start, v) in starts.into_iter().zip(tail) {
             rows.push((
@@ -452,8 +334,8 @@ async fn run_record(runner: &Runner, job: &str, run_id: &str) -> cio_sync::state
 
 const FULL_JOB: &str = "pull:\n  segments: true\n  segment_membership: all\n  campaigns: true\n  campaign_metrics:\n    period: days\n    steps: 3\n  page_size: 30000\n";
 
-async fn a_pull_writes_every_table_exactly(db: Db) {
-    let env = Env::new(db).await;
+async fn a_pull_writes_every_table_exactly(db: StateDb) {
+    let env = TestEnv::with_state(db).await;
     let seg7 = segment(7, "Big dynamic", json!(["vip", "eu"]));
     let seg8 = segment(8, "Small manual", Value::Null);
     let seg9 = segment(9, "Empty", json!([]));
@@ -484,7 +366,7 @@ async fn a_pull_writes_every_table_exactly(db: Db) {
         retry_after_secs: 1,
     });
 
-    let (cfg, job) = env.config("pulled", FULL_JOB, &Opts::default());
+    let (cfg, job) = load_job(&env, "pulled", FULL_JOB, &Opts::default());
     let runner = Runner::new(cfg.settings.clone()).await.expect("runner");
     let before = chrono::Utc::now();
     let t = std::time::Instant::now();
@@ -562,23 +444,23 @@ async fn a_pull_writes_every_table_exactly(db: Db) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pull_writes_every_table_exactly_on_sqlite() {
-    a_pull_writes_every_table_exactly(Db::Sqlite).await;
+    a_pull_writes_every_table_exactly(StateDb::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pull_writes_every_table_exactly_on_postgres() {
-    a_pull_writes_every_table_exactly(Db::Postgres).await;
+    a_pull_writes_every_table_exactly(StateDb::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 
-async fn a_failed_last_page_keeps_the_previous_membership(db: Db) {
-    let env = Env::new(db).await;
+async fn a_failed_last_page_keeps_the_previous_membership(db: StateDb) {
+    let env = TestEnv::with_state(db).await;
     env.sim.set_segments(vec![segment(7, "Seven", Value::Null)]);
     let old = members("old", 2_500);
     env.sim.set_membership(7, old.clone());
     let job_yaml = "pull:\n  segment_membership: [7]\n  page_size: 1000\n";
-    let (cfg, job) = env.config("members", job_yaml, &Opts::default());
+    let (cfg, job) = load_job(&env, "members", job_yaml, &Opts::default());
     let runner = Runner::new(cfg.settings.clone()).await.expect("runner");
     let first = run(&runner, &job).await;
     assert_eq!(first.outcome, Outcome::Succeeded, "{first:?}");
@@ -635,18 +517,18 @@ async fn a_failed_last_page_keeps_the_previous_membership(db: Db) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_last_page_keeps_the_previous_membership_on_sqlite() {
-    a_failed_last_page_keeps_the_previous_membership(Db::Sqlite).await;
+    a_failed_last_page_keeps_the_previous_membership(StateDb::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_last_page_keeps_the_previous_membership_on_postgres() {
-    a_failed_last_page_keeps_the_previous_membership(Db::Postgres).await;
+    a_failed_last_page_keeps_the_previous_membership(StateDb::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 
-async fn removed_segments_and_campaigns_are_marked_deleted(db: Db) {
-    let env = Env::new(db).await;
+async fn removed_segments_and_campaigns_are_marked_deleted(db: StateDb) {
+    let env = TestEnv::with_state(db).await;
     let (seg7, seg8) = (
         segment(7, "Seven", json!(["a"])),
         segment(8, "Eight", Value::Null),
@@ -660,7 +542,7 @@ async fn removed_segments_and_campaigns_are_marked_deleted(db: Db) {
     env.sim.set_membership(8, members("e", 2));
     env.sim.set_campaigns(vec![camp5.clone(), camp6.clone()]);
     let job_yaml = "pull:\n  segments: true\n  segment_membership: all\n  campaigns: true\n";
-    let (cfg, job) = env.config("catalog", job_yaml, &Opts::default());
+    let (cfg, job) = load_job(&env, "catalog", job_yaml, &Opts::default());
     let runner = Runner::new(cfg.settings.clone()).await.expect("runner");
     let pool = runner.state.pool();
     let first = run(&runner, &job).await;
@@ -727,19 +609,19 @@ async fn removed_segments_and_campaigns_are_marked_deleted(db: Db) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removed_segments_and_campaigns_are_marked_deleted_on_sqlite() {
-    removed_segments_and_campaigns_are_marked_deleted(Db::Sqlite).await;
+    removed_segments_and_campaigns_are_marked_deleted(StateDb::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removed_segments_and_campaigns_are_marked_deleted_on_postgres() {
-    removed_segments_and_campaigns_are_marked_deleted(Db::Postgres).await;
+    removed_segments_and_campaigns_are_marked_deleted(StateDb::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_app_rate_limit_holds_the_observed_request_rate() {
-    let env = Env::new(Db::Sqlite).await;
+    let env = TestEnv::with_state(StateDb::Sqlite).await;
     // The simulator enforces the same 5/s: any excess would show up as a 429.
     env.sim.set_faults(Faults {
         rate_limit_per_sec: Some(5),
@@ -751,7 +633,8 @@ async fn the_app_rate_limit_holds_the_observed_request_rate() {
             .collect(),
     );
     let job_yaml = "pull:\n  segments: true\n  segment_membership: all\n";
-    let (cfg, job) = env.config(
+    let (cfg, job) = load_job(
+        &env,
         "rate",
         job_yaml,
         &Opts {
@@ -796,9 +679,10 @@ async fn the_app_rate_limit_holds_the_observed_request_rate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_app_key_fails_the_run_and_names_cio_app_api_key() {
-    let env = Env::new(Db::Sqlite).await;
+    let env = TestEnv::with_state(StateDb::Sqlite).await;
     env.sim.set_segments(vec![segment(7, "Seven", Value::Null)]);
-    let (cfg, job) = env.config(
+    let (cfg, job) = load_job(
+        &env,
         "badkey",
         "pull:\n  segments: true\n",
         &Opts {
@@ -821,12 +705,12 @@ async fn a_refused_app_key_fails_the_run_and_names_cio_app_api_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listed_segment_that_is_gone_ends_with_no_members_and_into_writes_elsewhere() {
-    let env = Env::new(Db::Sqlite).await;
+    let env = TestEnv::with_state(StateDb::Sqlite).await;
     env.sim.set_segments(vec![segment(7, "Seven", Value::Null)]);
     env.sim.set_membership(7, members("m", 5));
-    let target = format!("sqlite://{}", env.path("pulled.db").display());
+    let target = format!("sqlite://{}", env.path().join("pulled.db").display());
     let job_yaml = format!("pull:\n  segment_membership: [7, 99]\n  into: \"{target}\"\n");
-    let (cfg, job) = env.config("gone", &job_yaml, &Opts::default());
+    let (cfg, job) = load_job(&env, "gone", &job_yaml, &Opts::default());
     let runner = Runner::new(cfg.settings.clone()).await.expect("runner");
     let report = run(&runner, &job).await;
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
@@ -855,7 +739,7 @@ async fn a_listed_segment_that_is_gone_ends_with_no_members_and_into_writes_else
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_fetches_and_counts_but_writes_nothing() {
-    let env = Env::new(Db::Sqlite).await;
+    let env = TestEnv::with_state(StateDb::Sqlite).await;
     env.sim.set_segments(vec![
         segment(7, "Seven", Value::Null),
         segment(8, "Eight", Value::Null),
@@ -866,7 +750,7 @@ async fn a_dry_run_fetches_and_counts_but_writes_nothing() {
     env.sim
         .set_campaign_metrics(5, [("sent".to_string(), vec![1, 2, 3, 4, 5])].into());
     let job_yaml = "pull:\n  segments: true\n  segment_membership: all\n  campaigns: true\n  campaign_metrics:\n    steps: 2\n  page_size: 1000\n";
-    let (cfg, job) = env.config("dry", job_yaml, &Opts::default());
+    let (cfg, job) = load_job(&env, "dry", job_yaml, &Opts::default());
     let cio_sync::config::JobKind::Pull(pull) = &job.kind else {
         panic!("a pull job")
     };
@@ -881,7 +765,7 @@ async fn a_dry_run_fetches_and_counts_but_writes_nothing() {
     assert_eq!(json["metric_points"], 3);
     assert_eq!(json["requests"], 1 + 3 + 1 + 1 + 1);
     assert!(
-        !env.path("state.db").exists(),
+        !env.path().join("state.db").exists(),
         "a dry run opens no database"
     );
 }

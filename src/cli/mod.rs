@@ -1,0 +1,771 @@
+//! The command line: arguments, dispatch, and the one exit point.
+//!
+//! Owns: clap definitions, logging setup, what each command does in order, and turning every
+//! outcome into a documented exit code (`exit.rs`). anyhow lives here and in `main.rs` only.
+//! Printing (summaries, tables, `--json`) is `output.rs`, shared with the demo.
+//! Must not: hold pipeline logic or I/O checks; it calls `runner`, `preflight`, `state`,
+//! `simulator`.
+
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config, JobKind, JobSpec};
+use crate::exit;
+use crate::pipeline::{RunMode, StopSignal};
+use crate::runner::{Runner, RunnerError};
+use crate::state::{Outcome, StateStore};
+use output::{count, print_report, problems_found, say};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cio-sync",
+    version,
+    about = "Scheduled batch syncs between your data and Customer.io"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The daemon's settings; jobs are read from its `jobs_dir`.
+    #[arg(
+        long,
+        global = true,
+        env = "CIO_SYNC_CONFIG",
+        default_value = "config.yaml"
+    )]
+    pub config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Use this state database instead of config.yaml's `state.url` (e.g. the demo's).
+    #[arg(long, global = true, env = "CIO_SYNC_STATE")]
+    pub state: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check config.yaml and every job; list every problem. Reads CSV headers and checks the
+    /// state location; no network and nothing written (unless --connect).
+    Validate {
+        /// Also open the state database, check the Track credentials and region, the App key
+        /// (when a pull job exists), and every SQL query's columns.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Run jobs now and print a summary.
+    Run(RunArgs),
+    /// Last runs and checkpoints.
+    Status {
+        /// Print as JSON (times in RFC 3339, like the text).
+        #[arg(long)]
+        json: bool,
+        /// Runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Only this job, in every section.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Rows Customer.io will not get, and why: list, retry or purge them.
+    #[command(args_conflicts_with_subcommands = true)]
+    DeadLetters(DeadLetterArgs),
+    /// Run a local Customer.io simulator (Track and App API) for trying jobs out.
+    ///
+    /// It accepts only the demo credentials: Track API HTTP Basic with site id `demo-site` and
+    /// API key `demo-track-key` (CIO_SITE_ID, CIO_TRACK_API_KEY), App API `Bearer
+    /// demo-app-key` (CIO_APP_API_KEY); anything else is refused with a 401.
+    Simulate {
+        /// Address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:4010")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run every job on its schedule until SIGTERM/SIGINT (the systemd service).
+    Daemon,
+    /// Run the example jobs against an in-process simulator, with embedded SQLite state
+    /// (state/demo.db next to config.yaml unless --state is given).
+    Demo,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Jobs to run (file stems in jobs_dir).
+    pub jobs: Vec<String>,
+    /// Run every job.
+    #[arg(long, conflicts_with = "jobs")]
+    pub all: bool,
+    /// Read, map and validate everything; show what would be sent; send and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Forget the checkpoint and read the input from the start.
+    #[arg(long)]
+    pub full: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// With --dry-run: how many operations and rejections to show.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DeadLetterArgs {
+    #[command(subcommand)]
+    pub action: Option<DeadLetterAction>,
+    /// The job whose dead letters to list.
+    pub job: Option<String>,
+    /// Print as JSON (times in RFC 3339).
+    #[arg(long)]
+    pub json: bool,
+    /// How many dead letters to list (the oldest first).
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterAction {
+    /// Re-read the rows through the job's current mapping and send them again; rows that now
+    /// pass leave the table.
+    Retry {
+        /// The job whose dead letters to send again.
+        job: String,
+    },
+    /// Delete the job's dead letters.
+    Purge {
+        /// The job whose dead letters to delete.
+        job: String,
+    },
+}
+
+/// A mistake in how cio-sync was called (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg))
+}
+
+/// The single exit point: runs the command, prints `cio-sync: <cause chain>` on error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own story; its logs only speak up for problems unless asked.
+    let quiet_default = matches!(cli.command, Command::Demo);
+    init_logging(&cli.global, quiet_default);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cio-sync: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(errors) = e.downcast_ref::<config::ConfigErrors>() {
+                print_problems(errors.0.iter());
+            } else {
+                eprintln!("cio-sync: {e:#}");
+            }
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The documented code for an error that ended a command.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<config::ConfigErrors>().is_some()
+        || e.downcast_ref::<UsageError>().is_some()
+    {
+        exit::CONFIG
+    } else {
+        exit::FAILED
+    }
+}
+
+/// Every problem on its own line, then the one summary wording (`2 problems found`).
+fn print_problems<T: std::fmt::Display>(problems: impl ExactSizeIterator<Item = T>) {
+    let n = problems.len();
+    for p in problems {
+        eprintln!("cio-sync: {p}");
+    }
+    eprintln!("cio-sync: {}", problems_found(n));
+}
+
+/// An error with its causes, each said once (`{:#}` would repeat a cause whose text the
+/// outer message already holds).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cur = c.source();
+    }
+    text
+}
+
+fn init_logging(g: &Global, quiet_default: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = if g.quiet || (quiet_default && g.verbose == 0) {
+        "warn"
+    } else {
+        match g.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    // The scheduler crate logs its own life cycle at INFO ("Uninited", "Job creator
+    // created"): nothing an operator acts on, so below -vv only its warnings pass.
+    let default = if g.verbose >= 2 {
+        default.to_string()
+    } else {
+        format!("{default},tokio_cron_scheduler=warn")
+    };
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // sqlx-postgres logs each URL parameter it does not know *with its value*
+    // (`sslpassword=…`): its URL parser stays silent whatever RUST_LOG says.
+    if let Ok(d) = "sqlx_postgres::options::parse=off".parse() {
+        filter = filter.add_directive(d);
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    // A subscriber is already set only when cio-sync runs inside a test harness that set
+    // one; that one then keeps logging.
+    let _already_set = match g.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load(global: &Global) -> Result<Config> {
+    let mut cfg = config::load(&global.config, &config::process_env)?;
+    if let Some(url) = &global.state {
+        cfg.settings.state_url = config::DatabaseUrl::new(url.clone());
+    }
+    Ok(cfg)
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Validate { connect } => validate(&cli.global, connect).await,
+        Command::Run(args) => run(&cli.global, args).await,
+        Command::Status { json, limit, job } => status(&cli.global, json, limit, job).await,
+        Command::DeadLetters(args) => dead_letters(&cli.global, args).await,
+        Command::Simulate { listen } => simulate(listen).await,
+        Command::Daemon => daemon(&cli.global).await,
+        Command::Demo => crate::demo::run(&cli.global.config, cli.global.state.clone())
+            .await
+            .map_err(|e| match e {
+                // A configuration mistake is exit 2 in the demo too.
+                crate::demo::DemoError::Config(errors) => anyhow::Error::new(errors),
+                other => anyhow::Error::new(other),
+            }),
+    }
+}
+
+async fn validate(global: &Global, connect: bool) -> Result<u8> {
+    let cfg = load(global)?;
+    let report = if connect {
+        crate::preflight::check_connected(&cfg).await
+    } else {
+        crate::preflight::PreflightReport {
+            problems: crate::preflight::check_local(&cfg).await,
+            ..Default::default()
+        }
+    };
+    for line in &report.passed {
+        say!("{line}");
+    }
+    if !report.problems.is_empty() {
+        print_problems(report.problems.iter());
+        return Ok(exit::CONFIG);
+    }
+    say!(
+        "{}: OK ({}: {})",
+        global.config.display(),
+        count(cfg.jobs.len() as u64, "job"),
+        job_names(&cfg)
+    );
+    Ok(exit::OK)
+}
+
+fn select_jobs<'a>(cfg: &'a Config, names: &[String], all: bool) -> Result<Vec<&'a JobSpec>> {
+    if all {
+        return Ok(cfg.jobs.iter().collect());
+    }
+    if names.is_empty() {
+        return Err(usage(format!(
+            "name the jobs to run, or use --all (jobs: {})",
+            job_names(cfg)
+        )));
+    }
+    names
+        .iter()
+        .map(|n| {
+            cfg.job(n).ok_or_else(|| {
+                usage(format!(
+                    "no job named `{n}` in {} (jobs: {})",
+                    cfg.settings.jobs_dir.display(),
+                    job_names(cfg)
+                ))
+            })
+        })
+        .collect()
+}
+
+fn job_names(cfg: &Config) -> String {
+    names_of(cfg.jobs.iter().map(|j| j.name.as_str()))
+}
+
+fn names_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The exit code a finished run earns.
+fn outcome_code(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Succeeded => exit::OK,
+        Outcome::RejectedRows => exit::REJECTED_ROWS,
+        Outcome::Interrupted => exit::INTERRUPTED,
+        _ => exit::FAILED,
+    }
+}
+
+async fn run(global: &Global, args: RunArgs) -> Result<u8> {
+    let cfg = load(global)?;
+    let jobs = select_jobs(&cfg, &args.jobs, args.all)?;
+    if args.dry_run {
+        return dry_run(&cfg, &jobs, &args).await;
+    }
+    let runner = Runner::new(cfg.settings.clone())
+        .await
+        .map_err(|e| anyhow!(chain(&e)))?;
+    let signals = crate::shutdown::listen();
+    let stop = StopSignal::from_signals(&signals, cfg.settings.grace);
+    let mut reports = Vec::new();
+    let mut code = exit::OK;
+    for job in jobs {
+        if signals.stop.is_cancelled() {
+            break;
+        }
+        let stop = stop.clone();
+        match runner
+            .run(job, RunMode::Normal { full: args.full }, stop)
+            .await
+        {
+            Ok(report) => {
+                code = code.max(outcome_code(report.outcome));
+                if !args.json {
+                    print_report(&report);
+                }
+                reports.push(report);
+            }
+            Err(RunnerError::Busy { job, holder }) => {
+                eprintln!("cio-sync: job `{job}` is already running ({holder}); skipped");
+                code = code.max(exit::BUSY);
+            }
+            Err(e) => {
+                eprintln!("cio-sync: {}", chain(&e));
+                code = code.max(exit::FAILED);
+            }
+        }
+    }
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(code)
+}
+
+async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> {
+    let mut reports = Vec::new();
+    let mut code = exit::OK;
+    for job in jobs {
+        match &job.kind {
+            JobKind::Push(push) => {
+                let r = crate::pipeline::dry_run::dry_run(&cfg.settings, job, push, args.limit)
+                    .await
+                    .map_err(|e| anyhow!(e))?;
+                if r.rejected > 0 {
+                    code = code.max(exit::REJECTED_ROWS);
+                }
+                if !args.json {
+                    say!(
+                        "{} (dry run, nothing sent): {} read from {} → {} in {}, {} rejected",
+                        r.job,
+                        count(r.rows_read, "row"),
+                        r.source,
+                        count(r.operations, "operation"),
+                        count(r.requests, "request"),
+                        r.rejected
+                    );
+                    for op in &r.sample_operations {
+                        say!("  would send: {op}");
+                    }
+                    for rej in &r.sample_rejections {
+                        say!("  would reject line {}: {}", rej.line, rej.reason);
+                    }
+                }
+                reports.push(serde_json::to_value(&r)?);
+            }
+            JobKind::Pull(pull) => {
+                let r = crate::pull::dry_run(&cfg.settings, job, pull).await?;
+                if !args.json {
+                    let s = &r.summary;
+                    say!(
+                        "{} (dry run, nothing written to {}): {}, {} of {} in {}, {}, {}; {}",
+                        r.job,
+                        r.target,
+                        count(s.segments, "segment"),
+                        count(s.members, "member"),
+                        count(s.membership_segments, "segment"),
+                        count(s.membership_pages, "page"),
+                        count(s.campaigns, "campaign"),
+                        count(s.metric_points, "metric point"),
+                        count(s.requests, "App API request"),
+                    );
+                    if !s.gone_segments.is_empty() {
+                        say!("  segments that no longer exist: {:?}", s.gone_segments);
+                    }
+                }
+                reports.push(serde_json::to_value(&r)?);
+            }
+        }
+    }
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(code)
+}
+
+/// A stand-in for a `${VAR}` that is not set, where only the state is read: reading it needs
+/// no credentials, and this value is never sent anywhere.
+const UNSET_FOR_STATE: &str = "unset-not-needed-to-read-state";
+
+/// Configuration for commands that only read or tidy the state (`status`, `dead-letters`
+/// list and purge): the Customer.io variables may be unset there. Job files that fail to
+/// load leave `jobs` as `None` (the state can still be read), with the reason.
+struct StateView {
+    settings: config::Settings,
+    jobs: Result<Vec<JobSpec>, usize>,
+}
+
+fn load_for_state(global: &Global) -> Result<StateView> {
+    let settings = tolerating_unset(|env| config::load_settings(&global.config, env), true);
+    let mut settings = settings.map_err(config::ConfigErrors)?;
+    if let Some(url) = &global.state {
+        settings.state_url = config::DatabaseUrl::new(url.clone());
+    }
+    let jobs =
+        tolerating_unset(|env| config::load_jobs(&settings, env), false).map_err(|e| e.len());
+    Ok(StateView { settings, jobs })
+}
+
+/// Loads with the process environment; when the only errors are unset variables (outside
+/// `state`, when `spare_state`), loads again with a stand-in for exactly those variables, so
+/// `${VAR:-default}` keeps its default.
+fn tolerating_unset<T>(
+    load: impl Fn(config::EnvLookup<'_>) -> Result<T, Vec<config::ConfigError>>,
+    spare_state: bool,
+) -> Result<T, Vec<config::ConfigError>> {
+    match load(&config::process_env) {
+        Err(errors)
+            if errors
+                .iter()
+                .all(|e| e.unset_var.is_some() && !(spare_state && e.key.starts_with("state"))) =>
+        {
+            let unset: std::collections::BTreeSet<String> =
+                errors.into_iter().filter_map(|e| e.unset_var).collect();
+            load(&|n: &str| {
+                config::process_env(n)
+                    .or_else(|| unset.contains(n).then(|| UNSET_FOR_STATE.to_string()))
+            })
+        }
+        other => other,
+    }
+}
+
+async fn open_state(settings: &config::Settings) -> Result<StateStore> {
+    StateStore::open(&settings.state_url)
+        .await
+        .map_err(|e| anyhow!(chain(&e)))
+        .context("opening the state database")
+}
+
+async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) -> Result<u8> {
+    let view = load_for_state(global)?;
+    let state = open_state(&view.settings).await?;
+    let runs = state.runs(job.as_deref(), limit).await?;
+    let checkpoints: Vec<_> = state
+        .checkpoints()
+        .await?
+        .into_iter()
+        .filter(|c| job.as_ref().is_none_or(|j| &c.job == j))
+        .collect();
+    let known: Option<std::collections::BTreeSet<String>> = view
+        .jobs
+        .as_ref()
+        .ok()
+        .map(|jobs| jobs.iter().map(|j| j.name.clone()).collect());
+    let now = chrono::Utc::now();
+    let schedules: Vec<output::ScheduleLine> = view
+        .jobs
+        .as_ref()
+        .map(|jobs| jobs.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|j| job.as_ref().is_none_or(|name| &j.name == name))
+        .filter_map(|j| {
+            let schedule = j.schedule.clone()?;
+            Some(output::ScheduleLine {
+                next_run: next_run(&schedule, now),
+                job: j.name.clone(),
+                schedule,
+            })
+        })
+        .collect();
+    let view_out = output::StatusView {
+        runs: &runs,
+        checkpoints: &checkpoints,
+        schedules: &schedules,
+        known_jobs: known.as_ref(),
+    };
+    if json {
+        say!("{}", serde_json::to_string_pretty(&view_out.to_json())?);
+        return Ok(exit::OK);
+    }
+    view_out.print_text();
+    if let Err(n) = &view.jobs {
+        say!(
+            "({} in the job files, so schedules are not shown; `cio-sync validate` lists them)",
+            problems_found(*n)
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// A job named on the command line must be one of the job files, or have leftovers in the
+/// state (a removed job's dead letters can still be listed and purged).
+async fn known_job(view: &StateView, state: &StateStore, name: &str) -> Result<()> {
+    let in_files = match &view.jobs {
+        Ok(jobs) => jobs.iter().any(|j| j.name == name),
+        // The job files did not load: do not call a name unknown.
+        Err(_) => true,
+    };
+    if in_files || state.count_dead_letters(name).await? > 0 {
+        return Ok(());
+    }
+    let names = match &view.jobs {
+        Ok(jobs) => names_of(jobs.iter().map(|j| j.name.as_str())),
+        Err(_) => String::new(),
+    };
+    Err(usage(format!(
+        "no job named `{name}` in {} and no dead letters of one (jobs: {names})",
+        view.settings.jobs_dir.display()
+    )))
+}
+
+async fn dead_letters(global: &Global, args: DeadLetterArgs) -> Result<u8> {
+    match args.action {
+        Some(DeadLetterAction::Purge { job }) => {
+            let view = load_for_state(global)?;
+            let state = open_state(&view.settings).await?;
+            known_job(&view, &state, &job).await?;
+            let n = state.delete_dead_letters(&job, None).await?;
+            say!("{job}: purged {}", count(n as u64, "dead letter"));
+            Ok(exit::OK)
+        }
+        Some(DeadLetterAction::Retry { job: name }) => retry(global, &name).await,
+        None => {
+            let job = args.job.ok_or_else(|| {
+                usage("name a job: cio-sync dead-letters JOB (or `retry JOB`, `purge JOB`)".into())
+            })?;
+            let view = load_for_state(global)?;
+            let state = open_state(&view.settings).await?;
+            known_job(&view, &state, &job).await?;
+            let letters = state.dead_letters(&job, args.limit).await?;
+            if args.json {
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(&output::dead_letters_json(&letters))?
+                );
+            } else {
+                let total = state.count_dead_letters(&job).await?;
+                output::print_dead_letters(&job, &letters, total);
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// `dead-letters retry JOB`. Nothing to retry is not a run: nothing is recorded and it exits
+/// 0. A job another process runs is skipped (exit 4), like `run`.
+async fn retry(global: &Global, name: &str) -> Result<u8> {
+    let cfg = load(global)?;
+    let job = cfg.job(name).ok_or_else(|| {
+        usage(format!(
+            "no job named `{name}` in {} (jobs: {})",
+            cfg.settings.jobs_dir.display(),
+            job_names(&cfg)
+        ))
+    })?;
+    let runner = Runner::new(cfg.settings.clone())
+        .await
+        .map_err(|e| anyhow!(chain(&e)))?;
+    if runner.state.count_dead_letters(name).await? == 0 {
+        say!("{name}: no dead letters to retry");
+        return Ok(exit::OK);
+    }
+    let signals = crate::shutdown::listen();
+    let stop = StopSignal::from_signals(&signals, cfg.settings.grace);
+    let report = match runner.run(job, RunMode::RetryDeadLetters, stop).await {
+        Ok(report) => report,
+        Err(RunnerError::Busy { job, holder }) => {
+            eprintln!("cio-sync: job `{job}` is already running ({holder}); skipped");
+            return Ok(exit::BUSY);
+        }
+        Err(e) => return Err(anyhow!(chain(&e))),
+    };
+    let left = runner.state.count_dead_letters(name).await?;
+    print_report(&report);
+    say!("  {} left", count(left as u64, "dead letter"));
+    Ok(match outcome_code(report.outcome) {
+        exit::OK if left > 0 => exit::REJECTED_ROWS,
+        code => code,
+    })
+}
+
+async fn simulate(listen: std::net::SocketAddr) -> Result<u8> {
+    let config = crate::simulator::SimConfig::default();
+    let (site, track, app) = (
+        config.site_id.clone(),
+        config.track_api_key.clone(),
+        config.app_api_key.clone(),
+    );
+    let sim = crate::simulator::Simulator::start_on(listen, config)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    say!("Customer.io simulator listening on {}", sim.url());
+    say!(
+        "  Track API: HTTP Basic {site}:{track}; App API: Bearer {app} (demo credentials, not secrets)"
+    );
+    say!(
+        "  set customerio.track_url and customerio.app_url to {} in config.yaml",
+        sim.url()
+    );
+    let signals = crate::shutdown::listen();
+    signals.stop.cancelled().await;
+    sim.shutdown().await;
+    Ok(exit::OK)
+}
+
+async fn daemon(global: &Global) -> Result<u8> {
+    let cfg = load(global)?;
+    let runner = Runner::new(cfg.settings.clone())
+        .await
+        .map_err(|e| anyhow!(chain(&e)))?;
+    let signals = crate::shutdown::listen();
+    crate::schedule::run_daemon(runner, cfg.jobs, signals).await?;
+    Ok(exit::OK)
+}
+
+/// When a schedule fires next after `now`, read with the same rules as `config` checks it
+/// by (six fields, seconds first, UTC).
+fn next_run(
+    schedule: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_flag_and_argument_has_a_help_line() {
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "cio-sync", &mut missing);
+        assert!(missing.is_empty(), "no --help line: {missing:?}");
+    }
+
+    #[test]
+    fn a_config_error_is_exit_2_and_a_usage_error_too() {
+        let config = anyhow::Error::new(config::ConfigErrors(vec![]));
+        assert_eq!(exit_code(&config), exit::CONFIG);
+        assert_eq!(exit_code(&usage("x".into())), exit::CONFIG);
+        assert_eq!(exit_code(&anyhow!("a job failed")), exit::FAILED);
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(chain(&e), "outer: inner");
+    }
+}
