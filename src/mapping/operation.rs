@@ -7,8 +7,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::IdentifierKind;
 use crate::config::EventType;
+use crate::config::IdentifierKind;
 
 /// Who an operation is about.
 #[derive(Debug, Clone, PartialEq)]
