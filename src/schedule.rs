@@ -240,6 +240,7 @@ mod tests {
                     escape: None,
                     quoting: true,
                     trim: false,
+                    min_age: None,
                 }),
                 mapping: MappingSpec::Delete {
                     identifier: IdentifierSpec {

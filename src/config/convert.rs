@@ -32,13 +32,19 @@ same_variants!(ValueType {
     Timestamp,
     Json
 });
-same_variants!(TimestampFormat {
-    Auto,
-    Rfc3339,
-    Date,
-    Unix,
-    UnixMs
-});
+
+impl From<raw::TimestampFormat> for job::TimestampFormat {
+    fn from(v: raw::TimestampFormat) -> Self {
+        match v {
+            raw::TimestampFormat::Auto => Self::Auto,
+            raw::TimestampFormat::Rfc3339 => Self::Rfc3339,
+            raw::TimestampFormat::Date => Self::Date,
+            raw::TimestampFormat::Unix => Self::Unix,
+            raw::TimestampFormat::UnixMs => Self::UnixMs,
+            raw::TimestampFormat::Pattern(p) => Self::Pattern(p),
+        }
+    }
+}
 same_variants!(EventType {
     Event,
     Page,
@@ -126,6 +132,7 @@ impl From<raw::CsvSection> for job::CsvSource {
             escape: c.escape,
             quoting: c.quoting,
             trim: c.trim,
+            min_age: c.min_age_secs.map(Duration::from_secs),
         }
     }
 }

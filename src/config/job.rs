@@ -61,7 +61,7 @@ pub enum ValueType {
 }
 
 /// How a timestamp cell is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TimestampFormat {
     /// RFC 3339 / ISO-8601 date-time (no offset = UTC), `YYYY-MM-DD`, or integer Unix seconds.
     #[default]
@@ -70,6 +70,14 @@ pub enum TimestampFormat {
     Date,
     Unix,
     UnixMs,
+    /// A strftime pattern (`"%m/%d/%Y %H:%M"`), checked when the file was loaded.
+    Pattern(String),
+}
+
+impl From<&TimestampFormat> for TimestampFormat {
+    fn from(f: &TimestampFormat) -> Self {
+        f.clone()
+    }
 }
 
 /// The kind of a Track event.
@@ -138,6 +146,8 @@ pub struct CsvSource {
     pub quoting: bool,
     /// Trim spaces around fields.
     pub trim: bool,
+    /// A file modified more recently than this is not read (`source.csv.min_age_secs`).
+    pub min_age: Option<std::time::Duration>,
 }
 
 /// A SQL source; a relative `sqlite://` path is already resolved against the job file's folder.
@@ -300,6 +310,8 @@ pub struct FieldMapping {
     pub source: FieldSource,
     pub as_type: ValueType,
     pub format: TimestampFormat,
+    /// The zone of times without an offset; `None` = UTC.
+    pub timezone: Option<chrono_tz::Tz>,
     pub empty: EmptyPolicy,
 }
 
@@ -320,6 +332,8 @@ pub enum FieldSet {
 pub struct TimestampColumn {
     pub column: String,
     pub format: TimestampFormat,
+    /// The zone of times without an offset; `None` = UTC.
+    pub timezone: Option<chrono_tz::Tz>,
 }
 
 #[derive(Debug, Clone)]

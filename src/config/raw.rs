@@ -278,6 +278,10 @@ pub struct CsvSection {
     /// Trim spaces around fields.
     #[serde(default)]
     pub trim: bool,
+    /// Seconds: a file modified more recently than this is not read (the run fails with a
+    /// message, the checkpoint unchanged), for exporters that write the file in place.
+    #[serde(default)]
+    pub min_age_secs: Option<u64>,
 }
 
 fn default_delimiter() -> char {
@@ -366,8 +370,7 @@ pub enum ValueType {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TimestampFormat {
     /// RFC 3339 / ISO-8601 date-time (no offset = UTC), `YYYY-MM-DD`, or integer Unix seconds.
     #[default]
@@ -376,6 +379,44 @@ pub enum TimestampFormat {
     Date,
     Unix,
     UnixMs,
+    /// A strftime pattern (`"%m/%d/%Y %H:%M"`), checked when the file is loaded.
+    Pattern(String),
+}
+
+impl<'de> Deserialize<'de> for TimestampFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "auto" => Self::Auto,
+            "rfc3339" => Self::Rfc3339,
+            "date" => Self::Date,
+            "unix" => Self::Unix,
+            "unix_ms" => Self::UnixMs,
+            p if p.contains('%') => {
+                if chrono::format::StrftimeItems::new(p).parse().is_err() {
+                    return Err(serde::de::Error::custom(format!(
+                        "`{p}` is not a valid strftime pattern; see https://docs.rs/chrono/latest/chrono/format/strftime/ (e.g. \"%m/%d/%Y %H:%M\")"
+                    )));
+                }
+                Self::Pattern(p.to_string())
+            }
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown timestamp format `{other}`; use auto, rfc3339, date, unix, unix_ms or a strftime pattern such as \"%m/%d/%Y %H:%M\""
+                )));
+            }
+        })
+    }
+}
+
+/// `timezone: Europe/Paris`: an IANA name, checked when the file is loaded.
+fn time_zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<chrono_tz::Tz>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<chrono_tz::Tz>().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "unknown time zone `{s}`; use an IANA name such as `Europe/Paris`, `America/New_York` or `UTC`"
+        ))
+    })
 }
 
 /// An attribute's source: a bare column name, or a column with a type.
@@ -395,6 +436,9 @@ pub struct TypedField {
     pub as_type: ValueType,
     #[serde(default)]
     pub format: TimestampFormat,
+    /// The zone of times that carry no offset (IANA name); default UTC.
+    #[serde(default, deserialize_with = "time_zone")]
+    pub timezone: Option<chrono_tz::Tz>,
     #[serde(default, deserialize_with = "empty_policy_opt")]
     pub empty: Option<EmptyPolicy>,
 }
@@ -434,6 +478,9 @@ pub struct TimestampField {
     pub column: String,
     #[serde(default)]
     pub format: TimestampFormat,
+    /// The zone of times that carry no offset (IANA name); default UTC.
+    #[serde(default, deserialize_with = "time_zone")]
+    pub timezone: Option<chrono_tz::Tz>,
 }
 
 /// `name: purchase` or `name: { column: event_name }`.

@@ -605,10 +605,12 @@ fn timestamp_column(t: TimestampSpec) -> TimestampColumn {
         TimestampSpec::Column(column) => TimestampColumn {
             column,
             format: Default::default(),
+            timezone: None,
         },
         TimestampSpec::Typed(t) => TimestampColumn {
             column: t.column,
             format: t.format.into(),
+            timezone: t.timezone,
         },
     }
 }
@@ -625,6 +627,7 @@ fn field_set(
         source: FieldSource::Column(name),
         as_type: Default::default(),
         format: Default::default(),
+        timezone: None,
         empty,
     };
     match spec {
@@ -653,6 +656,7 @@ fn field_set(
                         source: FieldSource::Column(column),
                         as_type: Default::default(),
                         format: Default::default(),
+                        timezone: None,
                         empty,
                     }),
                     FieldSpec::Typed(t) => {
@@ -673,6 +677,7 @@ fn field_set(
                             source,
                             as_type: t.as_type.into(),
                             format: t.format.into(),
+                            timezone: t.timezone,
                             empty: t.empty.map(Into::into).unwrap_or(empty),
                         });
                     }

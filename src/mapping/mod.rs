@@ -13,14 +13,13 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value as J};
 
-use crate::config::{
-    DeleteAction, EmptyPolicy, EventType, SegmentAction, TimestampFormat, ValueType,
-};
+use crate::config::{DeleteAction, EmptyPolicy, EventType, SegmentAction, ValueType};
 use crate::config::{
     EventName, EventSubject, FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec,
     TimestampColumn,
 };
 use crate::source::Value;
+use convert::TimeFormat;
 pub use operation::{Action, Operation, Subject};
 
 /// Customer.io's documented limits (bytes are UTF-8 bytes; "KB" read as 1000 bytes).
@@ -68,7 +67,7 @@ struct Field {
     name: String,
     source: Src,
     as_type: ValueType,
-    format: TimestampFormat,
+    time: TimeFormat,
     empty: EmptyPolicy,
 }
 
@@ -79,7 +78,7 @@ enum Src {
 
 struct Ts {
     col: usize,
-    format: TimestampFormat,
+    time: TimeFormat,
 }
 
 enum Fields {
@@ -157,7 +156,7 @@ impl Mapper {
                 .map(|t| {
                     Ok(Ts {
                         col: col(&t.column, key)?,
-                        format: t.format,
+                        time: TimeFormat::new(t.format.clone(), t.timezone),
                     })
                 })
                 .transpose()
@@ -180,7 +179,7 @@ impl Mapper {
                                 FieldSource::Constant(v) => Src::Const(v.clone()),
                             },
                             as_type: f.as_type,
-                            format: f.format,
+                            time: TimeFormat::new(f.format.clone(), f.timezone),
                             empty: f.empty,
                         })
                     })
@@ -465,7 +464,7 @@ impl Mapper {
                 self.column(ts.col)
             )));
         }
-        convert::timestamp(v, ts.format)
+        convert::timestamp(v, &ts.time)
             .map(Some)
             .map_err(|e| RowRejected(format!("timestamp column `{}`: {e}", self.column(ts.col))))
     }
@@ -523,7 +522,7 @@ impl Mapper {
                         }
                         continue;
                     }
-                    let j = convert::convert(v, f.as_type, f.format).map_err(|e| {
+                    let j = convert::convert(v, f.as_type, &f.time).map_err(|e| {
                         let col = match &f.source {
                             Src::Col(c) => self.column(*c),
                             Src::Const(_) => "",

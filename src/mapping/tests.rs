@@ -27,6 +27,7 @@ fn field(name: &str, col: &str, as_type: ValueType) -> FieldMapping {
         source: FieldSource::Column(col.into()),
         as_type,
         format: TimestampFormat::Auto,
+        timezone: None,
         empty: EmptyPolicy::Skip,
     }
 }
@@ -70,6 +71,7 @@ fn omitted_attributes_send_every_other_non_empty_column_and_null_policy_clears()
         timestamp: Some(TimestampColumn {
             column: "updated".into(),
             format: TimestampFormat::Unix,
+            timezone: None,
         }),
         update_only: true,
     };
@@ -91,6 +93,7 @@ fn events_get_deterministic_ulids_and_unix_timestamps() {
         timestamp: Some(TimestampColumn {
             column: "at".into(),
             format: TimestampFormat::Auto,
+            timezone: None,
         }),
         key_columns: vec!["order_id".into()],
         data: FieldSet::Explicit(vec![field("total", "total", ValueType::Number)]),
@@ -160,6 +163,7 @@ fn bad_rows_are_rejected_with_a_reason_naming_the_column() {
         timestamp: Some(TimestampColumn {
             column: "at".into(),
             format: TimestampFormat::Auto,
+            timezone: None,
         }),
         key_columns: vec![],
         data: FieldSet::Explicit(vec![field("blob", "blob", ValueType::Auto)]),
@@ -195,4 +199,40 @@ fn unknown_columns_are_reported_with_the_available_ones() {
         .unwrap();
     assert_eq!(e.column, "user");
     assert!(e.to_string().contains("it has: id, email"));
+}
+
+#[test]
+fn a_pattern_and_a_zone_are_checked_when_the_job_file_is_loaded() {
+    let load = |format: &str, zone: &str| {
+        let text = format!(
+            "source:\n  csv: {{ path: people.csv }}\nidentify:\n  identifier: {{ id: id }}\n  timestamp: {{ column: changed, format: \"{format}\", timezone: {zone} }}\n  attributes:\n    born: {{ column: born, as: timestamp, format: \"%d.%m.%Y\", timezone: Europe/Paris }}\n"
+        );
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("people.yaml");
+        std::fs::write(&path, text).expect("write the job file");
+        crate::config::load_job(&path, &|_| None).map_err(|e| format!("{e:?}"))
+    };
+    let job = load("%m/%d/%Y %H:%M", "America/New_York").expect("a valid job");
+    let crate::config::JobKind::Push(push) = &job.kind else {
+        panic!("a push job")
+    };
+    let MappingSpec::Identify {
+        timestamp: Some(ts),
+        ..
+    } = &push.mapping
+    else {
+        panic!("an identify job with a timestamp")
+    };
+    assert_eq!(ts.format, TimestampFormat::Pattern("%m/%d/%Y %H:%M".into()));
+    assert_eq!(ts.timezone, Some(chrono_tz::America::New_York));
+
+    let e = load("%m/%d/%Y %H:%M", "Europe/Pariss").expect_err("an unknown zone");
+    assert!(e.contains("unknown time zone `Europe/Pariss`"), "{e}");
+    let e = load("%m/%d/%Y %Q", "UTC").expect_err("a bad pattern");
+    assert!(
+        e.contains("`%m/%d/%Y %Q` is not a valid strftime pattern"),
+        "{e}"
+    );
+    let e = load("american", "UTC").expect_err("an unknown format name");
+    assert!(e.contains("unknown timestamp format `american`"), "{e}");
 }

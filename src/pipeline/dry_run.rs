@@ -41,7 +41,7 @@ pub async fn dry_run(
 ) -> Result<DryRunReport, String> {
     let mut stream = source::open(&push.source, &job.name, None, CancellationToken::new())
         .await
-        .map_err(|e| crate::source::with_job(&job.name, &e))?;
+        .map_err(|e| format!("job `{}`: {e}", job.name))?;
     let mapper = Mapper::new(&job.name, &push.mapping, &stream.columns)
         .map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
     // The same plan a real run cuts its batches by, so the request count is the real one.
@@ -59,7 +59,7 @@ pub async fn dry_run(
     };
     let mut seq = 0;
     while let Some(row) = stream.rows.recv().await {
-        let row = row.map_err(|e| crate::source::with_job(&job.name, &e))?;
+        let row = row.map_err(|e| format!("job `{}`: {e}", job.name))?;
         report.rows_read += 1;
         seq += 1;
         let result = match row.values {

@@ -52,7 +52,7 @@ pub enum PipelineError {
         #[source]
         source: StateError,
     },
-    #[error("{}", crate::source::with_job(job, source))]
+    #[error("job `{job}`: {source}")]
     Source {
         job: String,
         #[source]
@@ -226,7 +226,15 @@ async fn dead_letter_stream(
             source,
         })?;
     Ok(source::replay::from_dead_letters(
-        letters,
+        letters
+            .into_iter()
+            .map(|l| source::replay::ReplayRow {
+                row_ref: l.row_ref,
+                line: l.line,
+                row_data: l.row_data,
+                reason: l.reason,
+            })
+            .collect(),
         push.source.describe(),
         cancel,
     ))

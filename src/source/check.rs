@@ -16,11 +16,16 @@ pub async fn check_job(job: &JobSpec) -> Result<(), String> {
     let columns = match &push.source {
         crate::config::SourceSpec::Sql(sql) => super::sql::probe_columns(sql, &job.name)
             .await
-            .map_err(|e| crate::source::with_job(&job.name, &e))?,
-        spec => {
-            let stream = super::open(spec, &job.name, None, cancel.clone())
+            .map_err(|e| format!("job `{}`: {e}", job.name))?,
+        crate::config::SourceSpec::Csv(csv) => {
+            // A file still being written is a reason for a run to wait, not a broken config.
+            let header_only = crate::config::CsvSource {
+                min_age: None,
+                ..csv.clone()
+            };
+            let stream = super::csv::open(&header_only, None, cancel.clone())
                 .await
-                .map_err(|e| crate::source::with_job(&job.name, &e))?;
+                .map_err(|e| format!("job `{}`: {e}", job.name))?;
             cancel.cancel();
             stream.columns.to_vec()
         }

@@ -9,13 +9,16 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceError, SourceRow, SourceStream, Value};
+use super::error::SourceError;
+use super::row::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Value};
 use crate::config::CsvSource as CsvSection;
 
 /// Bytes of the file's head hashed into its fingerprint.
@@ -35,15 +38,11 @@ pub struct FileFingerprint {
 impl FileFingerprint {
     pub fn of(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::metadata(path)?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
+        let mtime_ns = mtime_ns(&meta);
         let mut head = Vec::with_capacity(HEAD_BYTES);
+        // Only bytes within the size just taken: a file that grows is hashed as it was.
         File::open(path)?
-            .take(HEAD_BYTES as u64)
+            .take((HEAD_BYTES as u64).min(meta.len()))
             .read_to_end(&mut head)?;
         Ok(Self {
             path: path.display().to_string(),
@@ -53,7 +52,16 @@ impl FileFingerprint {
         })
     }
 
-    /// Short form used in dead-letter row references.
+    /// The fingerprint as a checkpoint stores it. A JSON number holds at most `u64`, so a
+    /// modification time past the year 2554 cannot be stored; resuming from a `null` would
+    /// never match and would silently re-send the whole file, so that is an error.
+    fn identity(&self) -> Result<serde_json::Value, SourceError> {
+        serde_json::to_value(self).map_err(|e| SourceError::Identity {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
     /// Short identity of this exact file (size, time and head together), used in dead-letter
     /// row references so line 5000 of tonight's export never overwrites line 5000 of last
     /// night's, even when their first 64 KiB are the same.
@@ -98,24 +106,77 @@ fn builder(cfg: &CsvSection) -> csv::ReaderBuilder {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// 3 when the (decompressed) file starts with a UTF-8 byte-order mark, else 0.
-fn bom_len(path: &Path) -> std::io::Result<u64> {
+fn bom_len(path: &Path, size: u64) -> std::io::Result<u64> {
     let mut head = Vec::with_capacity(3);
-    open_at(path, 0)?.take(3).read_to_end(&mut head)?;
+    open_at(path, 0, size)?.take(3).read_to_end(&mut head)?;
     Ok(if head == BOM { 3 } else { 0 })
 }
 
-/// The file as a byte stream, decompressed when it ends in `.gz`, starting at `offset`.
-fn open_at(path: &Path, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
+/// The file as a byte stream, decompressed when it ends in `.gz`, starting at `offset` and
+/// ending at `size` bytes of the file on disk: what was fingerprinted, never what an exporter
+/// appended since.
+fn open_at(path: &Path, offset: u64, size: u64) -> std::io::Result<Box<dyn Read + Send>> {
     let mut file = File::open(path)?;
     if is_gzip(path) {
-        let mut decoder =
-            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, file));
+        let mut decoder = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            256 * 1024,
+            file.take(size),
+        ));
         // A gzip stream cannot seek: decompress and discard up to the checkpoint.
         std::io::copy(&mut (&mut decoder).take(offset), &mut std::io::sink())?;
         Ok(Box::new(decoder))
     } else {
         file.seek(SeekFrom::Start(offset))?;
-        Ok(Box::new(BufReader::with_capacity(256 * 1024, file)))
+        let rest = size.saturating_sub(offset);
+        Ok(Box::new(BufReader::with_capacity(
+            256 * 1024,
+            file.take(rest),
+        )))
+    }
+}
+
+/// What a reader has seen of its byte stream, shared with the loop that reads records, so it
+/// can tell a final record that ended with a newline from one cut off at the end of the data.
+#[derive(Default)]
+struct Seen {
+    /// Bytes handed to the CSV parser (of the decompressed stream, from where it was opened).
+    bytes: AtomicU64,
+    /// The last byte handed out, or `NONE` before the first.
+    last: AtomicU16,
+}
+
+impl Seen {
+    const NONE: u16 = u16::MAX;
+
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            bytes: AtomicU64::new(0),
+            last: AtomicU16::new(Self::NONE),
+        })
+    }
+
+    /// `true` when a record ending at `end` (reader-relative) is the stream's last bytes and
+    /// no newline closes it.
+    fn ends_unterminated(&self, end: u64) -> bool {
+        end == self.bytes.load(Ordering::Relaxed)
+            && self.last.load(Ordering::Relaxed) != u16::from(b'\n')
+    }
+}
+
+/// A byte stream that records what it handed out in a [`Seen`].
+struct Watched<R> {
+    inner: R,
+    seen: Arc<Seen>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(&b) = buf[..n].last() {
+            self.seen.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.seen.last.store(u16::from(b), Ordering::Relaxed);
+        }
+        Ok(n)
     }
 }
 
@@ -129,38 +190,15 @@ pub async fn open(
     let path = cfg.path.clone();
     let describe = path.display().to_string();
     // Opening touches the disk: keep it off the async workers.
-    let opened = tokio::task::spawn_blocking(move || prepare(&cfg, checkpoint.as_ref()))
-        .await
-        .map_err(|e| SourceError::Read {
-            path: describe.clone(),
-            line: 0,
-            message: e.to_string(),
-        })??;
-    let (tx, rx) = mpsc::channel(ROW_CHANNEL);
-    let Prepared {
-        columns,
-        fingerprint,
-        start,
-        reader,
-        cfg_path,
-    } = opened;
-    let resumed_at = (start.row > 0).then(|| ResumePoint::Csv {
-        byte: start.byte,
-        line: start.line,
-        row: start.row,
-    });
-    let identity = serde_json::to_value(&fingerprint).unwrap_or_default();
-    let ncols = columns.len();
-    tokio::task::spawn_blocking(move || {
-        read_rows(reader, cfg_path, fingerprint, start, ncols, tx, cancel)
-    });
-    Ok(SourceStream {
-        columns: Arc::new(columns),
-        identity,
-        resumed_at,
-        rows: rx,
-        describe: path.display().to_string(),
-    })
+    let opened =
+        tokio::task::spawn_blocking(move || prepare(&cfg, checkpoint.as_ref(), SystemTime::now()))
+            .await
+            .map_err(|e| SourceError::Read {
+                path: describe.clone(),
+                line: 0,
+                message: e.to_string(),
+            })??;
+    Ok(opened.stream(cancel))
 }
 
 #[derive(Clone, Copy)]
@@ -170,15 +208,160 @@ struct Start {
     row: u64,
 }
 
+/// An opened file: its header read, its reader positioned where the read starts.
 struct Prepared {
     columns: Vec<String>,
     fingerprint: FileFingerprint,
+    /// The fingerprint as stored in checkpoints.
+    identity: serde_json::Value,
     start: Start,
     reader: csv::Reader<Box<dyn Read + Send>>,
+    seen: Arc<Seen>,
     cfg_path: PathBuf,
 }
 
-fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared, SourceError> {
+impl Prepared {
+    /// Starts reading on a blocking thread.
+    fn stream(self, cancel: CancellationToken) -> SourceStream {
+        let (tx, rx) = mpsc::channel(ROW_CHANNEL);
+        let resumed_at = (self.start.row > 0).then(|| ResumePoint::Csv {
+            byte: self.start.byte,
+            line: self.start.line,
+            row: self.start.row,
+        });
+        let columns = Arc::new(self.columns.clone());
+        let identity = self.identity.clone();
+        let describe = self.cfg_path.display().to_string();
+        tokio::task::spawn_blocking(move || self.read_rows(&tx, &cancel));
+        SourceStream {
+            columns,
+            identity,
+            resumed_at,
+            rows: rx,
+            describe,
+        }
+    }
+
+    fn read_rows(
+        mut self,
+        tx: &mpsc::Sender<Result<SourceRow, SourceError>>,
+        cancel: &CancellationToken,
+    ) {
+        let shown = self.cfg_path.display().to_string();
+        let ncols = self.columns.len();
+        let start = self.start;
+        let mut record = csv::ByteRecord::new();
+        let mut row = start.row;
+        let short = self.fingerprint.short();
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match self.reader.read_byte_record(&mut record) {
+                Ok(false) => return,
+                Ok(true) => {
+                    // A blank line (CRLF files: just the `\r`) is not a row.
+                    if record.len() == 1 && matches!(record.get(0), Some(b"" | b"\r")) {
+                        continue;
+                    }
+                    // Positions from this reader count from where it was opened.
+                    let rec_line =
+                        record.position().map(|p| p.line()).unwrap_or(1) + start.line - 1;
+                    let next = self.reader.position();
+                    if self.seen.ends_unterminated(next.byte())
+                        && let Some(why) = changed_since(&self.cfg_path, &self.fingerprint)
+                    {
+                        // An exporter is still writing: the last line may be half of a row.
+                        // Its bytes stay unread, so the next run reads the whole line.
+                        tracing::warn!(
+                            file = %shown,
+                            line = rec_line,
+                            change = %why,
+                            "The file changed while it was read and its last line has no newline yet; that line was not sent. The next run reads it once it is complete (or set `source.csv.min_age_secs`)."
+                        );
+                        return;
+                    }
+                    row += 1;
+                    let resume = ResumePoint::Csv {
+                        byte: start.byte + next.byte(),
+                        line: start.line + next.line() - 1,
+                        row,
+                    };
+                    let values = decode(&record, ncols);
+                    let raw = values
+                        .is_err()
+                        .then(|| String::from_utf8_lossy(&join(&record)).into_owned());
+                    let item = SourceRow {
+                        line: rec_line,
+                        row_ref: format!("{short}#L{rec_line}"),
+                        resume,
+                        values,
+                        raw,
+                    };
+                    if tx.blocking_send(Ok(item)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let line = e.position().map(|p| p.line() + start.line - 1).unwrap_or(0);
+                    // Nobody listens any more when this fails: the run already stopped.
+                    let _ = tx.blocking_send(Err(SourceError::Read {
+                        path: shown,
+                        line,
+                        message: e.to_string(),
+                    }));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How the file differs now from its fingerprint (size or modification time), if it does.
+fn changed_since(path: &Path, fingerprint: &FileFingerprint) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(e) => Some(format!("it can no longer be read: {e}")),
+        Ok(meta) if meta.len() != fingerprint.size => Some(format!(
+            "its size went from {} to {} bytes",
+            fingerprint.size,
+            meta.len()
+        )),
+        Ok(meta) if mtime_ns(&meta) != fingerprint.mtime_ns => {
+            Some("its modification time changed".into())
+        }
+        Ok(_) => None,
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    // A file system without modification times: every file looks unchanged, as before.
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Column names the header repeats (empty names, from trailing delimiters, are not names).
+fn repeated_column(columns: &[String]) -> Option<(&str, usize, usize)> {
+    let mut first = std::collections::HashMap::new();
+    for (i, c) in columns.iter().enumerate() {
+        if c.is_empty() {
+            continue;
+        }
+        if let Some(&at) = first.get(c.as_str()) {
+            return Some((c.as_str(), at + 1, i + 1));
+        }
+        first.insert(c.as_str(), i);
+    }
+    None
+}
+
+fn prepare(
+    cfg: &CsvSection,
+    checkpoint: Option<&Checkpoint>,
+    now: SystemTime,
+) -> Result<Prepared, SourceError> {
     let path = &cfg.path;
     let shown = path.display().to_string();
     let open_err = |source| SourceError::Open {
@@ -186,13 +369,28 @@ fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared
         source,
     };
     let fingerprint = FileFingerprint::of(path).map_err(open_err)?;
+    if let Some(min_age) = cfg.min_age.map(|d| d.as_secs()) {
+        let modified = std::time::UNIX_EPOCH
+            + std::time::Duration::from_nanos(fingerprint.mtime_ns.max(0) as u64);
+        // A modification time in the future counts as "just now".
+        let age = now.duration_since(modified).unwrap_or_default();
+        if age.as_secs() < min_age {
+            return Err(SourceError::TooRecent {
+                path: shown,
+                age_secs: age.as_secs(),
+                min_age_secs: min_age,
+            });
+        }
+    }
+    let identity = fingerprint.identity()?;
+    let size = fingerprint.size;
 
     // The header, always from the top of the file (after a byte-order mark, which would
     // otherwise stick to the first column's name).
-    let bom = bom_len(path).map_err(open_err)?;
+    let bom = bom_len(path, size).map_err(open_err)?;
     let mut head = builder(cfg)
         .has_headers(true)
-        .from_reader(open_at(path, bom).map_err(open_err)?);
+        .from_reader(open_at(path, bom, size).map_err(open_err)?);
     let columns: Vec<String> = head
         .headers()
         .map_err(|e| SourceError::Header {
@@ -206,6 +404,14 @@ fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared
         return Err(SourceError::Header {
             path: shown,
             message: "the file is empty; the first line must name the columns".into(),
+        });
+    }
+    if let Some((name, first, again)) = repeated_column(&columns) {
+        return Err(SourceError::Header {
+            path: shown,
+            message: format!(
+                "column `{name}` is named twice (columns {first} and {again}), so it is unclear which one the mapping means; rename or remove one in the file"
+            ),
         });
     }
     let data_start = Start {
@@ -237,77 +443,23 @@ fn prepare(cfg: &CsvSection, checkpoint: Option<&Checkpoint>) -> Result<Prepared
         }
         None => data_start,
     };
+    let seen = Seen::new();
+    let watched = Watched {
+        inner: open_at(path, start.byte, size).map_err(open_err)?,
+        seen: seen.clone(),
+    };
     let reader = builder(cfg)
         .has_headers(false)
-        .from_reader(open_at(path, start.byte).map_err(open_err)?);
+        .from_reader(Box::new(watched) as Box<dyn Read + Send>);
     Ok(Prepared {
         columns,
         fingerprint,
+        identity,
         start,
         reader,
+        seen,
         cfg_path: path.clone(),
     })
-}
-
-fn read_rows(
-    mut reader: csv::Reader<Box<dyn Read + Send>>,
-    path: PathBuf,
-    fingerprint: FileFingerprint,
-    start: Start,
-    ncols: usize,
-    tx: mpsc::Sender<Result<SourceRow, SourceError>>,
-    cancel: CancellationToken,
-) {
-    let shown = path.display().to_string();
-    let mut record = csv::ByteRecord::new();
-    let mut row = start.row;
-    let short = fingerprint.short();
-    loop {
-        if cancel.is_cancelled() {
-            return;
-        }
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => return,
-            Ok(true) => {
-                // A blank line (CRLF files: just the `\r`) is not a row.
-                if record.len() == 1 && matches!(record.get(0), Some(b"" | b"\r")) {
-                    continue;
-                }
-                row += 1;
-                // Positions from this reader count from where it was opened.
-                let rec_line = record.position().map(|p| p.line()).unwrap_or(1) + start.line - 1;
-                let next = reader.position();
-                let resume = ResumePoint::Csv {
-                    byte: start.byte + next.byte(),
-                    line: start.line + next.line() - 1,
-                    row,
-                };
-                let values = decode(&record, ncols);
-                let raw = values
-                    .is_err()
-                    .then(|| String::from_utf8_lossy(&join(&record)).into_owned());
-                let item = SourceRow {
-                    line: rec_line,
-                    row_ref: format!("{short}#L{rec_line}"),
-                    resume,
-                    values,
-                    raw,
-                };
-                if tx.blocking_send(Ok(item)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let line = e.position().map(|p| p.line() + start.line - 1).unwrap_or(0);
-                let _ = tx.blocking_send(Err(SourceError::Read {
-                    path: shown,
-                    line,
-                    message: e.to_string(),
-                }));
-                return;
-            }
-        }
-    }
 }
 
 fn join(record: &csv::ByteRecord) -> Vec<u8> {
@@ -365,6 +517,7 @@ mod tests {
             escape: None,
             quoting: true,
             trim: false,
+            min_age: None,
         }
     }
 
@@ -506,5 +659,153 @@ mod tests {
         c.quote = '\'';
         let mut s = open(&c, None, CancellationToken::new()).await.unwrap();
         assert_eq!(text(&collect(&mut s).await[0]), vec!["1", "a;b"]);
+    }
+
+    fn append(p: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(p)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// Opens like `open`, lets the test change the file between opening and reading.
+    async fn open_then(p: &Path, between: impl FnOnce()) -> (Vec<SourceRow>, FileFingerprint) {
+        let prepared = prepare(&cfg(p), None, SystemTime::now()).unwrap();
+        let fingerprint = prepared.fingerprint.clone();
+        between();
+        let mut s = prepared.stream(CancellationToken::new());
+        (collect(&mut s).await, fingerprint)
+    }
+
+    #[tokio::test]
+    async fn rows_appended_after_the_file_was_opened_are_left_for_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,v\n1,a\n").unwrap();
+        let (rows, fp) = open_then(&p, || append(&p, b"2,b\n3,c\n")).await;
+        assert_eq!(
+            rows.iter().map(text).collect::<Vec<_>>(),
+            vec![vec!["1", "a"]]
+        );
+        let ResumePoint::Csv { byte, .. } = rows[0].resume else {
+            panic!("a CSV position")
+        };
+        assert_eq!(
+            byte, fp.size,
+            "the checkpoint ends where the fingerprint does"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_half_written_last_line_is_not_sent_while_the_exporter_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,v\n1,a\n2,b").unwrap();
+        let (rows, fp) = open_then(&p, || append(&p, b"b\n3,c\n")).await;
+        assert_eq!(
+            rows.iter().map(text).collect::<Vec<_>>(),
+            vec![vec!["1", "a"]]
+        );
+        let ResumePoint::Csv { byte, .. } = rows[0].resume else {
+            panic!("a CSV position")
+        };
+        assert!(byte <= fp.size);
+
+        // Once complete, the next run reads the whole row, never the half one.
+        let mut s = open(&cfg(&p), None, CancellationToken::new())
+            .await
+            .unwrap();
+        let all: Vec<_> = collect(&mut s).await.iter().map(text).collect();
+        assert_eq!(all, vec![vec!["1", "a"], vec!["2", "bb"], vec!["3", "c"]]);
+    }
+
+    #[tokio::test]
+    async fn a_half_written_quoted_line_is_not_sent_when_the_file_is_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,v\n1,a\n2,\"multi\nli").unwrap();
+        let (rows, _) = open_then(&p, || {
+            // Same size, new content and time: only the modification time tells.
+            let f = File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() + std::time::Duration::from_secs(5))
+                .unwrap();
+        })
+        .await;
+        assert_eq!(
+            rows.iter().map(text).collect::<Vec<_>>(),
+            vec![vec!["1", "a"]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_last_line_without_newline_is_sent_when_the_file_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,v\n1,a\n2,b").unwrap();
+        let (rows, _) = open_then(&p, || {}).await;
+        assert_eq!(
+            rows.iter().map(text).collect::<Vec<_>>(),
+            vec![vec!["1", "a"], vec!["2", "b"]]
+        );
+    }
+
+    #[test]
+    fn a_file_younger_than_min_age_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,v\n1,a\n").unwrap();
+        let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
+        let mut c = cfg(&p);
+        c.min_age = Some(std::time::Duration::from_secs(60));
+        let err = prepare(&c, None, modified + std::time::Duration::from_secs(10))
+            .err()
+            .expect("too recent");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: modified 10 s ago, less than `source.csv.min_age_secs` (60 s), so it may still be being written; nothing was read and the checkpoint is unchanged; the next run reads it once it is older",
+                p.display()
+            )
+        );
+        assert!(prepare(&c, None, modified + std::time::Duration::from_secs(60)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_header_naming_a_column_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.csv");
+        std::fs::write(&p, "id,email,name,email\n1,a@x,A,b@x\n").unwrap();
+        let err = open(&cfg(&p), None, CancellationToken::new())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: the header row is missing or unreadable: column `email` is named twice (columns 2 and 4), so it is unclear which one the mapping means; rename or remove one in the file",
+                p.display()
+            )
+        );
+        // Empty names from trailing delimiters are not names.
+        std::fs::write(&p, "id,,\n1,,\n").unwrap();
+        assert!(open(&cfg(&p), None, CancellationToken::new()).await.is_ok());
+    }
+
+    #[test]
+    fn a_file_whose_identity_cannot_be_stored_is_an_error_not_a_null_identity() {
+        let fp = FileFingerprint {
+            path: "exports/a.csv".into(),
+            size: 5,
+            mtime_ns: i128::MAX,
+            head_sha256: String::new(),
+        };
+        let err = fp.identity().expect_err("an identity error");
+        assert!(matches!(err, SourceError::Identity { .. }), "{err}");
+        assert!(err.to_string().starts_with("exports/a.csv: "), "{err}");
+        assert!(err.to_string().contains("`touch` it"), "{err}");
+        let ok = FileFingerprint { mtime_ns: 1, ..fp };
+        assert!(ok.identity().unwrap().is_object());
     }
 }

@@ -9,11 +9,24 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ResumePoint, SourceRow, SourceStream, Value};
-use crate::state::StoredDeadLetter;
+use super::row::{ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Value};
+
+/// A stored row to replay, as plain data: the caller turns whatever its store holds into
+/// these, so sources stay ignorant of the state database.
+#[derive(Debug, Clone)]
+pub struct ReplayRow {
+    /// The row's original reference, kept so a retried row settles its own dead letter.
+    pub row_ref: String,
+    /// The row's original line, when known.
+    pub line: Option<i64>,
+    /// The row as a JSON object of column → value, or `{"raw": "…"}` for unreadable ones.
+    pub row_data: serde_json::Value,
+    /// Why the row was dead-lettered.
+    pub reason: String,
+}
 
 pub fn from_dead_letters(
-    letters: Vec<StoredDeadLetter>,
+    letters: Vec<ReplayRow>,
     describe: String,
     cancel: CancellationToken,
 ) -> SourceStream {
@@ -29,7 +42,7 @@ pub fn from_dead_letters(
             }
         }
     }
-    let (tx, rx) = mpsc::channel(super::ROW_CHANNEL);
+    let (tx, rx) = mpsc::channel(ROW_CHANNEL);
     let cols = columns.clone();
     tokio::spawn(async move {
         for (i, l) in letters.into_iter().enumerate() {

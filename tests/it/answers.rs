@@ -183,7 +183,10 @@ async fn checkpoint_of(env: &TestEnv, job: &str) -> Option<cio_sync::source::Che
     let state = StateStore::open(&DatabaseUrl::new(env.state_url()))
         .await
         .expect("state database");
-    state.checkpoint(job, &cio_sync::state::Scope::Job).await.expect("read the checkpoint")
+    state
+        .checkpoint(job, &cio_sync::state::Scope::Job)
+        .await
+        .expect("read the checkpoint")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,7 @@
 //! Dead letters name a row by its tiebreak (`id=42`) in incremental reads, by its position
 //! in the result and a hash of its content (`row 17 #9f2c…`) in full reads.
 
+mod decode;
 mod key;
 mod mysql;
 mod pg;
@@ -110,8 +111,9 @@ use tracing::Instrument;
 use self::plan::{Backend, BadCheckpoint, CursorPlan, Start};
 use self::pool::Db;
 use self::read::{ColumnInfo, Conn, Reader};
-use super::{Checkpoint, ROW_CHANNEL, SourceError, SourceStream};
 use crate::config::SqlSource as SqlSection;
+use crate::source::error::SourceError;
+use crate::source::row::{Checkpoint, ROW_CHANNEL, SourceStream};
 
 /// Opens the job's query, continuing after `checkpoint` when it belongs to this query
 /// (see the module documentation for what that means in each mode).
@@ -121,11 +123,11 @@ pub async fn open(
     checkpoint: Option<&Checkpoint>,
     cancel: CancellationToken,
 ) -> Result<SourceStream, SourceError> {
-    let backend = backend_of(cfg, job)?;
-    let db = pool::connect(cfg, backend, job).await?;
-    let mut conn = acquire(&db, cfg, job).await?;
-    let columns = describe(&mut conn, cfg, job).await?;
-    let cursor = cursor_plan(cfg, backend, job, &columns)?;
+    let backend = backend_of(cfg)?;
+    let db = pool::connect(cfg, backend).await?;
+    let mut conn = acquire(&db, cfg).await?;
+    let columns = describe(&mut conn, cfg).await?;
+    let cursor = cursor_plan(cfg, backend, &columns)?;
     let identity = plan::identity(
         &cfg.query,
         cfg.cursor
@@ -134,7 +136,7 @@ pub async fn open(
     );
     let start = plan::start(&identity, checkpoint, cursor.is_some()).map_err(|BadCheckpoint(why)| SourceError::Database {
         describe: cfg.url.masked(),
-        message: format!("job `{job}`: the stored checkpoint does not fit this source: {why}; reset it with `cio-sync run {job} --full`"),
+        message: format!("the stored checkpoint does not fit this source: {why}; run the job once with `--full` to read from the first row"),
     })?;
     if checkpoint.is_some_and(|cp| cp.source != identity) {
         tracing::info!(job, source = %cfg.url.masked(), "The checkpoint belongs to another query or cursor; reading from the first row.");
@@ -180,54 +182,50 @@ pub async fn open(
 
 /// The query's columns, from a `LIMIT 0` probe; every type must be readable, and the cursor
 /// (when configured) must name usable columns.
+/// Errors name the database, never the job: the caller, which knows the job, adds it.
 pub async fn probe_columns(cfg: &SqlSection, job: &str) -> Result<Vec<String>, SourceError> {
-    let backend = backend_of(cfg, job)?;
-    let db = pool::connect(cfg, backend, job).await?;
-    let mut conn = acquire(&db, cfg, job).await?;
-    let columns = describe(&mut conn, cfg, job).await?;
-    cursor_plan(cfg, backend, job, &columns)?;
+    tracing::debug!(job, source = %cfg.url.masked(), "Probing the source query.");
+    let backend = backend_of(cfg)?;
+    let db = pool::connect(cfg, backend).await?;
+    let mut conn = acquire(&db, cfg).await?;
+    let columns = describe(&mut conn, cfg).await?;
+    cursor_plan(cfg, backend, &columns)?;
     Ok(columns.into_iter().map(|c| c.name).collect())
 }
 
-fn backend_of(cfg: &SqlSection, job: &str) -> Result<Backend, SourceError> {
+fn backend_of(cfg: &SqlSection) -> Result<Backend, SourceError> {
     let scheme = cfg.url.scheme();
     Backend::from_scheme(&scheme).ok_or_else(|| SourceError::Database {
         describe: cfg.url.masked(),
-        message: format!("job `{job}`: unsupported scheme `{scheme}` in `source.sql.url`; use postgres://, mysql:// (or mariadb://) or sqlite://"),
+        message: format!("unsupported scheme `{scheme}` in `source.sql.url`; use postgres://, mysql:// (or mariadb://) or sqlite://"),
     })
 }
 
-async fn acquire(db: &Db, cfg: &SqlSection, job: &str) -> Result<Conn, SourceError> {
+async fn acquire(db: &Db, cfg: &SqlSection) -> Result<Conn, SourceError> {
     db.acquire().await.map_err(|e| SourceError::Database {
         describe: cfg.url.masked(),
         message: format!(
-            "job `{job}`: cannot connect to the source database: {}; {}",
+            "cannot connect to the source database: {}; {}",
             pool::describe_error(&e),
-            pool::CONNECT_FIX
+            pool::connect_fix(db.backend())
         ),
     })
 }
 
-async fn describe(
-    conn: &mut Conn,
-    cfg: &SqlSection,
-    job: &str,
-) -> Result<Vec<ColumnInfo>, SourceError> {
+async fn describe(conn: &mut Conn, cfg: &SqlSection) -> Result<Vec<ColumnInfo>, SourceError> {
+    let conn_backend = conn.backend();
     let columns = conn
         .describe(plan::probe_sql(&cfg.query))
         .await
         .map_err(|e| {
             let fix = if pool::is_transient(&e) {
-                pool::CONNECT_FIX
+                pool::connect_fix(conn_backend)
             } else {
                 pool::QUERY_FIX
             };
             SourceError::Database {
                 describe: cfg.url.masked(),
-                message: format!(
-                    "job `{job}`: the query failed: {}; {fix}",
-                    pool::describe_error(&e)
-                ),
+                message: format!("the query failed: {}; {fix}", pool::describe_error(&e)),
             }
         })?;
     if let Some(bad) = columns.iter().find(|c| !c.supported) {
@@ -243,7 +241,6 @@ async fn describe(
 fn cursor_plan(
     cfg: &SqlSection,
     backend: Backend,
-    job: &str,
     columns: &[ColumnInfo],
 ) -> Result<Option<CursorPlan>, SourceError> {
     let Some(c) = &cfg.cursor else {
@@ -251,7 +248,7 @@ fn cursor_plan(
     };
     let fail = |message: String| SourceError::Database {
         describe: cfg.url.masked(),
-        message: format!("job `{job}`: {message}"),
+        message,
     };
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
     let plan = CursorPlan::resolve(backend, &names, &c.column, &c.tiebreak).map_err(fail)?;
@@ -268,4 +265,41 @@ fn cursor_plan(
         }
     }
     Ok(Some(plan))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseUrl;
+    use crate::pipeline::PipelineError;
+
+    #[tokio::test]
+    async fn a_run_failing_on_an_sql_source_names_the_job_once() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("missing.db");
+        let cfg = SqlSection {
+            url: DatabaseUrl::new(format!("sqlite://{}", file.display())),
+            query: "SELECT id FROM people".into(),
+            cursor: None,
+            batch_rows: 100,
+            connect_timeout: std::time::Duration::from_secs(5),
+        };
+        let source = open(&cfg, "orders", None, CancellationToken::new())
+            .await
+            .err()
+            .expect("the file does not exist");
+        let msg = PipelineError::Source {
+            job: "orders".into(),
+            source,
+        }
+        .to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "job `orders`: sqlite://{}: cannot connect to the source database: unable to open database file [code 14]; {}",
+                file.display(),
+                pool::SQLITE_FIX
+            )
+        );
+    }
 }

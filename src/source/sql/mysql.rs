@@ -15,10 +15,10 @@ use sqlx::mysql::types::MySqlTime;
 use sqlx::mysql::{MySqlArguments, MySqlTypeInfo, MySqlValueRef};
 use sqlx::{Decode, MySql, Type, TypeInfo};
 
+use super::decode::Decoder;
+use super::decode::f32_as_written;
 use super::key::{Key, KeyKind};
-use super::pg::f32_as_written;
-use super::read::Decoder;
-use crate::source::Value;
+use crate::source::row::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MyKind {
@@ -137,6 +137,13 @@ impl Decoder for MyDecoder {
             }
         })
     }
+
+    fn bind<'q>(
+        q: sqlx::query::Query<'q, MySql, MySqlArguments>,
+        key: &Key,
+    ) -> Result<sqlx::query::Query<'q, MySql, MySqlArguments>, String> {
+        Ok(bind_key(q, key))
+    }
 }
 
 /// A TIME value as a time of day. MySQL's TIME is also a signed duration up to 838 hours;
@@ -161,7 +168,7 @@ fn time_of_day(t: MySqlTime) -> Result<NaiveTime, String> {
 }
 
 /// Binds a position value; decimals travel as text and are cast in SQL (`plan::placeholder`).
-pub fn bind<'q>(
+fn bind_key<'q>(
     q: sqlx::query::Query<'q, MySql, MySqlArguments>,
     key: &Key,
 ) -> sqlx::query::Query<'q, MySql, MySqlArguments> {

@@ -9,9 +9,10 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use sqlx::postgres::{PgArguments, PgTypeInfo, PgTypeKind, PgValueFormat, PgValueRef};
 use sqlx::{Postgres, TypeInfo};
 
+use super::decode::Decoder;
+use super::decode::f32_as_written;
 use super::key::{Key, KeyKind};
-use super::read::Decoder;
-use crate::source::Value;
+use crate::source::row::Value;
 
 /// How one column is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,11 +137,18 @@ impl Decoder for PgDecoder {
             }
         })
     }
+
+    fn bind<'q>(
+        q: sqlx::query::Query<'q, Postgres, PgArguments>,
+        key: &Key,
+    ) -> Result<sqlx::query::Query<'q, Postgres, PgArguments>, String> {
+        bind_key(q, key)
+    }
 }
 
 /// Binds a position value with the type the chunk query expects (see `plan::placeholder`:
 /// decimals and uuids travel as text and are cast in SQL).
-pub fn bind<'q>(
+fn bind_key<'q>(
     q: sqlx::query::Query<'q, Postgres, PgArguments>,
     key: &Key,
 ) -> Result<sqlx::query::Query<'q, Postgres, PgArguments>, String> {
@@ -177,16 +185,6 @@ fn utf8(b: &[u8]) -> Result<&str, String> {
 
 fn json(b: &[u8]) -> Result<serde_json::Value, String> {
     serde_json::from_slice(b).map_err(|e| format!("is not valid JSON ({e})"))
-}
-
-/// The `f32` as the shortest decimal that reads back as it, widened: `0.1::real` becomes
-/// `0.1`, not `0.10000000149011612`.
-pub fn f32_as_written(f: f32) -> f64 {
-    if f.is_finite() {
-        f.to_string().parse().unwrap_or(f64::from(f))
-    } else {
-        f64::from(f)
-    }
 }
 
 fn pg_epoch() -> NaiveDateTime {

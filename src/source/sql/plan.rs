@@ -10,7 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::key::{Key, KeyKind};
-use crate::source::{Checkpoint, ResumePoint};
+use crate::source::row::{Checkpoint, ResumePoint};
 
 /// The database family, chosen by the URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,10 +18,20 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::plan::Backend;
 use crate::config::SqlSource as SqlSection;
-use crate::source::SourceError;
+use crate::source::error::SourceError;
 
-/// The next step after a connection problem.
+/// The next step after a connection problem with a database server.
 pub const CONNECT_FIX: &str = "check `source.sql.url` (host, port, database, user, password) and that the database accepts connections from this machine";
+/// The next step after an SQLite file could not be opened: it has no host or password.
+pub const SQLITE_FIX: &str = "check the file path in `source.sql.url`: the file must exist (it is never created) and this user must be able to read it";
+
+/// The next step after a connection problem, in the backend's terms.
+pub fn connect_fix(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => SQLITE_FIX,
+        Backend::Postgres | Backend::MySql => CONNECT_FIX,
+    }
+}
 /// The next step after the database rejected the query.
 pub const QUERY_FIX: &str =
     "check `source.sql.query`: running it in a SQL client shows the same error";
@@ -36,6 +46,14 @@ pub enum Db {
 }
 
 impl Db {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Pg(_) => Backend::Postgres,
+            Db::My(_) => Backend::MySql,
+            Db::Lite(_) => Backend::Sqlite,
+        }
+    }
+
     fn is_closed(&self) -> bool {
         match self {
             Db::Pg(p) => p.is_closed(),
@@ -60,8 +78,9 @@ fn cached(url: &str) -> Option<Db> {
     pools.get(url).filter(|db| !db.is_closed()).cloned()
 }
 
-/// The source's pool, opened on first use. Errors name the job and say what to check.
-pub async fn connect(cfg: &SqlSection, backend: Backend, job: &str) -> Result<Db, SourceError> {
+/// The source's pool, opened on first use. Errors name the database (never the job: the
+/// caller adds it) and say what to check.
+pub async fn connect(cfg: &SqlSection, backend: Backend) -> Result<Db, SourceError> {
     let url = cfg.url.expose();
     if let Some(db) = cached(url) {
         return Ok(db);
@@ -69,11 +88,12 @@ pub async fn connect(cfg: &SqlSection, backend: Backend, job: &str) -> Result<Db
     let timeout = cfg.connect_timeout.max(Duration::from_secs(1));
     let fail = |message: String| SourceError::Database {
         describe: cfg.url.masked(),
-        message: format!("job `{job}`: {message}"),
+        message,
     };
+    let fix = connect_fix(backend);
     let bad_url = |e: sqlx::Error| {
         fail(format!(
-            "`source.sql.url` cannot be used: {}; {CONNECT_FIX}",
+            "`source.sql.url` cannot be used: {}; {fix}",
             describe_error(&e)
         ))
     };
@@ -82,7 +102,8 @@ pub async fn connect(cfg: &SqlSection, backend: Backend, job: &str) -> Result<Db
             let opts = PgConnectOptions::from_str(url)
                 .map_err(bad_url)?
                 .application_name("cio-sync");
-            try_connect(&opts, timeout).await.map_err(fail)?;
+            let at = format!("{}:{}", opts.get_host(), opts.get_port());
+            try_connect(&opts, &at, timeout, fix).await.map_err(fail)?;
             Db::Pg(pool_options(timeout).connect_lazy_with(opts))
         }
         Backend::MySql => {
@@ -90,7 +111,8 @@ pub async fn connect(cfg: &SqlSection, backend: Backend, job: &str) -> Result<Db
             let opts = MySqlConnectOptions::from_str(url)
                 .map_err(bad_url)?
                 .pipes_as_concat(false);
-            try_connect(&opts, timeout).await.map_err(fail)?;
+            let at = format!("{}:{}", opts.get_host(), opts.get_port());
+            try_connect(&opts, &at, timeout, fix).await.map_err(fail)?;
             Db::My(pool_options(timeout).connect_lazy_with(opts))
         }
         Backend::Sqlite => {
@@ -100,7 +122,8 @@ pub async fn connect(cfg: &SqlSection, backend: Backend, job: &str) -> Result<Db
                 .read_only(true)
                 .create_if_missing(false)
                 .busy_timeout(timeout);
-            try_connect(&opts, timeout).await.map_err(fail)?;
+            let at = opts.get_filename().display().to_string();
+            try_connect(&opts, &at, timeout, fix).await.map_err(fail)?;
             Db::Lite(pool_options(timeout).connect_lazy_with(opts))
         }
     };
@@ -111,8 +134,10 @@ pub async fn connect(cfg: &SqlSection, backend: Backend, job: &str) -> Result<Db
 
 /// One connection made and closed before the pool exists: a pool retries a failing connect
 /// until its timeout and then reports only that it timed out, while this keeps the
-/// database's own words ("connection refused", "password authentication failed").
-async fn try_connect<C>(opts: &C, timeout: Duration) -> Result<(), String>
+/// database's own words ("connection refused", "password authentication failed"). `at` is
+/// where it connects (`host:port`, or the SQLite file), named when the network or the file
+/// system failed, since those errors do not say where.
+async fn try_connect<C>(opts: &C, at: &str, timeout: Duration, fix: &str) -> Result<(), String>
 where
     C: ConnectOptions,
     C::Connection: Sized,
@@ -123,14 +148,28 @@ where
             let _ = conn.close().await;
             Ok(())
         }
+        Ok(Err(sqlx::Error::Io(e))) => Err(format!(
+            "cannot connect to the source database: {at}: {}; {fix}",
+            io_words(&e)
+        )),
         Ok(Err(e)) => Err(format!(
-            "cannot connect to the source database: {}; {CONNECT_FIX}",
+            "cannot connect to the source database: {}; {fix}",
             describe_error(&e)
         )),
         Err(_) => Err(format!(
-            "cannot connect to the source database: no answer within {}s (`source.sql.connect_timeout_secs`); {CONNECT_FIX}",
+            "cannot connect to the source database: {at}: no answer within {}s (`source.sql.connect_timeout_secs`); {fix}",
             timeout.as_secs()
         )),
+    }
+}
+
+/// An I/O error as words in a sentence: "connection refused (os error 111)".
+fn io_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
     }
 }
 
@@ -204,5 +243,82 @@ mod tests {
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
         assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+
+    use crate::config::DatabaseUrl;
+
+    fn section(url: String, connect_timeout_secs: u64) -> SqlSection {
+        SqlSection {
+            url: DatabaseUrl::new(url),
+            query: "SELECT 1".into(),
+            cursor: None,
+            batch_rows: 100,
+            connect_timeout: Duration::from_secs(connect_timeout_secs),
+        }
+    }
+
+    /// A local port nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a local port");
+        let port = l.local_addr().expect("its address").port();
+        drop(l);
+        port
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_at_once_with_its_address() {
+        for (scheme, backend) in [("postgres", Backend::Postgres), ("mysql", Backend::MySql)] {
+            let port = closed_port();
+            // The pool would wait the whole 60 s before saying only "pool timed out".
+            let cfg = section(format!("{scheme}://u:secret@127.0.0.1:{port}/db"), 60);
+            let err = tokio::time::timeout(Duration::from_secs(15), connect(&cfg, backend))
+                .await
+                .unwrap_or_else(|_| panic!("{scheme}: no error within 15 s of a refused connect"))
+                .expect_err("nothing listens there");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("127.0.0.1:{port}: connection refused")),
+                "{scheme}: {msg}"
+            );
+            assert!(msg.contains(CONNECT_FIX), "{msg}");
+            assert!(!msg.contains("secret") && !msg.contains("job `"), "{msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_fails_within_the_connect_timeout() {
+        // Accepts connections (the kernel's backlog does) but never says a word.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let port = silent.local_addr().expect("its address").port();
+        let cfg = section(format!("postgres://u@127.0.0.1:{port}/db"), 1);
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(15), connect(&cfg, Backend::Postgres))
+            .await
+            .unwrap_or_else(|_| panic!("no error within 15 s; the connect timeout is 1 s"))
+            .expect_err("the server never answers");
+        assert!(started.elapsed() >= Duration::from_secs(1), "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "127.0.0.1:{port}: no answer within 1s (`source.sql.connect_timeout_secs`)"
+            )),
+            "{err}"
+        );
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn a_missing_sqlite_file_names_the_file_not_a_host_or_password() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("missing.db");
+        let cfg = section(format!("sqlite://{}", file.display()), 5);
+        let err = connect(&cfg, Backend::Sqlite)
+            .await
+            .expect_err("the file does not exist");
+        let msg = err.to_string();
+        assert!(msg.contains(SQLITE_FIX), "{msg}");
+        assert!(!msg.contains("host") && !msg.contains("password"), "{msg}");
+        assert!(!file.exists(), "a missing source file is never created");
     }
 }

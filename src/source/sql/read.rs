@@ -9,216 +9,20 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::pool::PoolConnection;
-use sqlx::{
-    AssertSqlSafe, Column, ColumnIndex, Connection, Database, Executor, MySql, Postgres, Row,
-    SqlSafeStr, Sqlite, Statement, TypeInfo, ValueRef,
-};
+use sqlx::{AssertSqlSafe, Connection, Executor, MySql, Postgres, SqlSafeStr, Sqlite, Statement};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::key::{Key, KeyKind};
-use super::mysql::{self, MyDecoder};
-use super::pg::{self, PgDecoder};
+pub use super::decode::ColumnInfo;
+use super::decode::{DecodedRow, Decoder, FetchError, column_infos, decoded};
+use super::key::Key;
+use super::mysql::MyDecoder;
+use super::pg::PgDecoder;
 use super::plan::{Backend, CursorPlan, clean_query};
 use super::pool::{self, Db};
-use super::sqlite::{self, LiteDecoder};
-use crate::source::{ResumePoint, SourceError, SourceRow, Value};
-
-/// One backend's reading of its column types and values.
-pub trait Decoder {
-    type Db: Database;
-    /// How a column is read, fixed by its type for the whole result.
-    type Kind: Copy + Send + Sync + 'static;
-    /// `None`: cio-sync cannot read the type.
-    fn kind(ti: &<Self::Db as Database>::TypeInfo) -> Option<Self::Kind>;
-    /// `None`: a column of this kind cannot order an incremental read.
-    fn key_kind(kind: Self::Kind) -> Option<KeyKind>;
-    /// The value; the error completes "column `x` (TYPE) …".
-    fn value(kind: Self::Kind, v: <Self::Db as Database>::ValueRef<'_>) -> Result<Value, String>;
-    /// The exact position value; the error completes "column `x` (TYPE) …".
-    fn key(kind: Self::Kind, v: <Self::Db as Database>::ValueRef<'_>) -> Result<Key, String>;
-}
-
-/// A column of the query as the database describes it.
-#[derive(Debug, Clone)]
-pub struct ColumnInfo {
-    pub name: String,
-    /// The database's type name, for messages.
-    pub db_type: String,
-    pub supported: bool,
-    /// What a position in this column looks like, when it can be a cursor or tiebreak.
-    pub key_kind: Option<KeyKind>,
-}
-
-fn column_infos<D: Decoder>(columns: &[<D::Db as Database>::Column]) -> Vec<ColumnInfo> {
-    columns
-        .iter()
-        .map(|c| {
-            let ti = c.type_info();
-            let kind = D::kind(ti);
-            ColumnInfo {
-                name: c.name().to_string(),
-                db_type: ti.name().to_string(),
-                supported: kind.is_some(),
-                key_kind: kind.and_then(D::key_kind),
-            }
-        })
-        .collect()
-}
-
-/// Why a fetch failed.
-#[derive(Debug)]
-pub enum FetchError {
-    /// The database or the connection; may be transient.
-    Db(sqlx::Error),
-    /// A column whose type cio-sync cannot read (found at the first row).
-    Unsupported { column: String, db_type: String },
-    /// The result does not look like the probe said it would.
-    Shape(String),
-}
-
-/// One decoded row.
-pub struct DecodedRow {
-    /// The values, or the first column that could not be read (named, with its type).
-    pub values: Result<Vec<Value>, String>,
-    /// For unreadable rows: the row as JSON text, unreadable columns shown as their error.
-    pub raw: Option<String>,
-    /// (cursor, tiebreak) in incremental reads.
-    pub key: Option<Result<(Key, Key), String>>,
-}
-
-/// The kinds of a result's columns, taken from its first row.
-struct Layout<K> {
-    names: Vec<String>,
-    types: Vec<String>,
-    kinds: Vec<K>,
-}
-
-impl<K: Copy> Layout<K> {
-    fn of<D: Decoder<Kind = K>>(
-        columns: &[<D::Db as Database>::Column],
-        expected: usize,
-    ) -> Result<Self, FetchError> {
-        if columns.len() != expected {
-            return Err(FetchError::Shape(format!(
-                "the query returned {} columns, but {expected} when it was first described; was the table changed during the read?",
-                columns.len()
-            )));
-        }
-        let mut layout = Layout {
-            names: Vec::new(),
-            types: Vec::new(),
-            kinds: Vec::new(),
-        };
-        for c in columns {
-            let ti = c.type_info();
-            let kind = D::kind(ti).ok_or_else(|| FetchError::Unsupported {
-                column: c.name().to_string(),
-                db_type: ti.name().to_string(),
-            })?;
-            layout.names.push(c.name().to_string());
-            layout.types.push(ti.name().to_string());
-            layout.kinds.push(kind);
-        }
-        Ok(layout)
-    }
-
-    fn decode<D: Decoder<Kind = K>>(
-        &self,
-        row: &<D::Db as Database>::Row,
-        keys: Option<(usize, usize)>,
-    ) -> DecodedRow
-    where
-        usize: ColumnIndex<<D::Db as Database>::Row>,
-    {
-        let mut values = Vec::with_capacity(self.kinds.len());
-        let mut first_error: Option<String> = None;
-        let mut shown = Vec::new();
-        for (i, kind) in self.kinds.iter().enumerate() {
-            let read = match row.try_get_raw(i) {
-                Ok(raw) if raw.is_null() => Ok(Value::Null),
-                Ok(raw) => D::value(*kind, raw),
-                Err(e) => Err(e.to_string()),
-            };
-            match read {
-                Ok(v) => values.push(v),
-                Err(why) => {
-                    let msg = format!("column `{}` ({}) {why}", self.names[i], self.types[i]);
-                    first_error.get_or_insert(msg.clone());
-                    shown.push((i, msg));
-                    values.push(Value::Null);
-                }
-            }
-        }
-        let key = keys.map(|(c, t)| Ok((self.key::<D>(row, c)?, self.key::<D>(row, t)?)));
-        match first_error {
-            None => DecodedRow {
-                values: Ok(values),
-                raw: None,
-                key,
-            },
-            Some(msg) => {
-                let mut obj = serde_json::Map::new();
-                for (i, v) in values.iter().enumerate() {
-                    obj.insert(self.names[i].clone(), v.to_json());
-                }
-                for (i, why) in shown {
-                    obj.insert(
-                        self.names[i].clone(),
-                        serde_json::Value::String(format!("<unreadable: {why}>")),
-                    );
-                }
-                DecodedRow {
-                    values: Err(msg),
-                    raw: Some(serde_json::Value::Object(obj).to_string()),
-                    key,
-                }
-            }
-        }
-    }
-
-    fn key<D: Decoder<Kind = K>>(
-        &self,
-        row: &<D::Db as Database>::Row,
-        i: usize,
-    ) -> Result<Key, String>
-    where
-        usize: ColumnIndex<<D::Db as Database>::Row>,
-    {
-        let name = &self.names[i];
-        match row.try_get_raw(i) {
-            Ok(raw) if raw.is_null() => Err(format!(
-                "the cursor column `{name}` is NULL, so the row has no position in the incremental read; make the column NOT NULL or COALESCE it in the query"
-            )),
-            Ok(raw) => D::key(self.kinds[i], raw)
-                .map_err(|why| format!("the cursor column `{name}` ({}) {why}", self.types[i])),
-            Err(e) => Err(format!("the cursor column `{name}`: {e}")),
-        }
-    }
-}
-
-/// Decodes a row stream, fixing the column kinds at the first row.
-fn decoded<'a, D: Decoder + 'a>(
-    rows: BoxStream<'a, Result<<D::Db as Database>::Row, sqlx::Error>>,
-    keys: Option<(usize, usize)>,
-    expected: usize,
-) -> BoxStream<'a, Result<DecodedRow, FetchError>>
-where
-    usize: ColumnIndex<<D::Db as Database>::Row>,
-{
-    let mut layout: Option<Layout<D::Kind>> = None;
-    rows.map(move |r| {
-        let row = r.map_err(FetchError::Db)?;
-        if layout.is_none() {
-            layout = Some(Layout::of::<D>(row.columns(), expected)?);
-        }
-        match &layout {
-            Some(l) => Ok(l.decode::<D>(&row, keys)),
-            None => Err(FetchError::Shape("the result has no column layout".into())),
-        }
-    })
-    .boxed()
-}
+use super::sqlite::LiteDecoder;
+use crate::source::error::SourceError;
+use crate::source::row::{ResumePoint, SourceRow};
 
 /// The one connection a read uses, from its probe to its last chunk.
 pub enum Conn {
@@ -227,64 +31,72 @@ pub enum Conn {
     Lite(PoolConnection<Sqlite>),
 }
 
+/// Runs `$body` once per backend, with `$c` the connection and `$D` its [`Decoder`].
+macro_rules! on_conn {
+    ($conn:expr, $c:ident, $D:ident => $body:expr) => {
+        match $conn {
+            Conn::Pg($c) => {
+                #[allow(dead_code)]
+                type $D = PgDecoder;
+                $body
+            }
+            Conn::My($c) => {
+                #[allow(dead_code)]
+                type $D = MyDecoder;
+                $body
+            }
+            Conn::Lite($c) => {
+                #[allow(dead_code)]
+                type $D = LiteDecoder;
+                $body
+            }
+        }
+    };
+}
+
+/// A pooled connection with an empty statement cache.
+async fn fresh<DB: sqlx::Database + sqlx::database::HasStatementCache>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<PoolConnection<DB>, sqlx::Error> {
+    let mut c = pool.acquire().await?;
+    c.clear_cached_statements().await?;
+    Ok(c)
+}
+
 impl Db {
     /// A connection with an empty statement cache. sqlx caches prepared statements by their
     /// SQL text, and one cached by an earlier run describes the table as it was then
     /// (PostgreSQL refuses it outright once a column's type changed).
     pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
         Ok(match self {
-            Db::Pg(p) => {
-                let mut c = p.acquire().await?;
-                c.clear_cached_statements().await?;
-                Conn::Pg(c)
-            }
-            Db::My(p) => {
-                let mut c = p.acquire().await?;
-                c.clear_cached_statements().await?;
-                Conn::My(c)
-            }
-            Db::Lite(p) => {
-                let mut c = p.acquire().await?;
-                c.clear_cached_statements().await?;
-                Conn::Lite(c)
-            }
+            Db::Pg(p) => Conn::Pg(fresh(p).await?),
+            Db::My(p) => Conn::My(fresh(p).await?),
+            Db::Lite(p) => Conn::Lite(fresh(p).await?),
         })
     }
 }
 
 impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Pg(_) => Backend::Postgres,
+            Conn::My(_) => Backend::MySql,
+            Conn::Lite(_) => Backend::Sqlite,
+        }
+    }
+
     /// The query's columns without reading a row: prepared, then run (a `LIMIT 0` query), so
     /// permission errors surface too.
     pub async fn describe(&mut self, sql: String) -> Result<Vec<ColumnInfo>, sqlx::Error> {
-        match self {
-            Conn::Pg(c) => {
-                let st = (&mut **c)
-                    .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
-                    .await?;
-                sqlx::query(AssertSqlSafe(sql))
-                    .fetch_optional(&mut **c)
-                    .await?;
-                Ok(column_infos::<PgDecoder>(st.columns()))
-            }
-            Conn::My(c) => {
-                let st = (&mut **c)
-                    .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
-                    .await?;
-                sqlx::query(AssertSqlSafe(sql))
-                    .fetch_optional(&mut **c)
-                    .await?;
-                Ok(column_infos::<MyDecoder>(st.columns()))
-            }
-            Conn::Lite(c) => {
-                let st = (&mut **c)
-                    .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
-                    .await?;
-                sqlx::query(AssertSqlSafe(sql))
-                    .fetch_optional(&mut **c)
-                    .await?;
-                Ok(column_infos::<LiteDecoder>(st.columns()))
-            }
-        }
+        on_conn!(self, c, D => {
+            let st = (&mut **c)
+                .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
+                .await?;
+            sqlx::query(AssertSqlSafe(sql))
+                .fetch_optional(&mut **c)
+                .await?;
+            Ok(column_infos::<D>(st.columns()))
+        })
     }
 
     /// Streams `sql` with `params` bound in order.
@@ -295,39 +107,22 @@ impl Conn {
         keys: Option<(usize, usize)>,
         expected: usize,
     ) -> Result<BoxStream<'_, Result<DecodedRow, FetchError>>, String> {
-        Ok(match self {
-            Conn::Pg(c) => {
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for k in params {
-                    q = pg::bind(q, k)?;
-                }
-                decoded::<PgDecoder>(q.fetch(&mut **c), keys, expected)
+        on_conn!(self, c, D => {
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for k in params {
+                q = D::bind(q, k)?;
             }
-            Conn::My(c) => {
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for k in params {
-                    q = mysql::bind(q, k);
-                }
-                decoded::<MyDecoder>(q.fetch(&mut **c), keys, expected)
-            }
-            Conn::Lite(c) => {
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for k in params {
-                    q = sqlite::bind(q, k);
-                }
-                decoded::<LiteDecoder>(q.fetch(&mut **c), keys, expected)
-            }
+            Ok(decoded::<D>(q.fetch(&mut **c), keys, expected))
         })
     }
 
     /// Closes a connection that failed or stopped mid-result instead of returning it to the
     /// pool, where its next user would first have to drain the rest of the result.
     fn discard(self) {
-        match self {
-            Conn::Pg(mut c) => c.close_on_drop(),
-            Conn::My(mut c) => c.close_on_drop(),
-            Conn::Lite(mut c) => c.close_on_drop(),
-        }
+        on_conn!(self, c, D => {
+            let mut c = c;
+            c.close_on_drop()
+        })
     }
 }
 
@@ -559,8 +354,8 @@ impl Reader {
                 Ended::Done if in_chunk < u64::from(self.batch_rows) => return,
                 Ended::Done if !advanced => {
                     let msg = format!(
-                        "job `{}`: a whole chunk of {} rows had no usable position (NULL `{}` or `{}`), so the read cannot move forward; make both columns NOT NULL or filter those rows out in `source.sql.query`",
-                        self.job, self.batch_rows, plan.cursor_name, plan.tiebreak_name
+                        "a whole chunk of {} rows had no usable position (NULL `{}` or `{}`), so the read cannot move forward; make both columns NOT NULL or filter those rows out in `source.sql.query`",
+                        self.batch_rows, plan.cursor_name, plan.tiebreak_name
                     );
                     return self
                         .fail(SourceError::Database {
@@ -616,7 +411,7 @@ impl Reader {
     fn db_error(&self, what: &str, message: &dyn std::fmt::Display) -> SourceError {
         SourceError::Database {
             describe: self.describe.clone(),
-            message: format!("job `{}`: {what}: {message}", self.job),
+            message: format!("{what}: {message}"),
         }
     }
 
@@ -650,11 +445,10 @@ impl Reader {
                 SourceError::Database {
                     describe: self.describe.clone(),
                     message: format!(
-                        "job `{}`: reading the query failed after {rows_so_far} rows{gave_up}: {}; {}",
-                        self.job,
+                        "reading the query failed after {rows_so_far} rows{gave_up}: {}; {}",
                         pool::describe_error(&e),
                         if pool::is_transient(&e) {
-                            pool::CONNECT_FIX
+                            pool::connect_fix(self.backend)
                         } else {
                             pool::QUERY_FIX
                         }
@@ -678,7 +472,7 @@ impl Reader {
 /// lands at the same position in a later run (the table changed) does not overwrite it.
 fn content_ref(
     n: u64,
-    values: &Result<Vec<crate::source::Value>, String>,
+    values: &Result<Vec<crate::source::row::Value>, String>,
     raw: &Option<String>,
 ) -> String {
     use sha2::{Digest, Sha256};

@@ -13,9 +13,9 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use sqlx::sqlite::{SqliteArguments, SqliteTypeInfo, SqliteValueRef};
 use sqlx::{Decode, Sqlite, TypeInfo, ValueRef};
 
+use super::decode::Decoder;
 use super::key::{Key, KeyKind};
-use super::read::Decoder;
-use crate::source::Value;
+use crate::source::row::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiteKind {
@@ -104,6 +104,13 @@ impl Decoder for LiteDecoder {
             _ => return Err(BLOB.into()),
         })
     }
+
+    fn bind<'q>(
+        q: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
+        key: &Key,
+    ) -> Result<sqlx::query::Query<'q, Sqlite, SqliteArguments>, String> {
+        Ok(bind_key(q, key))
+    }
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -121,7 +128,7 @@ fn parse_time(s: &str) -> Result<NaiveTime, String> {
 
 /// Binds a position value. SQLite positions are always stored values (integer, real, text);
 /// the other kinds appear only in a hand-edited checkpoint and bind as their text.
-pub fn bind<'q>(
+fn bind_key<'q>(
     q: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
     key: &Key,
 ) -> sqlx::query::Query<'q, Sqlite, SqliteArguments> {
