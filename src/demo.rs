@@ -23,7 +23,7 @@ const SHOWN_DEAD_LETTERS: i64 = 3;
 /// Why the demo could not run. A configuration mistake is the user's to fix (exit 2); the
 /// others are failures (exit 3).
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     #[error(transparent)]
     Config(#[from] ConfigErrors),
     #[error("demo: cannot start the simulator: {0}")]
@@ -37,7 +37,7 @@ pub enum DemoError {
 /// Runs every job once against the simulator. `Ok` is the exit code: 0 when every job
 /// finished (the example data has rows rejected on purpose, so dead letters are part of the
 /// story, not a failure), 3 when a job failed.
-pub async fn run(config_path: &Path, state: Option<String>) -> Result<u8, DemoError> {
+pub(crate) async fn run(config_path: &Path, state: Option<String>) -> Result<u8, DemoError> {
     let sim_config = SimConfig::default();
     let sim = Simulator::start(sim_config.clone())
         .await

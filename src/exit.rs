@@ -3,15 +3,15 @@
 //! Owns: the meaning of each code. Must not: print or decide anything.
 
 /// Every job finished and every row was delivered (or there was nothing to do).
-pub const OK: u8 = 0;
+pub(crate) const OK: u8 = 0;
 /// Every job finished, but some rows were dead-lettered (`cio-sync dead-letters JOB`).
-pub const REJECTED_ROWS: u8 = 1;
+pub(crate) const REJECTED_ROWS: u8 = 1;
 /// Usage or configuration error: nothing ran (`cio-sync validate` lists every problem).
-pub const CONFIG: u8 = 2;
+pub(crate) const CONFIG: u8 = 2;
 /// A job failed: delivery gave up, the credentials were refused, a source or the state
 /// database failed. Checkpoints hold what was settled; the next run resumes there.
-pub const FAILED: u8 = 3;
+pub(crate) const FAILED: u8 = 3;
 /// Another replica holds a job's lease; the job was not run.
-pub const BUSY: u8 = 4;
+pub(crate) const BUSY: u8 = 4;
 /// Stopped by SIGINT or SIGTERM; checkpoints were written.
-pub const INTERRUPTED: u8 = 130;
+pub(crate) const INTERRUPTED: u8 = 130;

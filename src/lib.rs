@@ -20,20 +20,24 @@
 //! - [`preflight`]: the file and connection checks of `cio-sync validate`.
 //! - [`cli`]: the command line (`cli/output.rs`: what it prints); [`exit`]: the exit codes.
 
-pub mod app_api;
+// Modules the binary, tests and benches do not use are `pub(crate)`, and inside them nothing
+// says `pub` that cannot be reached from outside: rustc then reports what is unused.
+#![warn(unreachable_pub)]
+
+pub(crate) mod app_api;
 pub mod batch;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod exit;
+pub(crate) mod demo;
+pub(crate) mod exit;
 pub mod http;
 pub mod mapping;
 pub mod pipeline;
-pub mod preflight;
+pub(crate) mod preflight;
 pub mod pull;
 pub mod runner;
-pub mod schedule;
-pub mod shutdown;
+pub(crate) mod schedule;
+pub(crate) mod shutdown;
 pub mod simulator;
 pub mod source;
 pub mod state;

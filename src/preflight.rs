@@ -26,7 +26,7 @@ const STATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One thing that would make a run fail, named so the user can fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PreflightError {
+pub(crate) enum PreflightError {
     /// A job's source cannot be opened, or lacks a column its mapping uses.
     #[error("{0}")]
     Source(String),
@@ -68,13 +68,13 @@ pub enum PreflightError {
 
 /// What passed (to show) and what did not.
 #[derive(Debug, Default)]
-pub struct PreflightReport {
+pub(crate) struct PreflightReport {
     pub passed: Vec<String>,
     pub problems: Vec<PreflightError>,
 }
 
 /// The checks that need no network; they read only file metadata and CSV headers.
-pub async fn check_local(cfg: &Config) -> Vec<PreflightError> {
+pub(crate) async fn check_local(cfg: &Config) -> Vec<PreflightError> {
     let mut problems = Vec::new();
     if let Some(p) = state_location(&cfg.settings) {
         problems.push(p);
@@ -107,7 +107,7 @@ pub async fn check_local(cfg: &Config) -> Vec<PreflightError> {
 
 /// `check_local`, then the checks that talk to the state database, Customer.io and the SQL
 /// sources.
-pub async fn check_connected(cfg: &Config) -> PreflightReport {
+pub(crate) async fn check_connected(cfg: &Config) -> PreflightReport {
     let mut report = PreflightReport {
         problems: check_local(cfg).await,
         ..Default::default()

@@ -21,7 +21,7 @@ use crate::runner::{Runner, RunnerError};
 use crate::shutdown::Signals;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     #[error("job `{job}`: schedule `{schedule}` was refused by the scheduler: {message}")]
     Schedule {
         job: String,
@@ -39,7 +39,7 @@ pub enum ScheduleError {
 /// What the daemon does on each tick of a job, separate from the ticker so it can be tested
 /// without waiting for wall-clock time.
 #[derive(Clone)]
-pub struct Ticker {
+pub(crate) struct Ticker {
     runner: Runner,
     signals: Signals,
     tracker: TaskTracker,
@@ -48,7 +48,7 @@ pub struct Ticker {
 
 /// What one tick did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Tick {
+pub(crate) enum Tick {
     Started,
     /// The previous run of the job is still going.
     SkippedOverlap,
@@ -57,7 +57,7 @@ pub enum Tick {
 }
 
 impl Ticker {
-    pub fn new(runner: Runner, signals: Signals, jobs: &[JobSpec]) -> Self {
+    pub(crate) fn new(runner: Runner, signals: Signals, jobs: &[JobSpec]) -> Self {
         Self {
             runner,
             signals,
@@ -71,7 +71,7 @@ impl Ticker {
     }
 
     /// Starts a run of `job` in the background unless one is already going.
-    pub fn tick(&self, job: &JobSpec) -> Tick {
+    pub(crate) fn tick(&self, job: &JobSpec) -> Tick {
         if self.signals.stop.is_cancelled() {
             return Tick::SkippedStopping;
         }
@@ -110,7 +110,7 @@ impl Ticker {
     }
 
     /// Waits for every started run to finish.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.tracker.close();
         self.tracker.wait().await;
     }
@@ -127,7 +127,7 @@ impl Drop for RunningGuard<'_> {
 }
 
 /// Runs the daemon until a stop signal, then waits for running jobs.
-pub async fn run_daemon(
+pub(crate) async fn run_daemon(
     runner: Runner,
     jobs: Vec<JobSpec>,
     signals: Signals,

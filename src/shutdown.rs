@@ -62,7 +62,7 @@ impl Signals {
 ///
 /// The handlers are installed before this returns, so a signal sent as soon as the caller
 /// goes on is already ours: SIGHUP's default action (terminate) can no longer cut a run short.
-pub fn listen() -> Signals {
+pub(crate) fn listen() -> Signals {
     let signals = Signals::new();
     let term = install(SignalKind::terminate(), "SIGTERM");
     let int = install(SignalKind::interrupt(), "SIGINT");

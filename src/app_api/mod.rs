@@ -8,8 +8,8 @@
 //! Must not: write to any database or decide what a pull does with what it reads (`pull/`
 //! does), and must not retry by itself (`http::retry` does).
 
-pub mod pager;
-pub mod response;
+pub(crate) mod pager;
+pub(crate) mod response;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +24,11 @@ use crate::http::{
     RetryPolicy, RunCounters,
 };
 
-pub use pager::Pager;
-pub use response::{Campaign, Member, Segment, Series};
+pub(crate) use pager::Pager;
+pub(crate) use response::{Campaign, Member, Segment, Series};
 
 /// The API's largest membership page.
-pub const MAX_PAGE_SIZE: u32 = 30_000;
+pub(crate) const MAX_PAGE_SIZE: u32 = 30_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppError {
@@ -80,7 +80,7 @@ pub enum AppError {
 /// which of these it is, because the fix differs: a wrong key is fixed in config, an
 /// unreachable host in the network or the region.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CredentialCheckError {
+pub(crate) enum CredentialCheckError {
     /// 401 or 403: the key is wrong, belongs to another workspace or region, or lacks scope.
     #[error(
         "Customer.io refused the App API key (HTTP {status} on {CHECK_PATH}): check CIO_APP_API_KEY (`customerio.app_api_key` in config.yaml), that it is an App API key (not a Track key) of this workspace and region, and that its scope allows reading"
@@ -113,12 +113,12 @@ const CHECK_PATH: &str = "GET /v1/segments";
 
 /// The App API on [`ApiClient`] with Bearer auth; `Debug` shows no key.
 #[derive(Clone, Debug)]
-pub struct AppClient {
+pub(crate) struct AppClient {
     api: ApiClient,
 }
 
 impl AppClient {
-    pub fn new(
+    pub(crate) fn new(
         base: &str,
         api_key: Secret,
         gate: Arc<RateGate>,
@@ -132,7 +132,10 @@ impl AppClient {
     }
 
     /// The client for config.yaml's `customerio` and `app` sections, on the process's App gate.
-    pub fn from_settings(settings: &Settings, gate: Arc<RateGate>) -> Result<Self, AppError> {
+    pub(crate) fn from_settings(
+        settings: &Settings,
+        gate: Arc<RateGate>,
+    ) -> Result<Self, AppError> {
         let key = settings
             .customerio
             .app_api_key
@@ -150,7 +153,7 @@ impl AppClient {
 
     /// Checks the App API key with one request (`GET /v1/segments`, not retried, so a
     /// pre-flight answers at once). `Ok` means Customer.io accepted the key.
-    pub async fn check_credentials(&self) -> Result<(), CredentialCheckError> {
+    pub(crate) async fn check_credentials(&self) -> Result<(), CredentialCheckError> {
         let resp = match self.api.send_once(&Request::get("/v1/segments")).await {
             Ok(resp) => resp,
             Err(RetriesExhausted {
@@ -226,7 +229,7 @@ impl AppClient {
     }
 
     /// `GET /v1/segments`: every segment of the workspace.
-    pub async fn segments(
+    pub(crate) async fn segments(
         &self,
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
@@ -237,7 +240,7 @@ impl AppClient {
     }
 
     /// `GET /v1/campaigns`: every campaign of the workspace.
-    pub async fn campaigns(
+    pub(crate) async fn campaigns(
         &self,
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
@@ -249,7 +252,7 @@ impl AppClient {
 
     /// Pages through one segment's members, `page_size` (1..=30000) at a time. A 404
     /// ([`AppError::NotFound`]) from any page means the segment is gone.
-    pub fn membership(&self, segment_id: i64, page_size: u32) -> MembershipPager {
+    pub(crate) fn membership(&self, segment_id: i64, page_size: u32) -> MembershipPager {
         Pager::new(
             self.clone(),
             format!("/v1/segments/{segment_id}/membership"),
@@ -258,7 +261,7 @@ impl AppClient {
     }
 
     /// `GET /v1/campaigns/{id}/metrics?period=&steps=` (v1): metric → values, index 0 oldest.
-    pub async fn campaign_metrics(
+    pub(crate) async fn campaign_metrics(
         &self,
         campaign_id: i64,
         period: MetricsPeriod,
@@ -283,10 +286,10 @@ impl AppClient {
 }
 
 /// One segment's membership, a page at a time (pages are not kept: a caller streams them on).
-pub type MembershipPager = Pager<response::MembershipPage>;
+pub(crate) type MembershipPager = Pager<response::MembershipPage>;
 
 /// The API's name of a metrics period.
-pub fn period_name(p: MetricsPeriod) -> &'static str {
+pub(crate) fn period_name(p: MetricsPeriod) -> &'static str {
     match p {
         MetricsPeriod::Hours => "hours",
         MetricsPeriod::Days => "days",

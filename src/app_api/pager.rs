@@ -17,14 +17,14 @@ use super::{AppClient, AppError};
 use crate::http::RunCounters;
 
 /// One page of a listing, as the API answers it.
-pub trait PageBody: DeserializeOwned {
+pub(crate) trait PageBody: DeserializeOwned {
     type Item;
     /// The page's items and its `next` token; `Err` names what could not be read.
     fn into_page(self) -> Result<(Vec<Self::Item>, Option<String>), String>;
 }
 
 /// Pages through one listing (`path` plus a fixed `query`), one request per page.
-pub struct Pager<B: PageBody> {
+pub(crate) struct Pager<B: PageBody> {
     client: AppClient,
     path: String,
     /// Sent with every page (`limit`); `start` is added from the previous page's `next`.
@@ -36,7 +36,7 @@ pub struct Pager<B: PageBody> {
 }
 
 impl<B: PageBody> Pager<B> {
-    pub fn new(client: AppClient, path: String, query: Vec<(&'static str, String)>) -> Self {
+    pub(crate) fn new(client: AppClient, path: String, query: Vec<(&'static str, String)>) -> Self {
         Self {
             client,
             path,
@@ -49,12 +49,12 @@ impl<B: PageBody> Pager<B> {
     }
 
     /// Pages fetched so far.
-    pub fn pages(&self) -> u32 {
+    pub(crate) fn pages(&self) -> u32 {
         self.pages
     }
 
     /// The next page's items, or `None` after the last page.
-    pub async fn next_page(
+    pub(crate) async fn next_page(
         &mut self,
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
@@ -79,7 +79,7 @@ impl<B: PageBody> Pager<B> {
     }
 
     /// Every item of every page (for listings that fit in memory: segments, campaigns).
-    pub async fn all(
+    pub(crate) async fn all(
         mut self,
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// `null` and a missing field both read as an empty list.
-pub fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub(crate) fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -22,7 +22,7 @@ where
 
 /// A paging token: a string (`"MDox"`) or, as the 2022 reference typed it, a number.
 /// Missing, `null` and `""` all mean "no more pages".
-pub fn next_token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn next_token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s).filter(|s| !s.is_empty())),
@@ -35,7 +35,7 @@ pub fn next_token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 
 /// A scalar read as text: strings as they are (empty = absent), numbers and booleans written
 /// out, anything else absent.
-pub fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<Value>::deserialize(d)?.as_ref().and_then(text))
 }
 
@@ -84,7 +84,7 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
 /// `{"segments":[…]}`. The list itself must be there (`null` is fine): a 200 without it is
 /// not a segment list, and reading it as "no segments" would mark every segment deleted.
 #[derive(Debug, Deserialize)]
-pub struct SegmentList {
+pub(crate) struct SegmentList {
     #[serde(deserialize_with = "null_as_empty")]
     pub segments: Vec<Value>,
     /// Not documented for this list; followed with `?start=` if it ever appears.
@@ -94,7 +94,7 @@ pub struct SegmentList {
 
 /// `{"campaigns":[…]}`; the list must be there, as for [`SegmentList`].
 #[derive(Debug, Deserialize)]
-pub struct CampaignList {
+pub(crate) struct CampaignList {
     #[serde(deserialize_with = "null_as_empty")]
     pub campaigns: Vec<Value>,
     #[serde(default, deserialize_with = "next_token")]
@@ -213,7 +213,7 @@ impl Campaign {
 /// `GET /v1/segments/{id}/membership`: `identifiers` is preferred to `ids` (a member without
 /// an `id` shows there as `""`), so `ids` is not read.
 #[derive(Debug, Deserialize)]
-pub struct MembershipPage {
+pub(crate) struct MembershipPage {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub identifiers: Vec<Member>,
     #[serde(default, deserialize_with = "next_token")]
@@ -241,7 +241,7 @@ pub struct Member {
 
 /// `{"metric":{"series":{"sent":[0,4,9],…}}}`, index 0 oldest.
 #[derive(Debug, Deserialize)]
-pub struct MetricsBody {
+pub(crate) struct MetricsBody {
     #[serde(default)]
     metric: Option<MetricObject>,
 }
@@ -253,10 +253,10 @@ struct MetricObject {
 }
 
 /// Metric name → one value per period, index 0 oldest; a point that is not a number is `None`.
-pub type Series = BTreeMap<String, Vec<Option<i64>>>;
+pub(crate) type Series = BTreeMap<String, Vec<Option<i64>>>;
 
 impl MetricsBody {
-    pub fn into_series(self) -> Series {
+    pub(crate) fn into_series(self) -> Series {
         self.metric
             .and_then(|m| m.series)
             .unwrap_or_default()

@@ -15,7 +15,7 @@ use super::secret::{DatabaseUrl, Secret};
 /// `config.yaml`: the daemon's settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DaemonFile {
+pub(super) struct DaemonFile {
     pub state: StateSection,
     pub customerio: CustomerIoSection,
     /// Folder of job files, relative to `config.yaml`.
@@ -37,7 +37,7 @@ fn default_jobs_dir() -> PathBuf {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StateSection {
+pub(super) struct StateSection {
     /// `sqlite://path` (created on first use) or `postgres://…`.
     pub url: DatabaseUrl,
     /// How long opening a PostgreSQL state database may wait for the server, in seconds.
@@ -59,7 +59,7 @@ pub enum Region {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CustomerIoSection {
+pub(super) struct CustomerIoSection {
     #[serde(default)]
     pub region: Region,
     pub site_id: Option<Secret>,
@@ -73,7 +73,7 @@ pub struct CustomerIoSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrackSection {
+pub(super) struct TrackSection {
     /// Requests per second, shared by every job of this process (Customer.io fair use).
     #[serde(default = "default_track_rate")]
     pub rate_limit_per_sec: u32,
@@ -149,7 +149,7 @@ fn default_batch_bytes() -> usize {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AppSection {
+pub(super) struct AppSection {
     #[serde(default = "default_app_rate")]
     pub rate_limit_per_sec: u32,
     #[serde(default = "default_app_timeout")]
@@ -174,7 +174,7 @@ fn default_app_timeout() -> u64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RetrySection {
+pub(super) struct RetrySection {
     /// Attempts per request, the first included.
     #[serde(default = "default_attempts")]
     pub max_attempts: usize,
@@ -215,7 +215,7 @@ fn default_run_wait() -> u64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ShutdownSection {
+pub(super) struct ShutdownSection {
     /// How long a stopping run waits for requests in flight (keep it below systemd's
     /// `TimeoutStopSec`).
     #[serde(default = "default_grace")]
@@ -237,7 +237,7 @@ fn default_grace() -> u64 {
 /// One `jobs/<name>.yaml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobFile {
+pub(super) struct JobFile {
     /// Cron with seconds: `sec min hour day-of-month month day-of-week`.
     pub schedule: Option<String>,
     pub source: Option<SourceSection>,
@@ -254,7 +254,7 @@ pub struct JobFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceSection {
+pub(super) struct SourceSection {
     pub csv: Option<CsvSection>,
     pub sql: Option<SqlSection>,
 }
@@ -323,7 +323,7 @@ pub struct CursorSection {
 /// `identifier: { id: col }`: exactly one key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IdentifierSection {
+pub(super) struct IdentifierSection {
     pub id: Option<String>,
     pub email: Option<String>,
     pub cio_id: Option<String>,
@@ -421,14 +421,14 @@ fn time_zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<chrono_tz:
 
 /// An attribute's source: a bare column name, or a column with a type.
 #[derive(Debug, Clone)]
-pub enum FieldSpec {
+pub(super) enum FieldSpec {
     Column(String),
     Typed(TypedField),
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TypedField {
+pub(super) struct TypedField {
     pub column: Option<String>,
     /// A constant value instead of a column.
     pub value: Option<serde_json::Value>,
@@ -445,14 +445,14 @@ pub struct TypedField {
 
 /// `data: [a, b]` or `data: { key: spec }`.
 #[derive(Debug, Clone)]
-pub enum FieldsSpec {
+pub(super) enum FieldsSpec {
     List(Vec<String>),
     Map(BTreeMap<String, FieldSpec>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IdentifySection {
+pub(super) struct IdentifySection {
     pub identifier: IdentifierSection,
     /// Omitted: every other non-empty column, as strings.
     pub attributes: Option<FieldsSpec>,
@@ -467,14 +467,14 @@ pub struct IdentifySection {
 
 /// `timestamp: col` or `timestamp: { column: col, format: unix_ms }`.
 #[derive(Debug, Clone)]
-pub enum TimestampSpec {
+pub(super) enum TimestampSpec {
     Column(String),
     Typed(TimestampField),
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TimestampField {
+pub(super) struct TimestampField {
     pub column: String,
     #[serde(default)]
     pub format: TimestampFormat,
@@ -485,14 +485,14 @@ pub struct TimestampField {
 
 /// `name: purchase` or `name: { column: event_name }`.
 #[derive(Debug, Clone)]
-pub enum NameSpec {
+pub(super) enum NameSpec {
     Fixed(String),
     Column(ColumnRef),
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ColumnRef {
+pub(super) struct ColumnRef {
     pub column: String,
 }
 
@@ -507,7 +507,7 @@ pub enum EventType {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrackJobSection {
+pub(super) struct TrackJobSection {
     pub identifier: Option<IdentifierSection>,
     /// Column holding an anonymous id, for events not tied to a known person.
     pub anonymous_id: Option<String>,
@@ -524,14 +524,14 @@ pub struct TrackJobSection {
 }
 
 #[derive(Debug, Clone)]
-pub enum EventKeySpec {
+pub(super) enum EventKeySpec {
     Column(String),
     Columns(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteSection {
+pub(super) struct DeleteSection {
     pub identifier: IdentifierSection,
     /// `delete` removes the person; `suppress` also blocks the identifier for good.
     #[serde(default)]
@@ -548,7 +548,7 @@ pub enum DeleteAction {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SegmentSection {
+pub(super) struct SegmentSection {
     /// The manual segment's id in Customer.io.
     pub id: i64,
     pub identifier: IdentifierSection,

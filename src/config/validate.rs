@@ -15,7 +15,7 @@ use super::raw::{self, FieldSpec, FieldsSpec, IdentifierSection, TimestampSpec};
 use super::secret::{ApiUrl, Secret};
 
 /// `state_directory` is `$STATE_DIRECTORY` as systemd sets it from `StateDirectory=`.
-pub fn settings(
+pub(super) fn settings(
     file: &Path,
     raw: raw::DaemonFile,
     state_directory: Option<&str>,
@@ -190,7 +190,11 @@ fn resolve_sqlite_url(url: &super::DatabaseUrl, base: &Path) -> super::DatabaseU
 /// Secrets that the jobs need must hold something: `CIO_SITE_ID=` set but empty would
 /// otherwise pass every check and fail only against Customer.io. Pure: looks at what was
 /// loaded, and names the variable that fed the key when there was one.
-pub fn needed_secrets(settings: &Settings, jobs: &[JobSpec], used: &[VarUse]) -> Vec<ConfigError> {
+pub(super) fn needed_secrets(
+    settings: &Settings,
+    jobs: &[JobSpec],
+    used: &[VarUse],
+) -> Vec<ConfigError> {
     let names = |push: bool| -> Vec<&str> {
         jobs.iter()
             .filter(|j| matches!(j.kind, JobKind::Push(_)) == push)
@@ -263,7 +267,7 @@ fn check_batch(errors: &mut Vec<ConfigError>, file: &Path, key: &str, b: &raw::B
     }
 }
 
-pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> {
+pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let name = file
         .file_stem()
@@ -480,7 +484,7 @@ pub fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigError>> 
 }
 
 /// Checks a cron string with the scheduler's own parser (croner), seconds field required.
-pub fn check_cron(s: &str) -> Result<(), String> {
+pub(super) fn check_cron(s: &str) -> Result<(), String> {
     let fields = s.split_whitespace().count();
     if fields != 6 && fields != 7 {
         return Err(format!(

@@ -12,11 +12,11 @@ use sqlx::any::AnyRow;
 
 use super::{StateError, StateStore, now_ms, q, storable, storable_opt};
 
-/// How a run ended.
+/// How a run ended. A run in progress has no outcome yet: its row says `running` until it
+/// finishes (or a later run marks it aborted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    Running,
     /// Every row delivered.
     Succeeded,
     /// Finished; some rows were dead-lettered.
@@ -31,7 +31,6 @@ pub enum Outcome {
 impl Outcome {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Outcome::Running => "running",
             Outcome::Succeeded => "succeeded",
             Outcome::RejectedRows => "rejected_rows",
             Outcome::Failed => "failed",

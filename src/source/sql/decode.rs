@@ -13,7 +13,7 @@ use super::key::{Key, KeyKind};
 use crate::source::row::Value;
 
 /// One backend's reading of its column types and values.
-pub trait Decoder {
+pub(super) trait Decoder {
     type Db: Database;
     /// How a column is read, fixed by its type for the whole result.
     type Kind: Copy + Send + Sync + 'static;
@@ -35,7 +35,7 @@ pub trait Decoder {
 
 /// A column of the query as the database describes it.
 #[derive(Debug, Clone)]
-pub struct ColumnInfo {
+pub(super) struct ColumnInfo {
     pub name: String,
     /// The database's type name, for messages.
     pub db_type: String,
@@ -44,7 +44,7 @@ pub struct ColumnInfo {
     pub key_kind: Option<KeyKind>,
 }
 
-pub fn column_infos<D: Decoder>(columns: &[<D::Db as Database>::Column]) -> Vec<ColumnInfo> {
+pub(super) fn column_infos<D: Decoder>(columns: &[<D::Db as Database>::Column]) -> Vec<ColumnInfo> {
     columns
         .iter()
         .map(|c| {
@@ -62,7 +62,7 @@ pub fn column_infos<D: Decoder>(columns: &[<D::Db as Database>::Column]) -> Vec<
 
 /// Why a fetch failed.
 #[derive(Debug)]
-pub enum FetchError {
+pub(super) enum FetchError {
     /// The database or the connection; may be transient.
     Db(sqlx::Error),
     /// A column whose type cio-sync cannot read (found at the first row).
@@ -72,7 +72,7 @@ pub enum FetchError {
 }
 
 /// One decoded row.
-pub struct DecodedRow {
+pub(super) struct DecodedRow {
     /// The values, or the first column that could not be read (named, with its type).
     pub values: Result<Vec<Value>, String>,
     /// For unreadable rows: the row as JSON text, unreadable columns shown as their error.
@@ -192,7 +192,7 @@ impl<K: Copy> Layout<K> {
 }
 
 /// Decodes a row stream, fixing the column kinds at the first row.
-pub fn decoded<'a, D: Decoder + 'a>(
+pub(super) fn decoded<'a, D: Decoder + 'a>(
     rows: BoxStream<'a, Result<<D::Db as Database>::Row, sqlx::Error>>,
     keys: Option<(usize, usize)>,
     expected: usize,
@@ -216,7 +216,7 @@ where
 
 /// The `f32` as the shortest decimal that reads back as it, widened: `0.1::real` becomes
 /// `0.1`, not `0.10000000149011612`.
-pub fn f32_as_written(f: f32) -> f64 {
+pub(super) fn f32_as_written(f: f32) -> f64 {
     if f.is_finite() {
         f.to_string().parse().unwrap_or(f64::from(f))
     } else {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// the next chunk uses the same type (and time zone semantics) as the column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "value", rename_all = "snake_case")]
-pub enum Key {
+pub(super) enum Key {
     Int(i64),
     /// Unsigned values above `i64::MAX` (MySQL `BIGINT UNSIGNED`).
     Uint(u64),
@@ -33,7 +33,7 @@ pub enum Key {
 
 /// Which kind of key a column yields: decides the placeholder's cast in the chunk query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
+pub(super) enum KeyKind {
     Int,
     Uint,
     Float,
@@ -46,7 +46,7 @@ pub enum KeyKind {
 }
 
 impl Key {
-    pub fn kind(&self) -> KeyKind {
+    pub(super) fn kind(&self) -> KeyKind {
         match self {
             Key::Int(_) => KeyKind::Int,
             Key::Uint(_) => KeyKind::Uint,
@@ -61,18 +61,18 @@ impl Key {
     }
 
     /// The checkpoint form.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(super) fn to_json(&self) -> serde_json::Value {
         // Serializing these variants cannot fail: every payload is a number, string or chrono
         // value, and non-finite floats never become keys (see `Key::float`).
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
-    pub fn from_json(v: &serde_json::Value) -> Result<Key, String> {
+    pub(super) fn from_json(v: &serde_json::Value) -> Result<Key, String> {
         Key::deserialize(v).map_err(|e| e.to_string())
     }
 
     /// A float key, refusing NaN and infinities (they have no JSON form and no stable order).
-    pub fn float(f: f64) -> Result<Key, String> {
+    pub(super) fn float(f: f64) -> Result<Key, String> {
         if f.is_finite() {
             Ok(Key::Float(f))
         } else {
@@ -84,12 +84,12 @@ impl Key {
 mod float_text {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(f: &f64, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(f: &f64, s: S) -> Result<S::Ok, S::Error> {
         // `Display` for f64 is the shortest text that parses back to the same value.
         s.collect_str(f)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         let text = String::deserialize(d)?;
         text.parse()
             .map_err(|_| D::Error::custom(format!("{text:?} is not a number")))

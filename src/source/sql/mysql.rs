@@ -21,7 +21,7 @@ use super::key::{Key, KeyKind};
 use crate::source::row::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MyKind {
+pub(super) enum MyKind {
     Bool,
     Int,
     /// Unsigned integers, `YEAR` and `BIT(n)` (as an unsigned number).
@@ -39,7 +39,7 @@ pub enum MyKind {
     Null,
 }
 
-pub struct MyDecoder;
+pub(super) struct MyDecoder;
 
 fn decode<'r, T: Decode<'r, MySql>>(v: MySqlValueRef<'r>) -> Result<T, String> {
     T::decode(v).map_err(|e| e.to_string())

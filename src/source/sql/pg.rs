@@ -16,7 +16,7 @@ use crate::source::row::Value;
 
 /// How one column is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PgKind {
+pub(super) enum PgKind {
     Bool,
     Int2,
     Int4,
@@ -39,7 +39,7 @@ pub enum PgKind {
     Uuid,
 }
 
-pub struct PgDecoder;
+pub(super) struct PgDecoder;
 
 impl Decoder for PgDecoder {
     type Db = Postgres;
@@ -252,7 +252,7 @@ fn uuid_text(b: [u8; 16]) -> String {
 
 /// NUMERIC's binary form (base-10000 digits with a weight and a display scale) as exact
 /// decimal text, the way PostgreSQL prints it.
-pub fn numeric_text(b: &[u8]) -> Result<String, String> {
+pub(super) fn numeric_text(b: &[u8]) -> Result<String, String> {
     use std::fmt::Write;
     let word = |i: usize| -> Result<[u8; 2], String> {
         b.get(i..i + 2)

@@ -14,7 +14,7 @@ use crate::source::row::{Checkpoint, ResumePoint};
 
 /// The database family, chosen by the URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(super) enum Backend {
     Postgres,
     MySql,
     Sqlite,
@@ -22,7 +22,7 @@ pub enum Backend {
 
 impl Backend {
     /// `postgres`/`postgresql`, `mysql`/`mariadb`, `sqlite`; `None` for anything else.
-    pub fn from_scheme(scheme: &str) -> Option<Backend> {
+    pub(super) fn from_scheme(scheme: &str) -> Option<Backend> {
         match scheme {
             "postgres" | "postgresql" => Some(Backend::Postgres),
             "mysql" | "mariadb" => Some(Backend::MySql),
@@ -33,7 +33,7 @@ impl Backend {
 
     /// `name` as a quoted identifier, or why it cannot be one. Names come from the job file;
     /// refusing quote characters (rather than escaping them) keeps the rule easy to state.
-    pub fn quote_ident(self, name: &str) -> Result<String, String> {
+    pub(super) fn quote_ident(self, name: &str) -> Result<String, String> {
         if name.is_empty() {
             return Err("is empty".into());
         }
@@ -65,7 +65,7 @@ impl Backend {
     }
 
     /// Whether each placeholder is bound separately (`?`), so the cursor value is bound twice.
-    pub fn positional(self) -> bool {
+    pub(super) fn positional(self) -> bool {
         !matches!(self, Backend::Postgres)
     }
 }
@@ -78,18 +78,18 @@ fn wrapped(query: &str) -> String {
 
 /// The query as written, minus trailing whitespace and semicolons (a common copy-paste
 /// leftover that would break the wrapping).
-pub fn clean_query(query: &str) -> &str {
+pub(super) fn clean_query(query: &str) -> &str {
     query.trim_end_matches(|c: char| c.is_whitespace() || c == ';')
 }
 
 /// `LIMIT 0` probe: the columns and their types without reading a row.
-pub fn probe_sql(query: &str) -> String {
+pub(super) fn probe_sql(query: &str) -> String {
     format!("{} LIMIT 0", wrapped(clean_query(query)))
 }
 
 /// The configured cursor, resolved against the query's columns and quoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CursorPlan {
+pub(super) struct CursorPlan {
     /// As configured in the job file (what the identity records).
     pub cursor_name: String,
     pub tiebreak_name: String,
@@ -103,7 +103,7 @@ pub struct CursorPlan {
 
 /// Finds `name` among `columns`: exactly, else ASCII-case-insensitively when that is unique
 /// (PostgreSQL folds unquoted names to lower case, so `updatedAt` in a job means `updatedat`).
-pub fn find_column(columns: &[String], name: &str) -> Option<usize> {
+pub(super) fn find_column(columns: &[String], name: &str) -> Option<usize> {
     if let Some(i) = columns.iter().position(|c| c == name) {
         return Some(i);
     }
@@ -120,7 +120,7 @@ pub fn find_column(columns: &[String], name: &str) -> Option<usize> {
 impl CursorPlan {
     /// Resolves the configured names against the query's columns; the error says which
     /// setting is wrong and how to fix it.
-    pub fn resolve(
+    pub(super) fn resolve(
         backend: Backend,
         columns: &[String],
         cursor: &str,
@@ -154,7 +154,7 @@ impl CursorPlan {
     }
 
     /// The first chunk of a read with no position yet.
-    pub fn first_chunk_sql(&self, query: &str, limit: u32) -> String {
+    pub(super) fn first_chunk_sql(&self, query: &str, limit: u32) -> String {
         format!(
             "{} ORDER BY {c}, {t} LIMIT {limit}",
             wrapped(clean_query(query)),
@@ -171,7 +171,7 @@ impl CursorPlan {
     /// the start on every chunk), while MariaDB does so only for the OR (the row comparison
     /// becomes a full scan and sort). SQLite handles both. For non-NULL values the two are the
     /// same predicate.
-    pub fn next_chunk_sql(
+    pub(super) fn next_chunk_sql(
         &self,
         backend: Backend,
         query: &str,
@@ -204,7 +204,7 @@ impl CursorPlan {
 /// What a checkpoint must match to be resumed. Incremental reads are keyed by their cursor
 /// columns only (editing the query's filters or select list keeps the position); full reads
 /// by the query text, since "skip n rows" means nothing for a different query.
-pub fn identity(query: &str, cursor: Option<(&str, &str)>) -> serde_json::Value {
+pub(super) fn identity(query: &str, cursor: Option<(&str, &str)>) -> serde_json::Value {
     match cursor {
         Some((c, t)) => json!({ "kind": "sql", "cursor": c, "tiebreak": t }),
         None => {
@@ -217,7 +217,7 @@ pub fn identity(query: &str, cursor: Option<(&str, &str)>) -> serde_json::Value 
 
 /// Where a read begins.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Start {
+pub(super) enum Start {
     /// From the first row; no checkpoint applies.
     Fresh,
     /// Full read: run the query again and skip the rows a previous, interrupted run settled.
@@ -233,7 +233,7 @@ pub enum Start {
 
 impl Start {
     /// The position reported as `resumed_at`, or `None` for a fresh read.
-    pub fn resumed_at(&self) -> Option<ResumePoint> {
+    pub(super) fn resumed_at(&self) -> Option<ResumePoint> {
         match self {
             Start::Fresh => None,
             Start::SkipRows(row) => Some(ResumePoint::Sql {
@@ -256,7 +256,7 @@ impl Start {
 
 /// Why a stored checkpoint cannot be used and the read should not silently start over.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadCheckpoint(pub String);
+pub(super) struct BadCheckpoint(pub String);
 
 /// Decides where to start from the job's checkpoint (already matched to the job).
 ///
@@ -266,7 +266,7 @@ pub struct BadCheckpoint(pub String);
 ///   starts a new row count.
 /// - Full: a completed checkpoint means the next run re-reads (and re-sends) everything; an
 ///   interrupted one skips the rows already settled.
-pub fn start(
+pub(super) fn start(
     identity: &serde_json::Value,
     checkpoint: Option<&Checkpoint>,
     incremental: bool,

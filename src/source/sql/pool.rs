@@ -21,32 +21,32 @@ use crate::config::SqlSource as SqlSection;
 use crate::source::error::SourceError;
 
 /// The next step after a connection problem with a database server.
-pub const CONNECT_FIX: &str = "check `source.sql.url` (host, port, database, user, password) and that the database accepts connections from this machine";
+pub(super) const CONNECT_FIX: &str = "check `source.sql.url` (host, port, database, user, password) and that the database accepts connections from this machine";
 /// The next step after an SQLite file could not be opened: it has no host or password.
-pub const SQLITE_FIX: &str = "check the file path in `source.sql.url`: the file must exist (it is never created) and this user must be able to read it";
+pub(super) const SQLITE_FIX: &str = "check the file path in `source.sql.url`: the file must exist (it is never created) and this user must be able to read it";
 
 /// The next step after a connection problem, in the backend's terms.
-pub fn connect_fix(backend: Backend) -> &'static str {
+pub(super) fn connect_fix(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => SQLITE_FIX,
         Backend::Postgres | Backend::MySql => CONNECT_FIX,
     }
 }
 /// The next step after the database rejected the query.
-pub const QUERY_FIX: &str =
+pub(super) const QUERY_FIX: &str =
     "check `source.sql.query`: running it in a SQL client shows the same error";
 
 /// A pool with its concrete driver: sqlx's `Any` driver cannot decode dates, JSON, UUIDs or
 /// decimals, so each backend keeps its own type.
 #[derive(Clone, Debug)]
-pub enum Db {
+pub(super) enum Db {
     Pg(PgPool),
     My(MySqlPool),
     Lite(SqlitePool),
 }
 
 impl Db {
-    pub fn backend(&self) -> Backend {
+    pub(super) fn backend(&self) -> Backend {
         match self {
             Db::Pg(_) => Backend::Postgres,
             Db::My(_) => Backend::MySql,
@@ -80,7 +80,7 @@ fn cached(url: &str) -> Option<Db> {
 
 /// The source's pool, opened on first use. Errors name the database (never the job: the
 /// caller adds it) and say what to check.
-pub async fn connect(cfg: &SqlSection, backend: Backend) -> Result<Db, SourceError> {
+pub(super) async fn connect(cfg: &SqlSection, backend: Backend) -> Result<Db, SourceError> {
     let url = cfg.url.expose();
     if let Some(db) = cached(url) {
         return Ok(db);
@@ -183,7 +183,7 @@ fn pool_options<DB: sqlx::Database>(timeout: Duration) -> sqlx::pool::PoolOption
 
 /// Whether a failed read may succeed if issued again: the connection was lost or the server
 /// is restarting, as opposed to the query being wrong.
-pub fn is_transient(e: &sqlx::Error) -> bool {
+pub(super) fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
@@ -205,7 +205,7 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 }
 
 /// The database's own message (with PostgreSQL's detail and hint), without sqlx's wrapping.
-pub fn describe_error(e: &sqlx::Error) -> String {
+pub(super) fn describe_error(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => {
             let mut out = db.message().to_string();

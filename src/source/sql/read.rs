@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Connection, Executor, MySql, Postgres, SqlSafeStr, Sql
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use super::decode::ColumnInfo;
+pub(super) use super::decode::ColumnInfo;
 use super::decode::{DecodedRow, Decoder, FetchError, column_infos, decoded};
 use super::key::Key;
 use super::mysql::MyDecoder;
@@ -25,7 +25,7 @@ use crate::source::error::SourceError;
 use crate::source::row::{ResumePoint, SourceRow};
 
 /// The one connection a read uses, from its probe to its last chunk.
-pub enum Conn {
+pub(super) enum Conn {
     Pg(PoolConnection<Postgres>),
     My(PoolConnection<MySql>),
     Lite(PoolConnection<Sqlite>),
@@ -67,7 +67,7 @@ impl Db {
     /// A connection with an empty statement cache. sqlx caches prepared statements by their
     /// SQL text, and one cached by an earlier run describes the table as it was then
     /// (PostgreSQL refuses it outright once a column's type changed).
-    pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
+    pub(super) async fn acquire(&self) -> Result<Conn, sqlx::Error> {
         Ok(match self {
             Db::Pg(p) => Conn::Pg(fresh(p).await?),
             Db::My(p) => Conn::My(fresh(p).await?),
@@ -77,7 +77,7 @@ impl Db {
 }
 
 impl Conn {
-    pub fn backend(&self) -> Backend {
+    pub(super) fn backend(&self) -> Backend {
         match self {
             Conn::Pg(_) => Backend::Postgres,
             Conn::My(_) => Backend::MySql,
@@ -87,7 +87,7 @@ impl Conn {
 
     /// The query's columns without reading a row: prepared, then run (a `LIMIT 0` query), so
     /// permission errors surface too.
-    pub async fn describe(&mut self, sql: String) -> Result<Vec<ColumnInfo>, sqlx::Error> {
+    pub(super) async fn describe(&mut self, sql: String) -> Result<Vec<ColumnInfo>, sqlx::Error> {
         on_conn!(self, c, D => {
             let st = (&mut **c)
                 .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
@@ -128,7 +128,7 @@ impl Conn {
 
 /// Retries of one read after a lost connection, before it fails. A retry that made progress
 /// (handed out a row) resets the count.
-pub const MAX_RETRIES: u32 = 3;
+pub(super) const MAX_RETRIES: u32 = 3;
 
 /// Wait before retry `n` (1-based): 1 s, 2 s, 4 s.
 fn backoff(n: u32) -> Duration {
@@ -136,7 +136,7 @@ fn backoff(n: u32) -> Duration {
 }
 
 /// One read of a source: owns the channel's sending end.
-pub struct Reader {
+pub(super) struct Reader {
     pub db: Db,
     /// The connection that ran the probe; the read continues on it.
     pub conn: Option<Conn>,
@@ -170,7 +170,7 @@ enum Ended {
 
 impl Reader {
     /// Reads a full query, skipping the first `skip` rows (settled by an interrupted run).
-    pub async fn full(mut self, skip: u64) {
+    pub(super) async fn full(mut self, skip: u64) {
         let sql = clean_query(&self.query).to_string();
         let mut held = self.conn.take();
         let mut handed = skip;
@@ -249,7 +249,7 @@ impl Reader {
     }
 
     /// Reads in keyset chunks strictly after `after`; `row` rows of this pass came before.
-    pub async fn incremental(mut self, mut after: Option<(Key, Key)>, mut row: u64) {
+    pub(super) async fn incremental(mut self, mut after: Option<(Key, Key)>, mut row: u64) {
         let Some(plan) = self.cursor.clone() else {
             return self
                 .fail(self.db_error(

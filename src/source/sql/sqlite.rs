@@ -18,7 +18,7 @@ use super::key::{Key, KeyKind};
 use crate::source::row::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiteKind {
+pub(super) enum LiteKind {
     Bool,
     Real,
     Date,
@@ -29,7 +29,7 @@ pub enum LiteKind {
     Stored,
 }
 
-pub struct LiteDecoder;
+pub(super) struct LiteDecoder;
 
 fn decode<'r, T: Decode<'r, Sqlite>>(v: SqliteValueRef<'r>) -> Result<T, String> {
     T::decode(v).map_err(|e| e.to_string())
