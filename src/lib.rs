@@ -18,7 +18,9 @@
 //! - [`schedule`]: the daemon: cron schedules, no overlapping runs, graceful stop.
 //! - [`simulator`]: a local Customer.io for tests, benchmarks and the demo.
 //! - [`preflight`]: the file and connection checks of `cio-sync validate`.
-//! - [`cli`]: the command line (`cli/output.rs`: what it prints); [`exit`]: the exit codes.
+//! - [`cli`]: the command line (`cli/output.rs`: what it prints; `cli/demo.rs`: the demo);
+//!   [`exit`]: the exit codes.
+//! - [`testing`]: test support (a database per test).
 
 // Modules the binary, tests and benches do not use are `pub(crate)`, and inside them nothing
 // says `pub` that cannot be reached from outside: rustc then reports what is unused.
@@ -28,7 +30,6 @@ pub(crate) mod app_api;
 pub mod batch;
 pub mod cli;
 pub mod config;
-pub(crate) mod demo;
 pub(crate) mod exit;
 pub mod http;
 pub mod mapping;

@@ -85,7 +85,7 @@ pub(crate) async fn check_local(cfg: &Config) -> Vec<PreflightError> {
         };
         match &push.source {
             SourceSpec::Csv(_) => {
-                if let Err(e) = crate::source::check::check_job(job).await {
+                if let Err(e) = check_columns(job).await {
                     problems.push(PreflightError::Source(e));
                 }
             }
@@ -152,7 +152,7 @@ pub(crate) async fn check_connected(cfg: &Config) -> PreflightReport {
     for job in &cfg.jobs {
         if let JobKind::Push(push) = &job.kind
             && matches!(push.source, SourceSpec::Sql(_))
-            && let Err(e) = crate::source::check::check_job(job).await
+            && let Err(e) = check_columns(job).await
         {
             report.problems.push(PreflightError::Source(e));
         }
@@ -184,6 +184,17 @@ async fn check_app_key(settings: &Settings) -> Result<(), String> {
     // One unretried request: a pre-flight answers at once, and says whether the key was
     // refused, the host unreachable or the region wrong.
     client.check_credentials().await.map_err(|e| e.to_string())
+}
+
+/// The job's source has every column its mapping uses (a CSV header, an SQL probe).
+pub(crate) async fn check_columns(job: &JobSpec) -> Result<(), String> {
+    let JobKind::Push(push) = &job.kind else {
+        return Ok(());
+    };
+    let columns = crate::source::check::columns(&push.source, &job.name).await?;
+    crate::mapping::Mapper::new(&job.name, &push.mapping, &columns)
+        .map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
+    Ok(())
 }
 
 fn job_folder(job: &JobSpec) -> &Path {

@@ -6,6 +6,7 @@
 //! Must not: hold pipeline logic or I/O checks; it calls `runner`, `preflight`, `state`,
 //! `simulator`.
 
+mod demo;
 pub mod output;
 
 use std::path::PathBuf;
@@ -286,11 +287,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::DeadLetters(args) => dead_letters(&cli.global, args).await,
         Command::Simulate { listen } => simulate(listen).await,
         Command::Daemon => daemon(&cli.global).await,
-        Command::Demo => crate::demo::run(&cli.global.config, cli.global.state.clone())
+        Command::Demo => demo::run(&cli.global.config, cli.global.state.clone())
             .await
             .map_err(|e| match e {
                 // A configuration mistake is exit 2 in the demo too.
-                crate::demo::DemoError::Config(errors) => anyhow::Error::new(errors),
+                demo::DemoError::Config(errors) => anyhow::Error::new(errors),
                 other => anyhow::Error::new(other),
             }),
     }

@@ -43,7 +43,7 @@ pub(super) async fn read_capped(
         return Err(too_large);
     }
     let mut buf = BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(super::retry::transport)? {
+    while let Some(chunk) = resp.chunk().await.map_err(super::HttpError::transport)? {
         if buf.len() + chunk.len() > limit {
             return Err(too_large);
         }

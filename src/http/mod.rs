@@ -91,6 +91,27 @@ impl HttpError {
             _ => None,
         }
     }
+
+    /// A request that got no HTTP answer, described without its URL (it may carry
+    /// identifiers), with the whole cause chain.
+    pub(crate) fn transport(e: reqwest::Error) -> HttpError {
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "could not connect"
+        } else {
+            "connection failed"
+        };
+        // Without the URL: it may carry identifiers.
+        let e = e.without_url();
+        let mut msg = format!("{kind}: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        HttpError::Transport(msg)
+    }
 }
 
 /// The request ran out of attempts (or the run out of retry time).

@@ -136,7 +136,7 @@ where
         gate.acquire().await;
         attempts.fetch_add(1, Ordering::Relaxed);
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = build().send().await.map_err(transport)?;
+        let mut resp = build().send().await.map_err(HttpError::transport)?;
         let status = resp.status().as_u16();
         let header = |name| {
             resp.headers()
@@ -209,25 +209,6 @@ fn origin_of(location: &str) -> Option<String> {
     let url = reqwest::Url::parse(location).ok()?;
     url.host_str()?;
     Some(url.origin().ascii_serialization())
-}
-
-pub(super) fn transport(e: reqwest::Error) -> HttpError {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "connection failed"
-    };
-    // Without the URL: it may carry identifiers.
-    let e = e.without_url();
-    let mut msg = format!("{kind}: {e}");
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    HttpError::Transport(msg)
 }
 
 #[cfg(test)]

@@ -1,36 +1,31 @@
-//! `validate --connect`: open each job's source and check that the mapped columns exist.
+//! The columns a job's source has, for the pre-flight (`validate`).
 //!
-//! Owns: the pre-flight check of sources. Must not: read more than the header / a `LIMIT 0`
-//! probe, or send anything.
+//! Owns: opening a source only far enough to learn its columns (a CSV header, an SQL
+//! `LIMIT 0` probe). Must not: read rows, know of mapping (the pre-flight holds the columns
+//! against the mapping), or send anything.
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{JobKind, JobSpec};
-use crate::mapping::Mapper;
+use crate::config::SourceSpec;
 
-pub async fn check_job(job: &JobSpec) -> Result<(), String> {
-    let JobKind::Push(push) = &job.kind else {
-        return Ok(());
-    };
-    let cancel = CancellationToken::new();
-    let columns = match &push.source {
-        crate::config::SourceSpec::Sql(sql) => super::sql::probe_columns(sql, &job.name)
+/// The columns of `source`, for job `job`; the error names the job and the source's problem.
+pub async fn columns(source: &SourceSpec, job: &str) -> Result<Vec<String>, String> {
+    match source {
+        SourceSpec::Sql(sql) => super::sql::probe_columns(sql, job)
             .await
-            .map_err(|e| format!("job `{}`: {e}", job.name))?,
-        crate::config::SourceSpec::Csv(csv) => {
+            .map_err(|e| format!("job `{job}`: {e}")),
+        SourceSpec::Csv(csv) => {
             // A file still being written is a reason for a run to wait, not a broken config.
             let header_only = crate::config::CsvSource {
                 min_age: None,
                 ..csv.clone()
             };
+            let cancel = CancellationToken::new();
             let stream = super::csv::open(&header_only, None, cancel.clone())
                 .await
-                .map_err(|e| format!("job `{}`: {e}", job.name))?;
+                .map_err(|e| format!("job `{job}`: {e}"))?;
             cancel.cancel();
-            stream.columns.to_vec()
+            Ok(stream.columns.to_vec())
         }
-    };
-    Mapper::new(&job.name, &push.mapping, &columns)
-        .map_err(|e| format!("job `{}` ({}): {e}", job.name, job.file.display()))?;
-    Ok(())
+    }
 }

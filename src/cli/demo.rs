@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::cli::output::{count, print_report_as, say};
+use super::output::{count, print_report_as, say};
 use crate::config::{self, ConfigErrors, DatabaseUrl, Secret};
 use crate::pipeline::{RunMode, StopSignal};
 use crate::runner::{Runner, RunnerError};
