@@ -126,11 +126,20 @@ impl Drop for RunningGuard<'_> {
     }
 }
 
-/// Runs the daemon until a stop signal, then waits for running jobs.
+/// How often the scheduler's own heartbeat job ticks the liveness handle.
+pub(crate) const LIVENESS_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long without a heartbeat before `/healthz` says the scheduler is wedged: a few missed
+/// ticks, so one slow tick on a loaded machine is not a restart.
+pub(crate) const LIVENESS_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs the daemon until a stop signal, then waits for running jobs. The scheduler ticks
+/// `liveness` from a job of its own, so a scheduler that stops firing jobs stops ticking it.
 pub(crate) async fn run_daemon(
     runner: Runner,
     jobs: Vec<JobSpec>,
     signals: Signals,
+    liveness: crate::observe::Liveness,
 ) -> Result<(), ScheduleError> {
     let scheduled: Vec<JobSpec> = jobs.into_iter().filter(|j| j.schedule.is_some()).collect();
     if scheduled.is_empty() {
@@ -162,6 +171,12 @@ pub(crate) async fn run_daemon(
             .map_err(|e| ScheduleError::Scheduler(e.to_string()))?;
         tracing::info!(job = %job.name, schedule = %schedule, "Scheduled (UTC).");
     }
+    let heartbeat = Job::new_repeated(LIVENESS_TICK, move |_, _| liveness.tick())
+        .map_err(|e| ScheduleError::Scheduler(e.to_string()))?;
+    sched
+        .add(heartbeat)
+        .await
+        .map_err(|e| ScheduleError::Scheduler(e.to_string()))?;
     sched
         .start()
         .await

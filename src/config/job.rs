@@ -183,6 +183,8 @@ pub struct Settings {
     pub app: AppSettings,
     pub retry: RetrySettings,
     pub grace: Duration,
+    /// `http.listen`: where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
