@@ -96,7 +96,10 @@ impl Runner {
 
     /// Puts each job's last completed run and its failures since into the health metrics, from
     /// the run history, so they mean the same after a restart as before it.
-    pub async fn load_job_health(&self, jobs: &[JobSpec]) -> Result<(), RunnerError> {
+    pub async fn load_job_health<'a>(
+        &self,
+        jobs: impl IntoIterator<Item = &'a JobSpec>,
+    ) -> Result<(), RunnerError> {
         for job in jobs {
             let runs = self.state.runs(Some(&job.name), HEALTH_HISTORY).await?;
             let (last_success_unix_secs, consecutive_failures) = job_health(&runs);

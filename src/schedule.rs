@@ -285,4 +285,65 @@ mod tests {
         assert_eq!(ticker.tick(&job), Tick::SkippedStopping);
         ticker.drain().await;
     }
+
+    #[tokio::test]
+    async fn the_schedulers_own_heartbeat_ticks_the_liveness_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg_path,
+            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
+        )
+        .unwrap();
+        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
+        let runner = Runner::new(settings).await.unwrap();
+        let job = JobSpec {
+            name: "j".into(),
+            file: dir.path().join("j.yaml"),
+            // Never due while the test runs: only the heartbeat fires.
+            schedule: Some("0 0 2 1 1 *".into()),
+            kind: JobKind::Push(Box::new(PushJob {
+                source: SourceSpec::Csv(CsvSection {
+                    path: dir.path().join("missing.csv"),
+                    delimiter: ',',
+                    quote: '"',
+                    double_quote: true,
+                    escape: None,
+                    quoting: true,
+                    trim: false,
+                    min_age: None,
+                }),
+                mapping: MappingSpec::Delete {
+                    identifier: IdentifierSpec {
+                        kind: IdentifierKind::Id,
+                        column: "id".into(),
+                    },
+                    action: DeleteAction::Delete,
+                },
+                transport: None,
+                batch: None,
+                concurrency: None,
+            })),
+        };
+        let signals = Signals::new();
+        let live = crate::observe::Liveness::ticked_every(LIVENESS_STALE_AFTER);
+        let daemon = tokio::spawn(run_daemon(runner, vec![job], signals.clone(), live.clone()));
+        // Two heartbeats are 2 × LIVENESS_TICK apart at most; allow a loaded machine plenty.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while live.ticks() < 2 {
+            assert!(
+                !daemon.is_finished(),
+                "the daemon ended before its heartbeat ticked"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 120 s for two heartbeats of the scheduler (saw {})",
+                live.ticks()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(live.check(), Ok(()));
+        signals.stop.cancel();
+        daemon.await.unwrap().unwrap();
+    }
 }

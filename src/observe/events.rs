@@ -253,7 +253,8 @@ fn outcome_label(outcome: &str) -> &'static str {
     }
 }
 
-/// What a job's history said at start, so the health gauges mean the same after a restart.
+/// What a job's history said at start, so the health gauges mean the same after a restart;
+/// also makes the job's row counters exist (at 0) before its first run.
 #[derive(Debug)]
 pub struct JobHistoryLoaded<'a> {
     pub job: &'a str,
@@ -271,6 +272,16 @@ impl InternalEvent for JobHistoryLoaded<'_> {
             "Job health loaded from the run history."
         );
         let labels = job(self.job);
+        // Every per-job series exists from the start, at 0, so `rate()` and alerts see a job
+        // that has not moved yet rather than no series at all.
+        for family in [
+            &m.rows_read,
+            &m.rows_delivered,
+            &m.rows_rejected,
+            &m.rows_skipped_unchanged,
+        ] {
+            family.get_or_create(&labels);
+        }
         if let Some(at) = self.last_success_unix_secs {
             m.last_success_timestamp_seconds
                 .get_or_create(&labels)

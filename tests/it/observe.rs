@@ -23,7 +23,11 @@ impl Daemon {
         c.arg("daemon")
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = c.spawn().expect("spawn the daemon");
+        Self::attach(c.spawn().expect("spawn the daemon")).await
+    }
+
+    /// Follows a started `cio-sync` whose stderr is piped, until its listener says where it is.
+    async fn attach(mut child: tokio::process::Child) -> Daemon {
         let mut pipe = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         {
@@ -206,9 +210,10 @@ async fn metrics_show_the_exact_counts_of_a_scheduled_run_against_the_simulator(
         last_success <= now && last_success > now - 600.0,
         "last success {last_success} is not a recent Unix time (now {now})"
     );
-    assert!(
-        m.contains("# TYPE cio_sync_rows_skipped_unchanged counter"),
-        "{m}"
+    assert_eq!(
+        sample(&m, "cio_sync_rows_skipped_unchanged_total{job=\"people\"}"),
+        Some("0"),
+        "every per-job counter exists from the start: {m}"
     );
     assert!(m.ends_with("# EOF\n"), "{m}");
     assert_eq!(daemon.get("/healthz").await.0, 200);
@@ -289,5 +294,44 @@ async fn a_one_shot_run_without_http_settings_listens_nowhere() {
         !stderr(&out).contains("Serving /metrics"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_one_shot_run_serves_metrics_while_it_runs_and_closes_the_listener_after() {
+    let env = TestEnv::new().await;
+    env.write_config("http: { listen: \"127.0.0.1:0\" }\ntrack: { concurrency: 1, batch: { max_items: 2, max_bytes: 480000 } }\n");
+    env.write_data("people.csv", &people_csv(5));
+    env.write_job("people", PEOPLE_JOB);
+    // The first batch is accepted, then the simulator holds the run where it can be watched.
+    env.sim.hold_from(2);
+    let mut c = tokio::process::Command::from(env.cli());
+    // INFO, so the listener's address is in the log.
+    c.args(["-v", "run", "people"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = c.spawn().expect("spawn run");
+    let mut run = Daemon::attach(child).await;
+    wait_until_held(&env, &mut run.child, 2).await;
+    run.wait_for_answer("/metrics", "the first batch's rows in /metrics", |s, m| {
+        s == 200 && sample(m, "cio_sync_rows_delivered_total{job=\"people\"}") == Some("2")
+    })
+    .await;
+    assert_eq!(
+        run.get("/healthz").await.0,
+        200,
+        "a one-shot run is live while it answers"
+    );
+    env.sim.release();
+    let status = tokio::time::timeout(Duration::from_secs(120), run.child.wait())
+        .await
+        .expect("the run ends once released")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.log());
+    assert!(
+        reqwest::get(format!("http://{}/metrics", run.addr))
+            .await
+            .is_err(),
+        "the listener closes with the run"
     );
 }
