@@ -187,13 +187,15 @@ impl ApiClient {
     ) -> Result<Response, RetriesExhausted> {
         let url = format!("{}{}", self.inner.base, req.path);
         retry::send_with_retry(
-            self.inner.api,
+            retry::ApiLimits {
+                api: self.inner.api,
+                answer_limit: self.inner.answer_limit,
+            },
             &self.inner.gate,
             policy,
             counters,
             cancel,
             req.answer,
-            self.inner.answer_limit,
             || {
                 let mut r = self.inner.http.request(req.method.clone(), &url);
                 if !req.query.is_empty() {

@@ -114,22 +114,30 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// Which API a request goes to (the label of its metrics) and the most read of its answer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ApiLimits {
+    pub(super) api: Api,
+    /// Bytes: `MAX_TRACK_ANSWER_BYTES` or `MAX_APP_ANSWER_BYTES`.
+    pub(super) answer_limit: usize,
+}
+
 /// Sends a request built by `build`, retrying per `policy`. Each attempt first takes a permit
 /// from `gate`. A 429 pauses the whole gate. Returns the first response whose status is not
 /// retried (2xx, 207, 3xx, 4xx other than 408/429, …) and whose 2xx body holds `answer`.
 pub(super) async fn send_with_retry<F>(
-    api: Api,
+    api: ApiLimits,
     gate: &RateGate,
     policy: &RetryPolicy,
     counters: &Arc<RunCounters>,
     cancel: &CancellationToken,
     answer: Answer,
-    answer_limit: usize,
     build: F,
 ) -> Result<Response, RetriesExhausted>
 where
     F: Fn() -> reqwest::RequestBuilder,
 {
+    let ApiLimits { api, answer_limit } = api;
     let attempts = AtomicU64::new(0);
     let attempt = || async {
         if cancel.is_cancelled() && attempts.load(Ordering::Relaxed) > 0 {

@@ -280,7 +280,7 @@ impl InternalEvent for JobHistoryLoaded<'_> {
             &m.rows_rejected,
             &m.rows_skipped_unchanged,
         ] {
-            family.get_or_create(&labels);
+            drop(family.get_or_create(&labels));
         }
         if let Some(at) = self.last_success_unix_secs {
             m.last_success_timestamp_seconds
