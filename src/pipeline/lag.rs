@@ -55,15 +55,21 @@ fn is_gzip(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
-/// A cursor value that is a timestamp, as Unix seconds: RFC 3339 text, or a naive
-/// `YYYY-MM-DD HH:MM:SS[.fff]` (read as UTC, as the SQL decoder writes it). Numbers are not
-/// taken for timestamps: an integer cursor is usually an id.
+/// A cursor value that is a timestamp, as Unix seconds. Cursor values are stored tagged
+/// (`{"type": "timestamptz", "value": "2024-05-01T10:00:00Z"}`): `timestamptz` is RFC 3339,
+/// `timestamp` naive and read as UTC, as the SQL decoder writes it; a `text` cursor counts when
+/// its whole text is such a timestamp (SQLite keeps DATETIME columns as text). Numbers and
+/// other types are not taken for timestamps: an integer cursor is usually an id.
 fn timestamp_secs(v: &serde_json::Value) -> Option<f64> {
-    let text = v.as_str()?;
+    let ty = v.get("type")?.as_str()?;
+    if !matches!(ty, "timestamp" | "timestamptz" | "text") {
+        return None;
+    }
+    let text = v.get("value")?.as_str()?;
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Some(t.timestamp_millis() as f64 / 1000.0);
     }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
             return Some(t.and_utc().timestamp_millis() as f64 / 1000.0);
         }
@@ -77,15 +83,25 @@ mod tests {
 
     #[test]
     fn a_timestamp_cursor_has_a_lag_and_an_id_cursor_none() {
+        let cursor =
+            |ty: &str, value: serde_json::Value| serde_json::json!({"type": ty, "value": value});
         assert_eq!(
-            timestamp_secs(&serde_json::json!("1970-01-01T00:01:40Z")),
+            timestamp_secs(&cursor("timestamptz", "1970-01-01T00:01:40.000500Z".into())),
             Some(100.0)
         );
         assert_eq!(
-            timestamp_secs(&serde_json::json!("1970-01-01 00:01:40.5")),
+            timestamp_secs(&cursor("timestamp", "1970-01-01T00:01:40.5".into())),
             Some(100.5)
         );
-        assert_eq!(timestamp_secs(&serde_json::json!(12345)), None);
-        assert_eq!(timestamp_secs(&serde_json::json!("u-000001")), None);
+        assert_eq!(
+            timestamp_secs(&cursor("text", "1970-01-01 00:01:40.000".into())),
+            Some(100.0)
+        );
+        assert_eq!(timestamp_secs(&cursor("int", 12345.into())), None);
+        assert_eq!(timestamp_secs(&cursor("text", "u-000001".into())), None);
+        assert_eq!(
+            timestamp_secs(&serde_json::json!("1970-01-01T00:01:40Z")),
+            None
+        );
     }
 }

@@ -335,3 +335,51 @@ async fn a_one_shot_run_serves_metrics_while_it_runs_and_closes_the_listener_aft
         "the listener closes with the run"
     );
 }
+
+#[tokio::test]
+async fn a_sql_job_with_a_timestamp_cursor_reports_how_far_its_checkpoint_is_behind() {
+    let env = TestEnv::new().await;
+    let file = env.path().join("jobs/data/crm.db");
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", file.display()))
+        .await
+        .expect("create the source database");
+    for sql in [
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL, updated_at DATETIME NOT NULL)",
+        "INSERT INTO people VALUES (1, 'a@example.com', '2024-01-01 00:00:01.000'), (2, 'b@example.com', '2024-01-01 00:00:05.000')",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.expect("source rows");
+    }
+    c.close().await.expect("close the source database");
+    // A job name of its own: the process's metrics are shared by every test in it.
+    let job = "observe_sql_lag";
+    env.write_job(
+        job,
+        "source:\n  sql:\n    url: \"sqlite://data/crm.db\"\n    query: \"SELECT id AS customer_id, email, updated_at FROM people\"\n    cursor: { column: updated_at, tiebreak: customer_id }\n\
+         identify:\n  identifier: { id: customer_id }\n  attributes:\n    email: email\n",
+    );
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64()
+    };
+    let before = unix_now();
+    let report = env.run(job).await;
+    let after = unix_now();
+    assert_eq!(report.counts.rows_delivered, 2, "{report:?}");
+    let m = cio_sync::observe::global().encode();
+    let lag: f64 = sample(
+        &m,
+        &format!("cio_sync_checkpoint_lag_seconds{{job=\"{job}\"}}"),
+    )
+    .and_then(|v| v.parse().ok())
+    .unwrap_or_else(|| panic!("no checkpoint lag for {job} in:\n{m}"));
+    // The checkpoint's cursor is the last row's 2024-01-01T00:00:05Z.
+    let cursor = 1_704_067_205.0;
+    assert!(
+        lag >= before - cursor - 0.01 && lag <= after - cursor + 0.01,
+        "lag {lag} is not now minus the cursor ({} ..= {})",
+        before - cursor,
+        after - cursor
+    );
+}
