@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::metrics::{Api, Metrics, RequestLabels, RunLabels, api, global, job};
 
 /// A fact worth logging and counting.
@@ -21,62 +23,56 @@ pub fn emit(event: impl InternalEvent) {
     event.emit_to(global());
 }
 
-/// Rows came out of a job's source (counted before mapping; bad rows too).
-#[derive(Debug)]
-pub struct RowsRead<'a> {
-    pub job: &'a str,
-    pub count: u64,
+/// A job's row events, registered once per run (Vector's registered events): the series are
+/// looked up here, so each row then costs one atomic add, not a label lookup.
+#[derive(Debug, Clone)]
+pub struct JobRowEvents {
+    read: Counter,
+    delivered: Counter,
+    rejected: Counter,
+    skipped_unchanged: Counter,
 }
 
-impl InternalEvent for RowsRead<'_> {
-    fn emit_to(self, m: &Metrics) {
-        tracing::trace!(job = self.job, count = self.count, "Rows read.");
-        m.rows_read.get_or_create(&job(self.job)).inc_by(self.count);
+impl JobRowEvents {
+    /// The row events of `job` in the process's metrics.
+    pub fn register(job_name: &str) -> Self {
+        Self::register_in(global(), job_name)
     }
-}
 
-/// Customer.io accepted rows.
-#[derive(Debug)]
-pub struct RowsDelivered<'a> {
-    pub job: &'a str,
-    pub count: u64,
-}
-
-impl InternalEvent for RowsDelivered<'_> {
-    fn emit_to(self, m: &Metrics) {
-        tracing::trace!(job = self.job, count = self.count, "Rows delivered.");
-        m.rows_delivered
-            .get_or_create(&job(self.job))
-            .inc_by(self.count);
+    /// The row events of `job` in `m`.
+    pub fn register_in(m: &Metrics, job_name: &str) -> Self {
+        let labels = job(job_name);
+        Self {
+            read: m.rows_read.get_or_create_owned(&labels),
+            delivered: m.rows_delivered.get_or_create_owned(&labels),
+            rejected: m.rows_rejected.get_or_create_owned(&labels),
+            skipped_unchanged: m.rows_skipped_unchanged.get_or_create_owned(&labels),
+        }
     }
-}
 
-/// A row was dead-lettered with its reason.
-#[derive(Debug)]
-pub struct RowDeadLettered<'a> {
-    pub job: &'a str,
-    pub line: u64,
-    pub reason: &'a str,
-}
-
-impl InternalEvent for RowDeadLettered<'_> {
-    fn emit_to(self, m: &Metrics) {
-        tracing::debug!(line = self.line, reason = %self.reason, "Row dead-lettered.");
-        m.rows_rejected.get_or_create(&job(self.job)).inc();
+    /// Rows came out of the source (counted before mapping; unreadable rows too).
+    pub fn read(&self, count: u64) {
+        tracing::trace!(count, "Rows read.");
+        self.read.inc_by(count);
     }
-}
 
-/// A row was settled without sending: the batch stage (the change filter) found nothing new.
-#[derive(Debug)]
-pub struct RowSkippedUnchanged<'a> {
-    pub job: &'a str,
-    pub line: u64,
-}
+    /// Customer.io accepted rows.
+    pub fn delivered(&self, count: u64) {
+        tracing::trace!(count, "Rows delivered.");
+        self.delivered.inc_by(count);
+    }
 
-impl InternalEvent for RowSkippedUnchanged<'_> {
-    fn emit_to(self, m: &Metrics) {
-        tracing::debug!(line = self.line, "Row settled without sending.");
-        m.rows_skipped_unchanged.get_or_create(&job(self.job)).inc();
+    /// A row was dead-lettered with its reason.
+    pub fn dead_lettered(&self, line: u64, reason: &str) {
+        tracing::debug!(line, reason = %reason, "Row dead-lettered.");
+        self.rejected.inc();
+    }
+
+    /// A row was settled without sending: the batch stage (the change filter) found nothing
+    /// new in it.
+    pub fn skipped_unchanged(&self, line: u64) {
+        tracing::debug!(line, "Row settled without sending.");
+        self.skipped_unchanged.inc();
     }
 }
 
@@ -274,14 +270,7 @@ impl InternalEvent for JobHistoryLoaded<'_> {
         let labels = job(self.job);
         // Every per-job series exists from the start, at 0, so `rate()` and alerts see a job
         // that has not moved yet rather than no series at all.
-        for family in [
-            &m.rows_read,
-            &m.rows_delivered,
-            &m.rows_rejected,
-            &m.rows_skipped_unchanged,
-        ] {
-            drop(family.get_or_create(&labels));
-        }
+        JobRowEvents::register_in(m, self.job);
         if let Some(at) = self.last_success_unix_secs {
             m.last_success_timestamp_seconds
                 .get_or_create(&labels)

@@ -13,9 +13,8 @@ pub mod metrics;
 pub mod server;
 
 pub use events::{
-    BatchSent, CheckpointLag, InternalEvent, JobHistoryLoaded, RateGateWaited, RequestAttempted,
-    RequestRetrying, RowDeadLettered, RowSkippedUnchanged, RowsDelivered, RowsRead, RunEnded,
-    RunHealth, emit,
+    BatchSent, CheckpointLag, InternalEvent, JobHistoryLoaded, JobRowEvents, RateGateWaited,
+    RequestAttempted, RequestRetrying, RunEnded, RunHealth, emit,
 };
 pub use health::{Liveness, NotLive, ReadyCheck};
 pub use metrics::{Api, Metrics, global};

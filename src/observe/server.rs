@@ -105,7 +105,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::observe::{RowsRead, events::InternalEvent};
+    use crate::observe::JobRowEvents;
 
     async fn get_text(addr: SocketAddr, path: &str) -> (u16, String, String) {
         let resp = reqwest::get(format!("http://{addr}{path}"))
@@ -124,11 +124,7 @@ mod tests {
     #[tokio::test]
     async fn the_listener_serves_metrics_liveness_and_readiness_and_stops_on_request() {
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
-        RowsRead {
-            job: "people",
-            count: 7,
-        }
-        .emit_to(metrics);
+        JobRowEvents::register_in(metrics, "people").read(7);
         let ready = Arc::new(AtomicBool::new(true));
         let flag = ready.clone();
         let endpoints = Endpoints {

@@ -426,7 +426,7 @@ impl<'a> Run<'a> {
                             self.phase = self.phase.failed();
                         }
                         Some(Ok(row)) => {
-                            crate::observe::emit(crate::observe::RowsRead { job: &self.job.name, count: 1 });
+                            self.ledger.events.read(1);
                             self.ledger.counts.rows_read += 1;
                             let seq = self.ledger.tracker.read(row.resume.clone());
                             let from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line };

@@ -9,7 +9,7 @@
 use crate::batch::{Batch, Pending};
 use crate::http::HttpError;
 use crate::mapping::Mapper;
-use crate::observe::{RowDeadLettered, RowSkippedUnchanged, RowsDelivered, emit};
+use crate::observe::JobRowEvents;
 use crate::state::{DeadLetter, RunCounts};
 use crate::track::BatchOutcome;
 
@@ -42,6 +42,8 @@ pub(crate) struct RowOrigin<'a> {
 /// What the run has settled since its last commit.
 pub(crate) struct Ledger {
     job: String,
+    /// The job's row metrics and their log lines.
+    pub(crate) events: JobRowEvents,
     /// A dead-letter retry: delivered rows leave the dead-letter table.
     resolving: bool,
     pub(crate) tracker: Tracker,
@@ -56,6 +58,7 @@ impl Ledger {
     pub(crate) fn new(job: &str, resolving: bool) -> Self {
         Self {
             job: job.to_string(),
+            events: JobRowEvents::register(job),
             resolving,
             tracker: Tracker::new(),
             counts: RunCounts::default(),
@@ -73,11 +76,7 @@ impl Ledger {
         reason: String,
         stage: &'static str,
     ) {
-        emit(RowDeadLettered {
-            job: &self.job,
-            line: from.line,
-            reason: &reason,
-        });
+        self.events.dead_lettered(from.line, &reason);
         self.counts.rows_rejected += 1;
         self.dead.push(DeadLetter {
             job: self.job.clone(),
@@ -92,10 +91,7 @@ impl Ledger {
     }
 
     fn deliver(&mut self, p: Pending) {
-        emit(RowsDelivered {
-            job: &self.job,
-            count: 1,
-        });
+        self.events.delivered(1);
         self.counts.rows_delivered += 1;
         if self.resolving {
             self.resolved.push(p.row_ref);
@@ -105,10 +101,7 @@ impl Ledger {
 
     /// Settles a row a per-batch stage took out: neither sent nor counted as delivered.
     pub(crate) fn skip(&mut self, p: &Pending) {
-        emit(RowSkippedUnchanged {
-            job: &self.job,
-            line: p.line,
-        });
+        self.events.skipped_unchanged(p.line);
         self.tracker.settle(p.seq);
     }
 
