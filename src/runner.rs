@@ -1,9 +1,10 @@
 //! Running jobs by name: the services a process shares, and one run of one job.
 //!
 //! Owns: building the process-wide clients (one rate gate per workspace and API, shared by
-//! every job), the job lease that keeps replicas from running a job twice at once, and
-//! dispatching push and pull jobs. Must not: parse arguments or print (the CLI does), or
-//! schedule (the daemon does).
+//! every job), the job lease that keeps replicas from running a job twice at once,
+//! dispatching push and pull jobs, the end of every run as a metric (`RunEnded`), job health
+//! loaded from the run history, and the readiness check `/readyz` asks.
+//! Must not: parse arguments or print (the CLI does), or schedule (the daemon does).
 
 use std::sync::Arc;
 use std::time::Duration;

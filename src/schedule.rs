@@ -5,7 +5,8 @@
 //! job lease covers other replicas), what a reload request (SIGHUP) does to the schedule
 //! (today: nothing, logged; running jobs are never touched), and the graceful stop: stop
 //! firing, let running jobs finish their batches and write checkpoints within the grace
-//! period, then return.
+//! period, then return. A heartbeat job inside the scheduler ticks the liveness handle
+//! `/healthz` reads, so a scheduler that stops firing jobs turns `/healthz` to 503.
 //! Must not: run a job's pipeline itself (that is `runner`), or exit the process.
 
 use std::collections::HashMap;

@@ -379,11 +379,11 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     let runner = Runner::new(cfg.settings.clone())
         .await
         .map_err(|e| anyhow!(chain(&e)))?;
-    // A one-shot run serves the same endpoints while it runs (a long backfill can be watched);
-    // nothing ticks its liveness: it is live while it answers.
     if let Err(e) = runner.load_job_health(jobs.iter().copied()).await {
         tracing::warn!(error = %e, "Could not read the run history; job health metrics start empty.");
     }
+    // A one-shot run serves the same endpoints while it runs (a long backfill can be watched);
+    // nothing ticks its liveness: it is live while it answers.
     let http = HttpListener::start(
         &cfg.settings,
         &runner,

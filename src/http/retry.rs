@@ -3,7 +3,8 @@
 //! Owns: which outcomes are retried (408, 429, every 5xx, transport errors, and a 2xx that is
 //! not Customer.io's answer: not JSON, or too long), the backoff (exponential with full jitter,
 //! driven by backon), honouring `Retry-After` (seconds or HTTP date), the cap on one wait and on
-//! a run's total waiting, and taking a rate permit on every attempt.
+//! a run's total waiting, and taking a rate permit on every attempt; each attempt, wait and
+//! retry is reported as a typed event (`observe::events`), which logs and counts it.
 //! Must not: interpret non-retried statuses: they are returned to the caller as responses.
 
 use std::sync::Arc;
@@ -126,7 +127,7 @@ pub(super) struct ApiLimits {
 /// from `gate`. A 429 pauses the whole gate. Returns the first response whose status is not
 /// retried (2xx, 207, 3xx, 4xx other than 408/429, …) and whose 2xx body holds `answer`.
 pub(super) async fn send_with_retry<F>(
-    api: ApiLimits,
+    limits: ApiLimits,
     gate: &RateGate,
     policy: &RetryPolicy,
     counters: &Arc<RunCounters>,
@@ -137,7 +138,7 @@ pub(super) async fn send_with_retry<F>(
 where
     F: Fn() -> reqwest::RequestBuilder,
 {
-    let ApiLimits { api, answer_limit } = api;
+    let ApiLimits { api, answer_limit } = limits;
     let attempts = AtomicU64::new(0);
     let attempt = || async {
         if cancel.is_cancelled() && attempts.load(Ordering::Relaxed) > 0 {
