@@ -124,6 +124,39 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(140));
     }
 
+    /// Permits available at once, without waiting: the bucket's burst.
+    fn burst(gate: &RateGate) -> usize {
+        let limiter = gate.limiter.read().unwrap().clone();
+        (0..1000).take_while(|_| limiter.check().is_ok()).count()
+    }
+
+    #[test]
+    fn replicas_sharing_a_gate_each_take_their_part_of_the_rate() {
+        let gate = RateGate::per_second(100);
+        assert_eq!(gate.current_per_sec(), 100);
+        assert_eq!(burst(&gate), 10);
+        gate.share_among(4);
+        assert_eq!((gate.current_per_sec(), gate.replicas()), (25, 4));
+        assert_eq!(burst(&gate), 2, "a tenth of the share");
+        gate.share_among(4);
+        assert_eq!(
+            burst(&gate),
+            0,
+            "the same count keeps the (now empty) bucket"
+        );
+        gate.share_among(1000);
+        assert_eq!(
+            gate.current_per_sec(),
+            1,
+            "never below one request a second"
+        );
+        gate.share_among(0);
+        assert_eq!(
+            (gate.current_per_sec(), gate.configured_per_sec()),
+            (100, 100)
+        );
+    }
+
     #[tokio::test]
     async fn the_bucket_limits_the_rate() {
         let gate = RateGate::per_second(50);

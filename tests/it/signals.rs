@@ -132,7 +132,8 @@ async fn sighup_to_the_daemon_mid_run_is_ignored_and_the_run_delivers_every_row(
     }
     let text = read(&log);
     assert!(
-        text.contains("reloading the configuration is not supported yet; ignoring it"),
+        text.contains("SIGHUP received: reloading the configuration and the job files.")
+            && text.contains("Reloaded: changes take effect from each job's next tick; running jobs finish as they started."),
         "the daemon says what it did with the SIGHUP:\n{text}"
     );
     assert!(
