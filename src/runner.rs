@@ -52,6 +52,14 @@ pub struct Runner {
     workspaces: Arc<BTreeMap<String, WorkspaceServices>>,
 }
 
+/// A job's settings, Track gate, App gate and region check.
+type Services<'a> = (
+    Arc<Settings>,
+    Arc<RateGate>,
+    Arc<RateGate>,
+    &'a tokio::sync::OnceCell<()>,
+);
+
 /// What the jobs of one named workspace share.
 struct WorkspaceServices {
     settings: Arc<Settings>,
@@ -154,18 +162,7 @@ impl Runner {
     }
 
     /// The settings, gates and region check a job of `workspace` runs with.
-    fn services(
-        &self,
-        job: &JobSpec,
-    ) -> Result<
-        (
-            Arc<Settings>,
-            Arc<RateGate>,
-            Arc<RateGate>,
-            &tokio::sync::OnceCell<()>,
-        ),
-        RunnerError,
-    > {
+    fn services(&self, job: &JobSpec) -> Result<Services<'_>, RunnerError> {
         match job.workspace.as_deref() {
             None => Ok((
                 self.settings.clone(),

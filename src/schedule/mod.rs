@@ -135,6 +135,10 @@ impl Plan {
         self.jobs.len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
     /// The jobs due at `now`, each with the tick it is due for; each moves on to its first
     /// tick after `now` (ticks missed while the loop was held up collapse into this one).
     pub(crate) fn due(&mut self, now: DateTime<Utc>) -> Vec<(JobSpec, DateTime<Utc>)> {
@@ -340,7 +344,7 @@ pub(crate) async fn run_with(
     let mut reloads = signals.reload_requests();
     let notifier = Notifier::from_env();
     let mut plan = Plan::new(&jobs, clock.now())?;
-    if plan.len() == 0 {
+    if plan.is_empty() {
         return Err(ScheduleError::NothingScheduled);
     }
     for p in plan.jobs.values() {
