@@ -9,8 +9,8 @@ use sqlx::Row;
 
 use super::{StateError, StateStore, now_ms, q, storable};
 
-/// Ticks older than this are deleted as heartbeats go by: only the latest one of a job is
-/// ever read back (for `catch_up`), the rest are history nobody needs.
+/// Ticks older than this are deleted as heartbeats go by, except each job's latest: only
+/// that one is ever read back (for `catch_up`), the rest are history nobody needs.
 const KEEP_TICKS_MS: i64 = 35 * 24 * 3600 * 1000;
 
 impl StateStore {
@@ -74,11 +74,15 @@ impl StateStore {
         .execute(&self.pool)
         .await
         .map_err(q("writing the replica heartbeat", "replicas"))?;
-        sqlx::query("DELETE FROM schedule_ticks WHERE tick_at < $1")
-            .bind(now - KEEP_TICKS_MS)
-            .execute(&self.pool)
-            .await
-            .map_err(q("dropping old scheduled ticks", "schedule_ticks"))?;
+        // Each job's latest tick stays, however old (a yearly schedule's), for `catch_up`.
+        sqlx::query(
+            "DELETE FROM schedule_ticks WHERE tick_at < $1 AND tick_at < \
+             (SELECT MAX(t.tick_at) FROM schedule_ticks t WHERE t.job = schedule_ticks.job)",
+        )
+        .bind(now - KEEP_TICKS_MS)
+        .execute(&self.pool)
+        .await
+        .map_err(q("dropping old scheduled ticks", "schedule_ticks"))?;
         Ok(())
     }
 

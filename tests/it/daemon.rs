@@ -167,6 +167,79 @@ async fn the_daemon_says_ready_only_after_migrations_then_status_watchdog_and_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ready_while_the_state_database_cannot_be_opened() {
+    let env = TestEnv::new().await;
+    // Nothing listens on port 1: the state database cannot be opened, so nothing is migrated.
+    let text = read(&env.config_path()).replace(
+        "state: { url: \"sqlite://state/state.db\" }",
+        "state: { url: \"postgres://postgres@127.0.0.1:1/none\", connect_timeout_secs: 2 }",
+    );
+    std::fs::write(env.config_path(), text).expect("config");
+    env.write_data("people.csv", &people_csv(3));
+    env.write_job("people", &format!("schedule: \"0 2 * * *\"\n{PEOPLE_JOB}"));
+    let notify = NotifySocket::bind(env.path(), "notify.sock");
+    let log = env.path().join("daemon.log");
+    let mut daemon = spawn_daemon(&env, &env.config_path(), &notify, &log);
+    let status = tokio::time::timeout(WAIT, daemon.wait())
+        .await
+        .expect("the daemon gave up on the state database")
+        .expect("wait");
+    assert_eq!(status.code(), Some(3), "{}", read(&log));
+    assert_eq!(
+        notify.count("READY=1"),
+        0,
+        "no READY without a migrated state database: {:?}",
+        notify.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_runs_a_missed_tick_once_at_start_and_not_again_after_a_restart() {
+    let env = TestEnv::new().await;
+    env.write_data("people.csv", &people_csv(7));
+    // Once a year, on 1 January at 02:00: the last tick is always in the past, never run.
+    env.write_job(
+        "people",
+        &format!("schedule: \"0 2 1 1 *\"\ntimezone: Europe/Paris\ncatch_up: true\n{PEOPLE_JOB}"),
+    );
+    let state_url = cio_sync::config::DatabaseUrl::new(env.state_url());
+    for start in 1..=2 {
+        let notify = NotifySocket::bind(env.path(), &format!("notify-{start}.sock"));
+        let log = env.path().join(format!("daemon-{start}.log"));
+        let mut daemon = spawn_daemon(&env, &env.config_path(), &notify, &log);
+        wait_for(&mut daemon, "READY=1", || notify.count("READY=1") == 1).await;
+        if start == 1 {
+            let state = StateStore::open(&state_url).await.expect("state");
+            wait_async(&mut daemon, "the caught-up run to finish", async || {
+                state
+                    .runs(Some("people"), 10)
+                    .await
+                    .is_ok_and(|r| r.iter().any(|r| r.outcome == "succeeded"))
+            })
+            .await;
+            assert_eq!(env.sim.operation_count(), 7, "the missed tick ran at start");
+            assert!(read(&log).contains("Catching up"), "{}", read(&log));
+        }
+        stop(daemon, &log).await;
+        if start == 2 {
+            // READY comes after the catch-up decision: a second run would be in the log.
+            assert!(
+                !read(&log).contains("Catching up"),
+                "the tick already ran: {}",
+                read(&log)
+            );
+        }
+    }
+    let state = StateStore::open(&state_url).await.expect("state");
+    assert_eq!(
+        state.runs(Some("people"), 10).await.expect("runs").len(),
+        1,
+        "one run in all"
+    );
+    assert_eq!(state.claimed_ticks("people").await.expect("ticks").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_job_keeps_the_old_jobs_and_a_good_reload_adds_one() {
     let env = TestEnv::new().await;
     env.write_data("people.csv", &people_csv(20));
