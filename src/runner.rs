@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::config::{JobKind, JobSpec, Settings};
 use crate::http::{RateGate, RetryPolicy};
+use crate::observe::{RunEnded, RunHealth};
 use crate::pipeline::{self, PipelineError, PushContext, RunMode, RunReport, StopSignal};
-use crate::state::{StateError, StateStore};
+use crate::state::{Outcome, StateError, StateStore};
 use crate::track::{TrackClient, TrackError};
 
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +201,56 @@ impl Runner {
         check_region(&self.settings, self.track_gate.clone(), job, cancel).await
     }
 
-    /// Runs one job once, holding its lease for the duration.
+    /// What `/readyz` asks: the state database answers now and is migrated.
+    pub fn ready_check(&self) -> crate::observe::ReadyCheck {
+        let state = self.state.clone();
+        Arc::new(move || {
+            let state = state.clone();
+            Box::pin(async move { state.check_ready().await.map_err(|e| e.to_string()) })
+        })
+    }
+
+    /// Puts each job's last completed run and its failures since into the health metrics, from
+    /// the run history, so they mean the same after a restart as before it.
+    pub async fn load_job_health(&self, jobs: &[JobSpec]) -> Result<(), RunnerError> {
+        for job in jobs {
+            let runs = self.state.runs(Some(&job.name), HEALTH_HISTORY).await?;
+            let (last_success_unix_secs, consecutive_failures) = job_health(&runs);
+            crate::observe::emit(crate::observe::JobHistoryLoaded {
+                job: &job.name,
+                last_success_unix_secs,
+                consecutive_failures,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs one job once, holding its lease for the duration; its end is counted in the
+    /// metrics (a run skipped because another process holds the lease is not a run).
     pub async fn run(
+        &self,
+        job: &JobSpec,
+        mode: RunMode,
+        stop: StopSignal,
+    ) -> Result<RunReport, RunnerError> {
+        let started = tokio::time::Instant::now();
+        let result = self.run_leased(job, mode, stop).await;
+        let (outcome, health) = match &result {
+            Ok(report) => (report.outcome.as_str(), run_health(report.outcome)),
+            Err(RunnerError::Busy { .. }) => return result,
+            Err(_) => (Outcome::Failed.as_str(), RunHealth::Failed),
+        };
+        crate::observe::emit(RunEnded {
+            job: &job.name,
+            outcome,
+            health,
+            elapsed: started.elapsed(),
+            at_unix_secs: crate::state::now_ms() as f64 / 1000.0,
+        });
+        result
+    }
+
+    async fn run_leased(
         &self,
         job: &JobSpec,
         mode: RunMode,
@@ -317,6 +366,37 @@ impl Runner {
     }
 }
 
+/// How many of a job's latest runs are read for its health: a job failing more often in a row
+/// than this shows this many failures and no last success.
+const HEALTH_HISTORY: i64 = 1000;
+
+/// From a job's runs, newest first: when the last completed run finished (Unix seconds), and how
+/// many runs failed since. Runs still going or interrupted say nothing either way.
+fn job_health(runs: &[crate::state::RunRecord]) -> (Option<f64>, i64) {
+    let mut failures = 0;
+    for r in runs {
+        match r.outcome.as_str() {
+            "succeeded" | "rejected_rows" => {
+                let at = r.finished_at.unwrap_or(r.started_at);
+                return (Some(at as f64 / 1000.0), failures);
+            }
+            "failed" | "aborted" => failures += 1,
+            _ => {}
+        }
+    }
+    (None, failures)
+}
+
+/// What an outcome says about the job's health: a run that read to the end completed, even if
+/// it dead-lettered rows; an interrupted run says nothing.
+fn run_health(outcome: Outcome) -> RunHealth {
+    match outcome {
+        Outcome::Succeeded | Outcome::RejectedRows => RunHealth::Completed,
+        Outcome::Interrupted => RunHealth::Interrupted,
+        Outcome::Failed | Outcome::Aborted => RunHealth::Failed,
+    }
+}
+
 /// The Track client for config.yaml's `customerio` and `track` sections, on `gate`.
 pub fn track_client(
     settings: &Settings,
@@ -377,4 +457,40 @@ pub async fn check_region(
         });
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{RunCounts, RunRecord};
+
+    fn run(outcome: &str, finished_secs: i64) -> RunRecord {
+        RunRecord {
+            id: format!("r{finished_secs}"),
+            job: "orders".into(),
+            kind: "push".into(),
+            started_at: finished_secs * 1000 - 500,
+            finished_at: Some(finished_secs * 1000),
+            outcome: outcome.into(),
+            error: None,
+            counts: RunCounts::default(),
+            summary: None,
+        }
+    }
+
+    #[test]
+    fn job_health_counts_failures_back_to_the_last_completed_run() {
+        // Newest first: two failures and an interruption since a run with dead letters.
+        let runs = [
+            run("failed", 50),
+            run("interrupted", 40),
+            run("aborted", 30),
+            run("rejected_rows", 20),
+            run("failed", 10),
+        ];
+        assert_eq!(job_health(&runs), (Some(20.0), 2));
+        assert_eq!(job_health(&runs[3..]), (Some(20.0), 0));
+        assert_eq!(job_health(&[run("failed", 5)]), (None, 1));
+        assert_eq!(job_health(&[]), (None, 0));
+    }
 }

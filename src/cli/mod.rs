@@ -372,6 +372,14 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     let runner = Runner::new(cfg.settings.clone())
         .await
         .map_err(|e| anyhow!(chain(&e)))?;
+    // A one-shot run serves the same endpoints while it runs (a long backfill can be watched);
+    // nothing ticks its liveness: it is live while it answers.
+    let http = HttpListener::start(
+        &cfg.settings,
+        &runner,
+        crate::observe::Liveness::untracked(),
+    )
+    .await?;
     let signals = crate::shutdown::listen();
     let stop = StopSignal::from_signals(&signals, cfg.settings.grace);
     let mut reports = Vec::new();
@@ -402,6 +410,7 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
             }
         }
     }
+    http.stop().await;
     if args.json {
         say!("{}", serde_json::to_string_pretty(&reports)?);
     }
@@ -696,6 +705,11 @@ async fn daemon(global: &Global) -> Result<u8> {
         .await
         .map_err(|e| anyhow!(chain(&e)))?;
     let signals = crate::shutdown::listen();
+    if let Err(e) = runner.load_job_health(&cfg.jobs).await {
+        tracing::warn!(error = %e, "Could not read the run history; job health metrics start empty.");
+    }
+    let liveness = crate::observe::Liveness::ticked_every(crate::schedule::LIVENESS_STALE_AFTER);
+    let http = HttpListener::start(&cfg.settings, &runner, liveness.clone()).await?;
     let (path, state) = (global.config.clone(), global.state.clone());
     // A reload reads the same files the same way as this start, `--state` included.
     let loader: crate::schedule::Loader = Box::new(move || {
@@ -705,8 +719,61 @@ async fn daemon(global: &Global) -> Result<u8> {
         }
         Ok(cfg)
     });
-    crate::schedule::run_daemon(runner, cfg.jobs, signals, loader).await?;
+    let result = crate::schedule::run_daemon(runner, cfg.jobs, signals, loader, liveness).await;
+    http.stop().await;
+    result?;
     Ok(exit::OK)
+}
+
+/// The `/metrics`, `/healthz` and `/readyz` listener of `daemon` and `run`, when `http.listen`
+/// is set. It outlives the runs (a last scrape sees their final counts) and stops after them.
+struct HttpListener(
+    Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
+);
+
+impl HttpListener {
+    async fn start(
+        settings: &config::Settings,
+        runner: &Runner,
+        liveness: crate::observe::Liveness,
+    ) -> Result<Self> {
+        let Some(addr) = settings.http_listen else {
+            return Ok(Self(None));
+        };
+        let listener = crate::observe::bind(addr)
+            .await
+            .map_err(|e| anyhow!(chain(&e)))?;
+        let endpoints = crate::observe::Endpoints {
+            metrics: crate::observe::global(),
+            liveness,
+            ready: runner.ready_check(),
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(crate::observe::serve(
+            listener,
+            endpoints,
+            stop.clone().cancelled_owned(),
+        ));
+        let task = tokio::spawn(async move {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "The metrics listener stopped."),
+                Err(e) => tracing::error!(error = %e, "The metrics listener panicked."),
+            }
+        });
+        Ok(Self(Some((stop, task))))
+    }
+
+    async fn stop(self) {
+        if let Some((stop, task)) = self.0 {
+            stop.cancel();
+            // The task logs its own failure; a join error here adds nothing.
+            let _ = task.await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -183,6 +183,8 @@ pub struct Settings {
     pub app: AppSettings,
     pub retry: RetrySettings,
     pub grace: Duration,
+    /// `http.listen`: where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
     /// `workspaces:` by name; jobs without `workspace:` use `customerio` and `track`/`app`.
     pub workspaces: std::collections::BTreeMap<String, Workspace>,
     /// `daemon.heartbeat_secs`: how often a daemon tells the state database it is alive.

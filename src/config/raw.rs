@@ -35,6 +35,8 @@ pub(super) struct DaemonFile {
     pub workspaces: BTreeMap<String, WorkspaceSection>,
     #[serde(default)]
     pub daemon: DaemonSection,
+    #[serde(default)]
+    pub http: HttpSection,
 }
 
 fn default_jobs_dir() -> PathBuf {
@@ -277,6 +279,14 @@ impl Default for ShutdownSection {
 
 fn default_grace() -> u64 {
     60
+}
+
+/// `http:`: the optional listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpSection {
+    /// `IP:PORT` to listen on, or a bare port for `127.0.0.1:PORT`; absent: no listener.
+    pub listen: Option<String>,
 }
 
 /// One `jobs/<name>.yaml`.

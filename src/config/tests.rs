@@ -384,3 +384,42 @@ fn the_heartbeat_is_reachable_through_an_environment_override() {
     .expect("loads");
     assert_eq!(cfg.settings.heartbeat, std::time::Duration::from_secs(3));
 }
+
+#[test]
+fn the_http_listener_is_off_by_default_loopback_for_a_bare_port_and_set_by_override() {
+    let (_dir, path) = folder(CONFIG, &[("people", JOB)]);
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    assert_eq!(cfg.settings.http_listen, None, "off unless configured");
+    let cfg = load_layered(
+        &path,
+        &env,
+        &overrides(&[("CIO_SYNC__HTTP__LISTEN", "9464")]),
+    )
+    .expect("loads");
+    assert_eq!(
+        cfg.settings.http_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    let (_dir, path) = folder(
+        &format!("{CONFIG}http: {{ listen: \"0.0.0.0:9100\" }}\n"),
+        &[("people", JOB)],
+    );
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    assert_eq!(
+        cfg.settings.http_listen,
+        Some("0.0.0.0:9100".parse().unwrap())
+    );
+    let (_dir, path) = folder(
+        &format!("{CONFIG}http: {{ listen: \"localhost:9100\" }}\n"),
+        &[("people", JOB)],
+    );
+    let msg = problems(&path, &[])
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        msg.contains("http.listen") && msg.contains("localhost:9100"),
+        "{msg}"
+    );
+}

@@ -135,6 +135,13 @@ pub(super) fn settings(
             ));
         }
     }
+    let http_listen = match raw.http.listen.as_deref().map(parse_listen).transpose() {
+        Ok(addr) => addr,
+        Err(message) => {
+            errors.push(ConfigError::new(file, "http.listen", message));
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -166,6 +173,23 @@ pub(super) fn settings(
         grace: Duration::from_secs(raw.shutdown.grace_secs),
         workspaces,
         heartbeat: Duration::from_secs(raw.daemon.heartbeat_secs),
+        http_listen,
+    })
+}
+
+/// `http.listen`: `IP:PORT` (`127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464` to listen on every
+/// interface), or a bare port (`9464`, `:9464`), which listens on loopback only: metrics show
+/// job names and volumes, so nothing beyond this machine sees them unless asked for.
+pub(super) fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let t = text.trim();
+    let port = t.strip_prefix(':').unwrap_or(t);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    t.parse::<std::net::SocketAddr>().map_err(|_| {
+        format!(
+            "`{t}` is not an IP address with a port or a bare port: use e.g. \"127.0.0.1:9464\" (or \"0.0.0.0:9464\" to listen beyond this machine)"
+        )
     })
 }
 

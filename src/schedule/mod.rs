@@ -86,6 +86,11 @@ impl Clock for ManualClock {
     }
 }
 
+/// How long without a turn of the scheduler loop before `/healthz` says the scheduler is
+/// wedged: the loop goes round at least every [`MAX_NAP`], so this is many missed turns, and
+/// one slow turn on a loaded machine is not a restart.
+pub(crate) const LIVENESS_STALE_AFTER: Duration = Duration::from_secs(30);
+
 /// The longest the loop sleeps, so that a wall clock that jumps (NTP, suspend) is noticed
 /// within a second and the watchdog is fed.
 const MAX_NAP: Duration = Duration::from_secs(1);
@@ -323,13 +328,24 @@ fn status_line(plan: &Plan, ticker: &Ticker) -> String {
 }
 
 /// Runs the daemon until a stop signal, then waits for running jobs.
+/// The loop ticks `liveness` (`/healthz`) and the systemd watchdog on every turn, so a
+/// scheduler that stops going round stops both.
 pub(crate) async fn run_daemon(
     runner: Runner,
     jobs: Vec<JobSpec>,
     signals: Signals,
     loader: Loader,
+    liveness: crate::observe::Liveness,
 ) -> Result<(), ScheduleError> {
-    run_with(runner, jobs, signals, loader, Arc::new(SystemClock)).await
+    run_with(
+        runner,
+        jobs,
+        signals,
+        loader,
+        liveness,
+        Arc::new(SystemClock),
+    )
+    .await
 }
 
 pub(crate) async fn run_with(
@@ -337,6 +353,7 @@ pub(crate) async fn run_with(
     jobs: Vec<JobSpec>,
     signals: Signals,
     loader: Loader,
+    liveness: crate::observe::Liveness,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ScheduleError> {
     // Subscribed before anything else, so a SIGHUP from the moment the daemon has started is
@@ -378,6 +395,7 @@ pub(crate) async fn run_with(
             ticker.tick(&job, Some(tick));
         }
         notifier.scheduler_alive();
+        liveness.tick();
         notifier.status(&status_line(&plan, &ticker));
         let mut nap = plan
             .next_wake()
@@ -687,6 +705,7 @@ mod tests {
             vec![nightly],
             signals.clone(),
             loader,
+            crate::observe::Liveness::untracked(),
             clock.clone(),
         ));
         let ticks = || async {
@@ -754,5 +773,46 @@ mod tests {
         signals.stop.cancel();
         assert_eq!(ticker.tick(&job, None), Tick::SkippedStopping);
         ticker.drain().await;
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_loop_ticks_the_liveness_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg_path,
+            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
+        )
+        .unwrap();
+        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
+        let runner = Runner::new(settings).await.unwrap();
+        // Never due while the test runs: only the loop's own turns tick the handle.
+        let job = job_at(dir.path(), "j", "0 0 2 1 1 *");
+        let signals = Signals::new();
+        let live = crate::observe::Liveness::ticked_every(LIVENESS_STALE_AFTER);
+        let loader: Loader = Box::new(|| Err(ConfigErrors(vec![])));
+        let daemon = tokio::spawn(run_daemon(
+            runner,
+            vec![job],
+            signals.clone(),
+            loader,
+            live.clone(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while live.ticks() < 2 {
+            assert!(
+                !daemon.is_finished(),
+                "the daemon ended before its loop ticked"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 120 s for two turns of the scheduler loop (saw {})",
+                live.ticks()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(live.check(), Ok(()));
+        signals.stop.cancel();
+        daemon.await.unwrap().unwrap();
     }
 }

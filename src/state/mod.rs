@@ -122,6 +122,16 @@ pub fn storable(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// The innermost cause of a driver error, where the detail is (`connection refused`, `database
+/// "x" does not exist`), without any URL.
+fn root_cause(e: &sqlx::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// [`storable`] for an optional text.
 fn storable_opt(text: Option<&str>) -> Option<String> {
     text.map(|t| storable(t).into_owned())
@@ -223,6 +233,11 @@ impl StateStore {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Whether the state database answers now and holds every migration (for `/readyz`).
+    pub async fn check_ready(&self) -> Result<(), StateError> {
+        connect::check_migrated(&self.pool, self.backend, &self.url.masked()).await
     }
 
     /// Writes one step of a run atomically (see [`Commit`]).
