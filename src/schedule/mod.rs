@@ -458,12 +458,14 @@ fn reload(loader: &Loader, plan: &mut Plan, ticker: &Ticker, now: DateTime<Utc>)
         }
     };
     let old_runner = ticker.runner();
-    if config.settings.state_url.expose() != old_runner.settings.state_url.expose() {
+    let mut settings = config.settings;
+    if settings.state_url.expose() != old_runner.settings.state_url.expose() {
         tracing::warn!(
             "`state.url` changed: the state database is kept until a restart (`systemctl restart cio-sync`)."
         );
+        settings.state_url = old_runner.settings.state_url.clone();
     }
-    ticker.replace_runner(old_runner.reloaded(config.settings));
+    ticker.replace_runner(old_runner.reloaded(settings));
     let changes = reload::Changes::between(&plan.jobs(), &new_plan.jobs());
     *plan = new_plan;
     tracing::info!(
