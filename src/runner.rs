@@ -1,11 +1,13 @@
 //! Running jobs by name: the services a process shares, and one run of one job.
 //!
 //! Owns: building the process-wide clients (one rate gate per workspace and API, shared by
-//! every job), the job lease that keeps replicas from running a job twice at once,
-//! dispatching push and pull jobs, the end of every run as a metric (`RunEnded`), job health
-//! loaded from the run history, and the readiness check `/readyz` asks.
+//! every job; a job of `workspace: eu` runs with that workspace's credentials, hosts and
+//! gates), the job lease that keeps replicas from running a job twice at once, dispatching
+//! push and pull jobs, the end of every run as a metric (`RunEnded`), job health loaded from
+//! the run history, and the readiness check `/readyz` asks.
 //! Must not: parse arguments or print (the CLI does), or schedule (the daemon does).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +41,7 @@ pub enum RunnerError {
 /// Shared by every run in the process.
 #[derive(Clone)]
 pub struct Runner {
+    /// The settings of the default workspace (config.yaml's `customerio`).
     pub settings: Arc<Settings>,
     pub state: StateStore,
     pub track_gate: Arc<RateGate>,
@@ -46,6 +49,24 @@ pub struct Runner {
     /// Identifies this process in job leases.
     pub holder: String,
     /// The region self-check, done once per process before the first push to Customer.io.
+    region_checked: Arc<tokio::sync::OnceCell<()>>,
+    /// `workspaces:` by name, each with its own settings view and gates.
+    workspaces: Arc<BTreeMap<String, WorkspaceServices>>,
+}
+
+/// A job's settings, Track gate, App gate and region check.
+type Services<'a> = (
+    Arc<Settings>,
+    Arc<RateGate>,
+    Arc<RateGate>,
+    &'a tokio::sync::OnceCell<()>,
+);
+
+/// What the jobs of one named workspace share.
+struct WorkspaceServices {
+    settings: Arc<Settings>,
+    track_gate: Arc<RateGate>,
+    app_gate: Arc<RateGate>,
     region_checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
@@ -63,13 +84,108 @@ impl Runner {
     pub fn with_state(settings: Settings, state: StateStore) -> Self {
         let holder = crate::state::leases::Holder::this_process().to_string();
         let state = state.fenced_by(&holder);
+        Self::build(settings, state, holder, None)
+    }
+
+    /// A runner for reloaded `settings`, as this process: same holder and state database,
+    /// and the same gates where a workspace's limit is unchanged, so runs still going on
+    /// the old settings and new runs draw from one budget.
+    pub fn reloaded(&self, settings: Settings) -> Self {
+        Self::build(
+            settings,
+            self.state.clone(),
+            self.holder.clone(),
+            Some(self),
+        )
+    }
+
+    fn build(settings: Settings, state: StateStore, holder: String, old: Option<&Runner>) -> Self {
+        let gate = |rate: u32, old: Option<&Arc<RateGate>>| match old {
+            Some(g) if g.configured_per_sec() == rate => g.clone(),
+            _ => {
+                let g = Arc::new(RateGate::per_second(rate));
+                if let Some(prev) = old {
+                    g.share_among(prev.replicas());
+                }
+                g
+            }
+        };
+        let workspaces = settings
+            .workspaces
+            .keys()
+            .filter_map(|name| {
+                let ws = Arc::new(settings.for_workspace(Some(name))?);
+                let prev = old.and_then(|o| o.workspaces.get(name));
+                Some((
+                    name.clone(),
+                    WorkspaceServices {
+                        track_gate: gate(ws.track.rate_limit_per_sec, prev.map(|p| &p.track_gate)),
+                        app_gate: gate(ws.app.rate_limit_per_sec, prev.map(|p| &p.app_gate)),
+                        region_checked: prev
+                            .filter(|p| {
+                                p.settings.customerio.track_url.expose()
+                                    == ws.customerio.track_url.expose()
+                            })
+                            .map(|p| p.region_checked.clone())
+                            .unwrap_or_default(),
+                        settings: ws,
+                    },
+                ))
+            })
+            .collect();
         Self {
-            track_gate: Arc::new(RateGate::per_second(settings.track.rate_limit_per_sec)),
-            app_gate: Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
+            track_gate: gate(
+                settings.track.rate_limit_per_sec,
+                old.map(|o| &o.track_gate),
+            ),
+            app_gate: gate(settings.app.rate_limit_per_sec, old.map(|o| &o.app_gate)),
+            region_checked: old
+                .filter(|o| {
+                    o.settings.customerio.track_url.expose()
+                        == settings.customerio.track_url.expose()
+                })
+                .map(|o| o.region_checked.clone())
+                .unwrap_or_default(),
             settings: Arc::new(settings),
             state,
-            region_checked: Arc::new(tokio::sync::OnceCell::new()),
             holder,
+            workspaces: Arc::new(workspaces),
+        }
+    }
+
+    /// Every rate gate of this process: each workspace's Track and App gate.
+    pub fn gates(&self) -> Vec<Arc<RateGate>> {
+        let mut gates = vec![self.track_gate.clone(), self.app_gate.clone()];
+        for w in self.workspaces.values() {
+            gates.push(w.track_gate.clone());
+            gates.push(w.app_gate.clone());
+        }
+        gates
+    }
+
+    /// The settings, gates and region check a job of `workspace` runs with.
+    fn services(&self, job: &JobSpec) -> Result<Services<'_>, RunnerError> {
+        match job.workspace.as_deref() {
+            None => Ok((
+                self.settings.clone(),
+                self.track_gate.clone(),
+                self.app_gate.clone(),
+                &self.region_checked,
+            )),
+            Some(name) => {
+                let w = self.workspaces.get(name).ok_or_else(|| RunnerError::Job {
+                    job: job.name.clone(),
+                    message: format!(
+                        "`workspace: {name}` is not under config.yaml's `workspaces:`; add it there or fix the job file"
+                    ),
+                })?;
+                Ok((
+                    w.settings.clone(),
+                    w.track_gate.clone(),
+                    w.app_gate.clone(),
+                    &w.region_checked,
+                ))
+            }
         }
     }
 
@@ -223,27 +339,30 @@ impl Runner {
         mode: RunMode,
         stop: StopSignal,
     ) -> Result<RunReport, RunnerError> {
+        let (settings, track_gate, app_gate, region_checked) = self.services(job)?;
         match &job.kind {
             JobKind::Push(push) => {
-                if !self.settings.customerio.track_url_overridden {
-                    self.region_checked
+                if !settings.customerio.track_url_overridden {
+                    region_checked
                         .get_or_try_init(|| async {
-                            self.check_region(&job.name, &stop.stop).await.map(|_| ())
+                            check_region(&settings, track_gate.clone(), &job.name, &stop.stop)
+                                .await
+                                .map(|_| ())
                         })
                         .await?;
                 }
                 let ctx = PushContext {
-                    settings: self.settings.clone(),
+                    track: track_client(&settings, track_gate, &job.name)?,
+                    settings,
                     state: self.state.clone(),
-                    track: self.track_client(&job.name)?,
                 };
                 Ok(pipeline::run_push(&ctx, job, push, mode, stop).await?)
             }
             JobKind::Pull(pull) => {
                 let ctx = crate::pull::PullContext {
-                    settings: self.settings.clone(),
+                    settings,
                     state: self.state.clone(),
-                    app_gate: self.app_gate.clone(),
+                    app_gate,
                 };
                 Ok(crate::pull::run(&ctx, job, pull, stop).await?)
             }

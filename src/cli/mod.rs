@@ -245,13 +245,6 @@ fn init_logging(g: &Global, quiet_default: bool) {
             _ => "trace",
         }
     };
-    // The scheduler crate logs its own life cycle at INFO ("Uninited", "Job creator
-    // created"): nothing an operator acts on, so below -vv only its warnings pass.
-    let default = if g.verbose >= 2 {
-        default.to_string()
-    } else {
-        format!("{default},tokio_cron_scheduler=warn")
-    };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // sqlx-postgres logs each URL parameter it does not know *with its value*
     // (`sslpassword=…`): its URL parser stays silent whatever RUST_LOG says.
@@ -568,7 +561,7 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
         .filter_map(|j| {
             let schedule = j.schedule.clone()?;
             Some(output::ScheduleLine {
-                next_run: next_run(&schedule, now),
+                next_run: crate::schedule::next_run(&schedule, j.timezone, now),
                 job: j.name.clone(),
                 schedule,
             })
@@ -720,7 +713,16 @@ async fn daemon(global: &Global) -> Result<u8> {
     }
     let liveness = crate::observe::Liveness::ticked_every(crate::schedule::LIVENESS_STALE_AFTER);
     let http = HttpListener::start(&cfg.settings, &runner, liveness.clone()).await?;
-    let result = crate::schedule::run_daemon(runner, cfg.jobs, signals, liveness).await;
+    let (path, state) = (global.config.clone(), global.state.clone());
+    // A reload reads the same files the same way as this start, `--state` included.
+    let loader: crate::schedule::Loader = Box::new(move || {
+        let mut cfg = config::load(&path, &config::process_env)?;
+        if let Some(url) = &state {
+            cfg.settings.state_url = config::DatabaseUrl::new(url.clone());
+        }
+        Ok(cfg)
+    });
+    let result = crate::schedule::run_daemon(runner, cfg.jobs, signals, loader, liveness).await;
     http.stop().await;
     result?;
     Ok(exit::OK)
@@ -775,22 +777,6 @@ impl HttpListener {
             let _ = task.await;
         }
     }
-}
-
-/// When a schedule fires next after `now`, read with the same rules as `config` checks it
-/// by (six fields, seconds first, UTC).
-fn next_run(
-    schedule: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Option<chrono::DateTime<chrono::Utc>> {
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(schedule)
-        .ok()?
-        .find_next_occurrence(&now, false)
-        .ok()
 }
 
 #[cfg(test)]

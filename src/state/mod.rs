@@ -4,7 +4,7 @@
 //! checkpoint is written in the same transaction as the run's counters and the dead letters
 //! it passes, so they can never disagree after a crash. Connecting and migrating live in
 //! `connect.rs`; each table's queries in its own file (`runs.rs`, `checkpoints.rs`,
-//! `dead_letters.rs`, `leases.rs`). Every text that reaches a column passes [`storable`].
+//! `dead_letters.rs`, `leases.rs`, `replicas.rs`). Every text that reaches a column passes [`storable`].
 //! Must not: make HTTP calls or decide when a row is settled (the pipeline does); this module
 //! only records what it is told. `From<sqlx::Error>` conversions live here and nowhere else.
 
@@ -19,6 +19,7 @@ mod checkpoints;
 mod connect;
 mod dead_letters;
 pub mod leases;
+mod replicas;
 mod runs;
 
 pub use checkpoints::{CheckpointRecord, Scope};

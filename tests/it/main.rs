@@ -7,6 +7,7 @@ mod cli;
 mod cli_output;
 mod config;
 mod config_load;
+mod daemon;
 mod faults;
 mod helpers;
 mod install;
