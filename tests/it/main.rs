@@ -10,6 +10,7 @@ mod config_load;
 mod faults;
 mod helpers;
 mod install;
+mod objects;
 mod pipeline;
 mod preflight;
 mod pull;
