@@ -196,7 +196,11 @@ fn object_type_ids(job: &JobSpec) -> Option<(&'static str, &str)> {
 
 /// Reads the workspace's object types (`GET /v1/object_types`) and refuses every job whose
 /// `type_id` is not one of them. Without an App key it says the check was skipped.
-async fn check_object_types(cfg: &Config, report: &mut PreflightReport, cancel: &CancellationToken) {
+async fn check_object_types(
+    cfg: &Config,
+    report: &mut PreflightReport,
+    cancel: &CancellationToken,
+) {
     let jobs: Vec<(&JobSpec, &'static str, &str)> = cfg
         .jobs
         .iter()
@@ -206,7 +210,12 @@ async fn check_object_types(cfg: &Config, report: &mut PreflightReport, cancel: 
         return;
     }
     let settings = &cfg.settings;
-    if settings.customerio.app_api_key.as_ref().is_none_or(|k| k.is_empty()) {
+    if settings
+        .customerio
+        .app_api_key
+        .as_ref()
+        .is_none_or(|k| k.is_empty())
+    {
         report.passed.push(
             "object types: not checked (set `customerio.app_api_key` so `validate --connect` can refuse unknown `type_id`s)".into(),
         );
@@ -228,7 +237,10 @@ async fn check_object_types(cfg: &Config, report: &mut PreflightReport, cancel: 
     }) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
-            report.problems.push(PreflightError::ObjectTypes { url, reason: e.to_string() });
+            report.problems.push(PreflightError::ObjectTypes {
+                url,
+                reason: e.to_string(),
+            });
             return;
         }
         None => return,
@@ -237,7 +249,10 @@ async fn check_object_types(cfg: &Config, report: &mut PreflightReport, cancel: 
     let types = match client.object_types(&counters, cancel).await {
         Ok(t) => t,
         Err(e) => {
-            report.problems.push(PreflightError::ObjectTypes { url, reason: e.to_string() });
+            report.problems.push(PreflightError::ObjectTypes {
+                url,
+                reason: e.to_string(),
+            });
             return;
         }
     };
@@ -259,12 +274,19 @@ async fn check_object_types(cfg: &Config, report: &mut PreflightReport, cancel: 
                 file: job.file.clone(),
                 key,
                 type_id: type_id.to_string(),
-                known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
             });
         }
     }
     if all_known {
-        report.passed.push(format!("object types: every job's type_id exists ({})", known.join(", ")));
+        report.passed.push(format!(
+            "object types: every job's type_id exists ({})",
+            known.join(", ")
+        ));
     }
 }
 

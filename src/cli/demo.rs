@@ -137,7 +137,9 @@ pub(crate) async fn run(config_path: &Path, state: Option<String>) -> Result<u8,
         ("object identify", Entity::Object, "identify"),
         ("relationships", Entity::Object, "add_relationships"),
     ] {
-        if let Some(op) = ops.iter().find(|o| o.action == action && o.entity == entity)
+        if let Some(op) = ops
+            .iter()
+            .find(|o| o.action == action && o.entity == entity)
             && let Ok(text) = serde_json::to_string(op)
         {
             say!("  e.g. {label}: {text}");

@@ -459,7 +459,9 @@ impl MappingSpec {
     pub fn needs_v2(&self) -> bool {
         matches!(
             self,
-            MappingSpec::Object { .. } | MappingSpec::Relationship { .. } | MappingSpec::Device { .. }
+            MappingSpec::Object { .. }
+                | MappingSpec::Relationship { .. }
+                | MappingSpec::Device { .. }
         )
     }
 

@@ -687,9 +687,13 @@ fn object_mapping(
         ));
     }
     let attributes = match action {
-        ObjectAction::Identify => {
-            field_set(file, "object.attributes", o.attributes, o.empty.into(), errors)
-        }
+        ObjectAction::Identify => field_set(
+            file,
+            "object.attributes",
+            o.attributes,
+            o.empty.into(),
+            errors,
+        ),
         ObjectAction::Delete => FieldSet::Explicit(Vec::new()),
     };
     object.map(|object| MappingSpec::Object {
@@ -732,7 +736,12 @@ fn relationship_mapping(
     r: raw::RelationshipSection,
     errors: &mut Vec<ConfigError>,
 ) -> Option<MappingSpec> {
-    check_type_id(file, "relationship.object.type_id", &r.object.type_id, errors);
+    check_type_id(
+        file,
+        "relationship.object.type_id",
+        &r.object.type_id,
+        errors,
+    );
     no_phone(
         file,
         "relationship.person",
@@ -833,7 +842,10 @@ pub(super) fn transport_rules(settings: &Settings, jobs: &[JobSpec]) -> Vec<Conf
             Some(t) => (t, "the job's `transport: v1`".to_string()),
             None => (
                 settings.track.transport,
-                format!("`track.transport: v1` in {}", settings.config_file.display()),
+                format!(
+                    "`track.transport: v1` in {}",
+                    settings.config_file.display()
+                ),
             ),
         };
         if transport != Transport::V1 {

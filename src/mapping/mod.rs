@@ -40,7 +40,8 @@ pub mod limits {
 }
 
 /// Attribute names Customer.io reserves on objects.
-const RESERVED_OBJECT_ATTRIBUTES: [&str; 4] = ["cio_object_id", "object_id", "objectId", "relationship"];
+const RESERVED_OBJECT_ATTRIBUTES: [&str; 4] =
+    ["cio_object_id", "object_id", "objectId", "relationship"];
 
 /// Why a row cannot be sent: shown to the user and kept in the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -784,7 +785,11 @@ impl Mapper {
 
 /// The per-attribute limits (count with `extra` keys, name and value sizes), shared by
 /// people, devices, objects and relationships.
-fn check_attributes(attributes: &Map<String, J>, extra: usize, what: &str) -> Result<(), RowRejected> {
+fn check_attributes(
+    attributes: &Map<String, J>,
+    extra: usize,
+    what: &str,
+) -> Result<(), RowRejected> {
     let keys = attributes.len() + extra;
     if keys > limits::ATTRIBUTES {
         return Err(RowRejected(format!(

@@ -833,10 +833,14 @@ fn merge_op(transport: Transport, mut body: Map<String, Value>) -> Result<Record
 /// `last_used` is integer seconds, `push_enabled` the string `"true"`/`"false"`, and the token
 /// never inside `attributes` (Customer.io answers that with a 400); delete carries the token only.
 fn check_device(action: &str, d: &Map<String, Value>) -> Result<(), ItemError> {
-    let bad = |field: &'static str, message: String| ItemError::new("invalid device", field, message);
+    let bad =
+        |field: &'static str, message: String| ItemError::new("invalid device", field, message);
     if action == "delete_device" {
         if let Some(k) = d.keys().find(|k| k.as_str() != "token") {
-            return Err(bad("device", format!("delete_device takes only device.token, not {k:?}")));
+            return Err(bad(
+                "device",
+                format!("delete_device takes only device.token, not {k:?}"),
+            ));
         }
         return Ok(());
     }
@@ -874,20 +878,26 @@ fn check_device(action: &str, d: &Map<String, Value>) -> Result<(), ItemError> {
             check_person_attributes(a)?;
         }
         Some(other) => {
-            return Err(bad("device.attributes", format!("attributes must be an object, got {other}")));
+            return Err(bad(
+                "device.attributes",
+                format!("attributes must be an object, got {other}"),
+            ));
         }
     }
-    if let Some(k) = d
-        .keys()
-        .find(|k| !matches!(k.as_str(), "token" | "platform" | "last_used" | "attributes"))
-    {
+    if let Some(k) = d.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "token" | "platform" | "last_used" | "attributes"
+        )
+    }) {
         return Err(bad("device", format!("unknown device key {k:?}")));
     }
     Ok(())
 }
 
 /// Object names Customer.io reserves as object attributes.
-const RESERVED_OBJECT_ATTRIBUTES: [&str; 4] = ["cio_object_id", "object_id", "objectId", "relationship"];
+const RESERVED_OBJECT_ATTRIBUTES: [&str; 4] =
+    ["cio_object_id", "object_id", "objectId", "relationship"];
 /// "Max size of all attributes associated with an object or relationship".
 const OBJECT_ATTRS_MAX_BYTES: usize = 100_000;
 
@@ -896,7 +906,9 @@ const OBJECT_ATTRS_MAX_BYTES: usize = 100_000;
 fn object_identifiers(v: Option<Value>) -> Result<BTreeMap<String, String>, ItemError> {
     let bad = |message: String| ItemError::new("invalid identifiers", "identifiers", message);
     let Some(Value::Object(m)) = v else {
-        return Err(bad("identifiers must be {object_type_id, object_id} or {cio_object_id}".into()));
+        return Err(bad(
+            "identifiers must be {object_type_id, object_id} or {cio_object_id}".into(),
+        ));
     };
     let text = |k: &str| -> Result<Option<String>, ItemError> {
         match m.get(k) {
@@ -911,19 +923,30 @@ fn object_identifiers(v: Option<Value>) -> Result<BTreeMap<String, String>, Item
     {
         return Err(bad(format!("unknown object identifier {k:?}")));
     }
-    match (text("object_type_id")?, text("object_id")?, text("cio_object_id")?) {
+    match (
+        text("object_type_id")?,
+        text("object_id")?,
+        text("cio_object_id")?,
+    ) {
         (Some(t), Some(id), None) => {
             if !t.parse::<u64>().is_ok_and(|n| n >= 1) {
-                return Err(bad(format!("object_type_id {t:?} must be a string-formatted integer from \"1\"")));
+                return Err(bad(format!(
+                    "object_type_id {t:?} must be a string-formatted integer from \"1\""
+                )));
             }
             check_id_len("object_id", &id)?;
-            Ok(BTreeMap::from([("object_type_id".to_owned(), t), ("object_id".to_owned(), id)]))
+            Ok(BTreeMap::from([
+                ("object_type_id".to_owned(), t),
+                ("object_id".to_owned(), id),
+            ]))
         }
         (None, None, Some(c)) => {
             check_id_len("cio_object_id", &c)?;
             Ok(BTreeMap::from([("cio_object_id".to_owned(), c)]))
         }
-        _ => Err(bad("identifiers must be {object_type_id, object_id} or {cio_object_id}".into())),
+        _ => Err(bad(
+            "identifiers must be {object_type_id, object_id} or {cio_object_id}".into(),
+        )),
     }
 }
 
@@ -937,7 +960,9 @@ fn check_object_attributes(a: &Map<String, Value>, field: &'static str) -> Resul
         return Err(ItemError::new(
             "attributes too large",
             field,
-            format!("attributes are {size} bytes; limit {OBJECT_ATTRS_MAX_BYTES} per object or relationship"),
+            format!(
+                "attributes are {size} bytes; limit {OBJECT_ATTRS_MAX_BYTES} per object or relationship"
+            ),
         ));
     }
     Ok(())
@@ -946,7 +971,8 @@ fn check_object_attributes(a: &Map<String, Value>, field: &'static str) -> Resul
 /// An object's `cio_relationships`: people by exactly one of id / email / cio_id, each with
 /// optional `relationship_attributes`.
 fn object_relationships(v: Option<Value>, required: bool) -> Result<Option<Value>, ItemError> {
-    let bad = |message: String| ItemError::new("invalid relationships", "cio_relationships", message);
+    let bad =
+        |message: String| ItemError::new("invalid relationships", "cio_relationships", message);
     let list = match v {
         None | Some(Value::Null) if !required => return Ok(None),
         Some(Value::Array(list)) if !list.is_empty() => list,
@@ -973,9 +999,16 @@ fn object_relationships(v: Option<Value>, required: bool) -> Result<Option<Value
         match e.get("relationship_attributes") {
             None | Some(Value::Null) => {}
             Some(Value::Object(a)) => check_object_attributes(a, "cio_relationships")?,
-            Some(_) => return Err(bad(format!("cio_relationships[{n}].relationship_attributes must be an object"))),
+            Some(_) => {
+                return Err(bad(format!(
+                    "cio_relationships[{n}].relationship_attributes must be an object"
+                )));
+            }
         }
-        if let Some(k) = e.keys().find(|k| !matches!(k.as_str(), "identifiers" | "relationship_attributes")) {
+        if let Some(k) = e
+            .keys()
+            .find(|k| !matches!(k.as_str(), "identifiers" | "relationship_attributes"))
+        {
             return Err(bad(format!("cio_relationships[{n}] has unknown key {k:?}")));
         }
     }
@@ -986,7 +1019,13 @@ fn object_relationships(v: Option<Value>, required: bool) -> Result<Option<Value
 fn object_item(mut m: Map<String, Value>) -> Result<RecordedOp, ItemError> {
     let action = match m.remove("action") {
         Some(Value::String(a)) => a,
-        _ => return Err(ItemError::new("invalid action", "action", "action is required")),
+        _ => {
+            return Err(ItemError::new(
+                "invalid action",
+                "action",
+                "action is required",
+            ));
+        }
     };
     let identifiers = object_identifiers(m.remove("identifiers"))?;
     let mut attributes = Map::new();
@@ -995,7 +1034,10 @@ fn object_item(mut m: Map<String, Value>) -> Result<RecordedOp, ItemError> {
             match m.remove("attributes") {
                 None | Some(Value::Null) => {}
                 Some(Value::Object(a)) => {
-                    if let Some(k) = a.keys().find(|k| RESERVED_OBJECT_ATTRIBUTES.contains(&k.as_str())) {
+                    if let Some(k) = a
+                        .keys()
+                        .find(|k| RESERVED_OBJECT_ATTRIBUTES.contains(&k.as_str()))
+                    {
                         return Err(ItemError::new(
                             "invalid attributes",
                             "attributes",
@@ -1006,7 +1048,11 @@ fn object_item(mut m: Map<String, Value>) -> Result<RecordedOp, ItemError> {
                     attributes = a;
                 }
                 Some(_) => {
-                    return Err(ItemError::new("invalid attributes", "attributes", "attributes must be an object"));
+                    return Err(ItemError::new(
+                        "invalid attributes",
+                        "attributes",
+                        "attributes must be an object",
+                    ));
                 }
             }
             let rel = if action == "identify" {
@@ -1028,13 +1074,19 @@ fn object_item(mut m: Map<String, Value>) -> Result<RecordedOp, ItemError> {
             return Err(ItemError::new(
                 "invalid action",
                 "action",
-                format!("action {other:?} is not an object action; use identify, identify_anonymous, delete, add_relationships or delete_relationships"),
+                format!(
+                    "action {other:?} is not an object action; use identify, identify_anonymous, delete, add_relationships or delete_relationships"
+                ),
             ));
         }
     }
     m.remove("type");
     if let Some(k) = m.keys().next() {
-        return Err(ItemError::new("invalid item", "", format!("unknown key {k:?} in an object {action} item")));
+        return Err(ItemError::new(
+            "invalid item",
+            "",
+            format!("unknown key {k:?} in an object {action} item"),
+        ));
     }
     Ok(RecordedOp {
         entity: Entity::Object,
@@ -1139,10 +1191,7 @@ fn parse_v2_item(item: Value) -> Result<Option<RecordedOp>, ItemError> {
                     Value::Object(d)
                 }
                 Some(Value::Object(d))
-                    if d
-                        .get("attributes")
-                        .and_then(|a| a.get("token"))
-                        .is_some() =>
+                    if d.get("attributes").and_then(|a| a.get("token")).is_some() =>
                 {
                     return Err(ItemError::new(
                         "invalid",

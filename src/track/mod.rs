@@ -377,8 +377,8 @@ fn indexed_errors(resp: &http::Response, len: usize) -> Result<Vec<(usize, Strin
         #[serde(default)]
         errors: Option<Vec<serde_json::Value>>,
     }
-    let body = serde_json::from_slice::<Body>(&resp.body)
-        .map_err(|_| "its answer could not be read")?;
+    let body =
+        serde_json::from_slice::<Body>(&resp.body).map_err(|_| "its answer could not be read")?;
     let errors = body.errors.unwrap_or_default();
     let mut out = Vec::with_capacity(errors.len());
     for e in &errors {

@@ -60,8 +60,7 @@ fn validator(pointer: &str) -> jsonschema::Validator {
         .unwrap_or_else(|e| panic!("schema {pointer}: {e}"))
 }
 
-const BATCH_ITEM: &str =
-    "/paths/~1api~1v2~1batch/post/requestBody/content/application~1json/schema/properties/batch/items";
+const BATCH_ITEM: &str = "/paths/~1api~1v2~1batch/post/requestBody/content/application~1json/schema/properties/batch/items";
 
 /// The schema named for an item's `type` and `action`.
 fn operation_schema(item: &Value) -> String {
@@ -80,8 +79,14 @@ fn assert_valid(items: &[Value]) {
     assert!(!items.is_empty(), "nothing was sent");
     let batch_item = validator(BATCH_ITEM);
     for item in items {
-        let errors: Vec<String> = batch_item.iter_errors(item).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{item} is not a valid batch item: {errors:?}");
+        let errors: Vec<String> = batch_item
+            .iter_errors(item)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{item} is not a valid batch item: {errors:?}"
+        );
         let own = operation_schema(item);
         let errors: Vec<String> = validator(&own)
             .iter_errors(item)
@@ -105,7 +110,9 @@ fn the_schema_check_refuses_what_customerio_would() {
         assert!(!validator(&own).is_valid(&bad), "{bad} should fail {own}");
     }
     // And the spec's own examples pass.
-    assert_valid(&[json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"acme"},"action":"add_relationships","cio_relationships":[{"identifiers":{"id":"42"},"relationship_attributes":{"role":"admin"}}]})]);
+    assert_valid(&[
+        json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"acme"},"action":"add_relationships","cio_relationships":[{"identifiers":{"id":"42"},"relationship_attributes":{"role":"admin"}}]}),
+    ]);
 }
 
 async fn state(env: &TestEnv) -> StateStore {
@@ -144,9 +151,19 @@ async fn object_identify_and_delete_send_exact_valid_items_with_string_type_ids(
     assert_valid(&items);
     let ops = env.sim.operations();
     assert!(ops.iter().all(|o| o.entity == Entity::Object), "{ops:?}");
-    let letters = state(&env).await.dead_letters("accounts", 10).await.expect("dl");
+    let letters = state(&env)
+        .await
+        .dead_letters("accounts", 10)
+        .await
+        .expect("dl");
     assert_eq!(letters.len(), 1);
-    assert!(letters[0].reason.contains("object id column `account_id` is empty"), "{}", letters[0].reason);
+    assert!(
+        letters[0]
+            .reason
+            .contains("object id column `account_id` is empty"),
+        "{}",
+        letters[0].reason
+    );
 
     env.sim.reset_records();
     env.write_job(
@@ -185,12 +202,26 @@ async fn object_limits_and_reserved_names_are_checked_per_row() {
         (1, 2),
         "{report:?}"
     );
-    let letters = state(&env).await.dead_letters("accounts", 10).await.expect("dl");
-    assert!(letters[0].reason.contains("151 bytes"), "{}", letters[0].reason);
-    assert!(letters[1].reason.contains("1001 bytes"), "{}", letters[1].reason);
+    let letters = state(&env)
+        .await
+        .dead_letters("accounts", 10)
+        .await
+        .expect("dl");
+    assert!(
+        letters[0].reason.contains("151 bytes"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(
+        letters[1].reason.contains("1001 bytes"),
+        "{}",
+        letters[1].reason
+    );
     assert_eq!(
         env.sim.v2_items(),
-        vec![json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"ok"},"action":"identify","attributes":{"note":"fine"}})]
+        vec![
+            json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"ok"},"action":"identify","attributes":{"note":"fine"}})
+        ]
     );
 
     env.write_data("reserved.csv", "account_id,object_id\nacme,123\n");
@@ -200,8 +231,16 @@ async fn object_limits_and_reserved_names_are_checked_per_row() {
     );
     let report = env.run("reserved").await;
     assert_eq!(report.counts.rows_rejected, 1, "{report:?}");
-    let letters = state(&env).await.dead_letters("reserved", 10).await.expect("dl");
-    assert!(letters[0].reason.contains("reserves"), "{}", letters[0].reason);
+    let letters = state(&env)
+        .await
+        .dead_letters("reserved", 10)
+        .await
+        .expect("dl");
+    assert!(
+        letters[0].reason.contains("reserves"),
+        "{}",
+        letters[0].reason
+    );
 }
 
 #[tokio::test]
@@ -278,10 +317,18 @@ async fn a_refused_relationship_item_dead_letters_every_row_it_carried_and_no_ot
         (1, 2),
         "{report:?}"
     );
-    let letters = state(&env).await.dead_letters("members", 10).await.expect("dl");
+    let letters = state(&env)
+        .await
+        .dead_letters("members", 10)
+        .await
+        .expect("dl");
     let users: Vec<&Value> = letters.iter().map(|l| &l.row_data["user_id"]).collect();
     assert_eq!(users, vec![&json!("42"), &json!("44")]);
-    assert!(letters[0].reason.contains("object acme is locked"), "{}", letters[0].reason);
+    assert!(
+        letters[0].reason.contains("object acme is locked"),
+        "{}",
+        letters[0].reason
+    );
 }
 
 #[tokio::test]
@@ -314,8 +361,16 @@ async fn devices_are_added_with_token_platform_integer_last_used_and_string_push
         ]
     );
     assert_valid(&items);
-    let letters = state(&env).await.dead_letters("devices", 10).await.expect("dl");
-    assert!(letters[0].reason.contains("\"windows\"") && letters[0].reason.contains("ios"), "{}", letters[0].reason);
+    let letters = state(&env)
+        .await
+        .dead_letters("devices", 10)
+        .await
+        .expect("dl");
+    assert!(
+        letters[0].reason.contains("\"windows\"") && letters[0].reason.contains("ios"),
+        "{}",
+        letters[0].reason
+    );
 
     env.sim.reset_records();
     env.write_job(
@@ -356,11 +411,21 @@ async fn merges_send_primary_and_secondary_without_identifiers_and_refuse_self_m
     let items = env.sim.v2_items();
     assert_eq!(
         items,
-        vec![json!({"type":"person","action":"merge","primary":{"email":"ann@example.com"},"secondary":{"email":"ann.old@example.com"}})]
+        vec![
+            json!({"type":"person","action":"merge","primary":{"email":"ann@example.com"},"secondary":{"email":"ann.old@example.com"}})
+        ]
     );
     assert_valid(&items);
-    let letters = state(&env).await.dead_letters("dupes", 10).await.expect("dl");
-    assert!(letters[0].reason.contains("same person"), "{}", letters[0].reason);
+    let letters = state(&env)
+        .await
+        .dead_letters("dupes", 10)
+        .await
+        .expect("dl");
+    assert!(
+        letters[0].reason.contains("same person"),
+        "{}",
+        letters[0].reason
+    );
 }
 
 #[tokio::test]
@@ -415,11 +480,19 @@ async fn a_400_naming_one_item_by_batch_index_dead_letters_only_that_row() {
         (9, 1)
     );
     let statuses: Vec<u16> = env.sim.requests().iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![400, 200], "refused, then sent again without the bad row");
+    assert_eq!(
+        statuses,
+        vec![400, 200],
+        "refused, then sent again without the bad row"
+    );
     let delivered = ids_of(&env.sim.operations());
     assert_eq!(delivered.len(), 9);
     assert!(!delivered.contains("u-000004"));
-    let letters = state(&env).await.dead_letters("people", 10).await.expect("dl");
+    let letters = state(&env)
+        .await
+        .dead_letters("people", 10)
+        .await
+        .expect("dl");
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].row_data["customer_id"], json!("u-000004"));
 }
@@ -449,10 +522,24 @@ async fn v1_transport_is_refused_for_objects_devices_and_phone_with_the_reason()
         Ok(_) => panic!("v1 must be refused"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("accounts.yaml") && err.contains("`object` jobs need `transport: v2`"), "{err}");
-    assert!(err.contains("devices.yaml") && err.contains("`device` jobs need `transport: v2`"), "{err}");
-    assert!(err.contains("phones.yaml") && err.contains("identify.identifier.phone") && err.contains("only in Track v2"), "{err}");
-    assert!(err.contains("relationship.person.phone") && err.contains("cio_relationships"), "{err}");
+    assert!(
+        err.contains("accounts.yaml") && err.contains("`object` jobs need `transport: v2`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("devices.yaml") && err.contains("`device` jobs need `transport: v2`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("phones.yaml")
+            && err.contains("identify.identifier.phone")
+            && err.contains("only in Track v2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("relationship.person.phone") && err.contains("cio_relationships"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -469,7 +556,9 @@ async fn validate_connect_refuses_an_object_type_the_workspace_does_not_have() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("job `accounts`") && err.contains("`object.type_id` is \"2\"") && err.contains("1 (Accounts)"),
+        err.contains("job `accounts`")
+            && err.contains("`object.type_id` is \"2\"")
+            && err.contains("1 (Accounts)"),
         "{err}"
     );
     assert!(
@@ -483,5 +572,9 @@ async fn validate_connect_refuses_an_object_type_the_workspace_does_not_have() {
     );
     let out = env.cli_output(&["validate", "--connect"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("every job's type_id exists"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("every job's type_id exists"),
+        "{}",
+        stdout(&out)
+    );
 }
