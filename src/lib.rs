@@ -14,8 +14,9 @@
 //! - [`pull`]: pull jobs: App API → database tables.
 //! - [`state`]: run history, checkpoints, dead letters, leases (SQLite or PostgreSQL).
 //! - [`pipeline`]: one push run, wiring the stages and committing progress.
+//! - [`observe`]: typed events that log and count together, metrics, `/metrics` and health.
 //! - [`runner`]: running jobs by name (leases, reports), shared by the CLI and the daemon.
-//! - [`schedule`]: the daemon: cron schedules, no overlapping runs, graceful stop.
+//! - [`schedule`]: the daemon: cron (5 or 6 fields, per-job zones), catch-up, reload, replicas sharing the budget, systemd notify, graceful stop.
 //! - [`simulator`]: a local Customer.io for tests, benchmarks and the demo.
 //! - [`preflight`]: the file and connection checks of `cio-sync validate`.
 //! - [`cli`]: the command line (`cli/output.rs`: what it prints; `cli/demo.rs`: the demo);
@@ -33,6 +34,7 @@ pub mod config;
 pub(crate) mod exit;
 pub mod http;
 pub mod mapping;
+pub mod observe;
 pub mod pipeline;
 pub(crate) mod preflight;
 pub mod pull;

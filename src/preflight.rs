@@ -194,8 +194,9 @@ fn object_type_ids(job: &JobSpec) -> Option<(&'static str, &str)> {
     }
 }
 
-/// Reads the workspace's object types (`GET /v1/object_types`) and refuses every job whose
-/// `type_id` is not one of them. Without an App key it says the check was skipped.
+/// Reads each workspace's object types (`GET /v1/object_types`) and refuses every job whose
+/// `type_id` is not one of its workspace's. A workspace without an App key is said to be
+/// unchecked.
 async fn check_object_types(
     cfg: &Config,
     report: &mut PreflightReport,
@@ -206,44 +207,65 @@ async fn check_object_types(
         .iter()
         .filter_map(|j| object_type_ids(j).map(|(k, t)| (j, k, t)))
         .collect();
-    if jobs.is_empty() {
-        return;
+    let mut workspaces: Vec<Option<&str>> =
+        jobs.iter().map(|(j, ..)| j.workspace.as_deref()).collect();
+    workspaces.sort();
+    workspaces.dedup();
+    for workspace in workspaces {
+        // Validation already refused a job naming a workspace nobody configured.
+        let Some(settings) = cfg.settings.for_workspace(workspace) else {
+            continue;
+        };
+        let of_workspace: Vec<_> = jobs
+            .iter()
+            .filter(|(j, ..)| j.workspace.as_deref() == workspace)
+            .copied()
+            .collect();
+        check_workspace_object_types(&settings, workspace, &of_workspace, report, cancel).await;
     }
-    let settings = &cfg.settings;
-    if settings
+}
+
+async fn check_workspace_object_types(
+    settings: &Settings,
+    workspace: Option<&str>,
+    jobs: &[(&JobSpec, &'static str, &str)],
+    report: &mut PreflightReport,
+    cancel: &CancellationToken,
+) {
+    let label = workspace
+        .map(|w| format!("object types of workspace `{w}`"))
+        .unwrap_or_else(|| "object types".into());
+    let Some(key) = settings
         .customerio
         .app_api_key
-        .as_ref()
-        .is_none_or(|k| k.is_empty())
-    {
-        report.passed.push(
-            "object types: not checked (set `customerio.app_api_key` so `validate --connect` can refuse unknown `type_id`s)".into(),
-        );
+        .clone()
+        .filter(|k| !k.is_empty())
+    else {
+        report.passed.push(format!(
+            "{label}: not checked (set the App API key so `validate --connect` can refuse unknown `type_id`s)"
+        ));
         return;
-    }
+    };
     let url = settings.customerio.app_url.masked();
     let once = RetryPolicy {
         max_attempts: 1,
         ..RetryPolicy::from(&settings.retry)
     };
-    let client = match settings.customerio.app_api_key.clone().map(|key| {
-        crate::app_api::AppClient::new(
-            settings.customerio.app_url.expose(),
-            key,
-            Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
-            once,
-            settings.app.timeout,
-        )
-    }) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
+    let client = match crate::app_api::AppClient::new(
+        settings.customerio.app_url.expose(),
+        key,
+        Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
+        once,
+        settings.app.timeout,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
             report.problems.push(PreflightError::ObjectTypes {
                 url,
                 reason: e.to_string(),
             });
             return;
         }
-        None => return,
     };
     let counters = Arc::new(crate::http::RunCounters::default());
     let types = match client.object_types(&counters, cancel).await {
@@ -267,7 +289,7 @@ async fn check_object_types(
         .collect();
     let mut all_known = true;
     for (job, key, type_id) in jobs {
-        if !types.iter().any(|t| t.id.as_deref() == Some(type_id)) {
+        if !types.iter().any(|t| t.id.as_deref() == Some(*type_id)) {
             all_known = false;
             report.problems.push(PreflightError::UnknownObjectType {
                 job: job.name.clone(),
@@ -284,7 +306,7 @@ async fn check_object_types(
     }
     if all_known {
         report.passed.push(format!(
-            "object types: every job's type_id exists ({})",
+            "{label}: every job's type_id exists ({})",
             known.join(", ")
         ));
     }

@@ -127,8 +127,16 @@ impl AppClient {
         timeout: Duration,
     ) -> Result<Self, AppError> {
         let auth = Auth::Bearer(api_key);
-        let api = ApiClient::new(base, auth, gate, policy, timeout, MAX_APP_ANSWER_BYTES)
-            .map_err(|e| AppError::Client(e.to_string()))?;
+        let api = ApiClient::new(
+            base,
+            auth,
+            gate,
+            policy,
+            timeout,
+            MAX_APP_ANSWER_BYTES,
+            crate::observe::Api::App,
+        )
+        .map_err(|e| AppError::Client(e.to_string()))?;
         Ok(Self { api })
     }
 

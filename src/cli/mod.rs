@@ -245,13 +245,6 @@ fn init_logging(g: &Global, quiet_default: bool) {
             _ => "trace",
         }
     };
-    // The scheduler crate logs its own life cycle at INFO ("Uninited", "Job creator
-    // created"): nothing an operator acts on, so below -vv only its warnings pass.
-    let default = if g.verbose >= 2 {
-        default.to_string()
-    } else {
-        format!("{default},tokio_cron_scheduler=warn")
-    };
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // sqlx-postgres logs each URL parameter it does not know *with its value*
     // (`sslpassword=…`): its URL parser stays silent whatever RUST_LOG says.
@@ -379,6 +372,14 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     let runner = Runner::new(cfg.settings.clone())
         .await
         .map_err(|e| anyhow!(chain(&e)))?;
+    // A one-shot run serves the same endpoints while it runs (a long backfill can be watched);
+    // nothing ticks its liveness: it is live while it answers.
+    let http = HttpListener::start(
+        &cfg.settings,
+        &runner,
+        crate::observe::Liveness::untracked(),
+    )
+    .await?;
     let signals = crate::shutdown::listen();
     let stop = StopSignal::from_signals(&signals, cfg.settings.grace);
     let mut reports = Vec::new();
@@ -409,6 +410,7 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
             }
         }
     }
+    http.stop().await;
     if args.json {
         say!("{}", serde_json::to_string_pretty(&reports)?);
     }
@@ -556,7 +558,7 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
         .filter_map(|j| {
             let schedule = j.schedule.clone()?;
             Some(output::ScheduleLine {
-                next_run: next_run(&schedule, now),
+                next_run: crate::schedule::next_run(&schedule, j.timezone, now),
                 job: j.name.clone(),
                 schedule,
             })
@@ -703,24 +705,75 @@ async fn daemon(global: &Global) -> Result<u8> {
         .await
         .map_err(|e| anyhow!(chain(&e)))?;
     let signals = crate::shutdown::listen();
-    crate::schedule::run_daemon(runner, cfg.jobs, signals).await?;
+    if let Err(e) = runner.load_job_health(&cfg.jobs).await {
+        tracing::warn!(error = %e, "Could not read the run history; job health metrics start empty.");
+    }
+    let liveness = crate::observe::Liveness::ticked_every(crate::schedule::LIVENESS_STALE_AFTER);
+    let http = HttpListener::start(&cfg.settings, &runner, liveness.clone()).await?;
+    let (path, state) = (global.config.clone(), global.state.clone());
+    // A reload reads the same files the same way as this start, `--state` included.
+    let loader: crate::schedule::Loader = Box::new(move || {
+        let mut cfg = config::load(&path, &config::process_env)?;
+        if let Some(url) = &state {
+            cfg.settings.state_url = config::DatabaseUrl::new(url.clone());
+        }
+        Ok(cfg)
+    });
+    let result = crate::schedule::run_daemon(runner, cfg.jobs, signals, loader, liveness).await;
+    http.stop().await;
+    result?;
     Ok(exit::OK)
 }
 
-/// When a schedule fires next after `now`, read with the same rules as `config` checks it
-/// by (six fields, seconds first, UTC).
-fn next_run(
-    schedule: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Option<chrono::DateTime<chrono::Utc>> {
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(schedule)
-        .ok()?
-        .find_next_occurrence(&now, false)
-        .ok()
+/// The `/metrics`, `/healthz` and `/readyz` listener of `daemon` and `run`, when `http.listen`
+/// is set. It outlives the runs (a last scrape sees their final counts) and stops after them.
+struct HttpListener(
+    Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
+);
+
+impl HttpListener {
+    async fn start(
+        settings: &config::Settings,
+        runner: &Runner,
+        liveness: crate::observe::Liveness,
+    ) -> Result<Self> {
+        let Some(addr) = settings.http_listen else {
+            return Ok(Self(None));
+        };
+        let listener = crate::observe::bind(addr)
+            .await
+            .map_err(|e| anyhow!(chain(&e)))?;
+        let endpoints = crate::observe::Endpoints {
+            metrics: crate::observe::global(),
+            liveness,
+            ready: runner.ready_check(),
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(crate::observe::serve(
+            listener,
+            endpoints,
+            stop.clone().cancelled_owned(),
+        ));
+        let task = tokio::spawn(async move {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "The metrics listener stopped."),
+                Err(e) => tracing::error!(error = %e, "The metrics listener panicked."),
+            }
+        });
+        Ok(Self(Some((stop, task))))
+    }
+
+    async fn stop(self) {
+        if let Some((stop, task)) = self.0 {
+            stop.cancel();
+            // The task logs its own failure; a join error here adds nothing.
+            let _ = task.await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -241,6 +241,39 @@ pub struct Settings {
     pub app: AppSettings,
     pub retry: RetrySettings,
     pub grace: Duration,
+    /// `http.listen`: where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// `workspaces:` by name; jobs without `workspace:` use `customerio` and `track`/`app`.
+    pub workspaces: std::collections::BTreeMap<String, Workspace>,
+    /// `daemon.heartbeat_secs`: how often a daemon tells the state database it is alive.
+    pub heartbeat: Duration,
+}
+
+/// A named Customer.io workspace of `workspaces:`, with its own rate limits.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub customerio: CustomerIo,
+    /// Track requests per second for this workspace, shared by its jobs.
+    pub track_rate_limit_per_sec: u32,
+    /// App requests per second for this workspace.
+    pub app_rate_limit_per_sec: u32,
+}
+
+impl Settings {
+    /// These settings as a job of `workspace` sees them: its credentials, hosts and rate
+    /// limits in `customerio`, `track` and `app`. `None` (the default workspace) is `self`;
+    /// an unknown name is `None` (validation already refused it).
+    pub fn for_workspace(&self, workspace: Option<&str>) -> Option<Settings> {
+        let Some(name) = workspace else {
+            return Some(self.clone());
+        };
+        let w = self.workspaces.get(name)?;
+        let mut s = self.clone();
+        s.customerio = w.customerio.clone();
+        s.track.rate_limit_per_sec = w.track_rate_limit_per_sec;
+        s.app.rate_limit_per_sec = w.app_rate_limit_per_sec;
+        Some(s)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -287,8 +320,16 @@ pub struct JobSpec {
     /// The job file's stem: `jobs/orders.yaml` is `orders`.
     pub name: String,
     pub file: PathBuf,
-    /// Cron with seconds, already checked to parse.
+    /// Cron, 5 fields or 6 with seconds first, already checked to parse.
     pub schedule: Option<String>,
+    /// The zone `schedule` is read in (DST included); `None` = UTC.
+    pub timezone: Option<chrono_tz::Tz>,
+    /// `catch_up: true`: at daemon start, run once if the last scheduled tick was missed.
+    pub catch_up: bool,
+    /// `enabled: false` pauses the job in the daemon (`run JOB` still runs it by hand).
+    pub enabled: bool,
+    /// The `workspaces:` entry the job talks to; `None` = the `customerio` block.
+    pub workspace: Option<String>,
     pub kind: JobKind,
 }
 

@@ -29,6 +29,14 @@ pub(super) struct DaemonFile {
     pub retry: RetrySection,
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    /// Further Customer.io workspaces by name; a job picks one with `workspace:`, the others
+    /// use `customerio`.
+    #[serde(default)]
+    pub workspaces: BTreeMap<String, WorkspaceSection>,
+    #[serde(default)]
+    pub daemon: DaemonSection,
+    #[serde(default)]
+    pub http: HttpSection,
 }
 
 fn default_jobs_dir() -> PathBuf {
@@ -69,6 +77,45 @@ pub(super) struct CustomerIoSection {
     pub track_url: Option<String>,
     /// Overrides the region's App host.
     pub app_url: Option<String>,
+}
+
+/// One of `workspaces:`: the `customerio` keys, and the workspace's own rate limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WorkspaceSection {
+    #[serde(default)]
+    pub region: Region,
+    pub site_id: Option<Secret>,
+    pub track_api_key: Option<Secret>,
+    pub app_api_key: Option<Secret>,
+    pub track_url: Option<String>,
+    pub app_url: Option<String>,
+    /// Track requests per second for this workspace; default `track.rate_limit_per_sec`.
+    pub track_rate_limit_per_sec: Option<u32>,
+    /// App requests per second for this workspace; default `app.rate_limit_per_sec`.
+    pub app_rate_limit_per_sec: Option<u32>,
+}
+
+/// `daemon:`: how replicas of `cio-sync daemon` find each other.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DaemonSection {
+    /// Seconds between a daemon's heartbeats in the state database; a replica silent for
+    /// three of them no longer counts when the rate limits are shared out.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_secs: default_heartbeat(),
+        }
+    }
+}
+
+fn default_heartbeat() -> u64 {
+    10
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,12 +281,31 @@ fn default_grace() -> u64 {
     60
 }
 
+/// `http:`: the optional listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpSection {
+    /// `IP:PORT` to listen on, or a bare port for `127.0.0.1:PORT`; absent: no listener.
+    pub listen: Option<String>,
+}
+
 /// One `jobs/<name>.yaml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct JobFile {
-    /// Cron with seconds: `sec min hour day-of-month month day-of-week`.
+    /// Cron: `min hour day-of-month month day-of-week`, or with seconds first.
     pub schedule: Option<String>,
+    /// The IANA zone `schedule` is read in; UTC when absent.
+    #[serde(default, deserialize_with = "time_zone")]
+    pub timezone: Option<chrono_tz::Tz>,
+    /// Run once at daemon start when the last scheduled tick was missed.
+    #[serde(default)]
+    pub catch_up: bool,
+    /// `false` pauses the job: the daemon does not schedule it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A name under config.yaml's `workspaces`; absent = the `customerio` block.
+    pub workspace: Option<String>,
     pub source: Option<SourceSection>,
     pub identify: Option<IdentifySection>,
     pub track: Option<TrackJobSection>,

@@ -395,3 +395,121 @@ fn object_type_ids_are_strings_whatever_the_yaml_holds() {
         .collect();
     assert_eq!(ids, vec!["1".to_string(), "2".to_string()]);
 }
+
+#[test]
+fn a_job_talks_to_the_workspace_it_names_with_that_workspaces_limits() {
+    let config = format!(
+        "{CONFIG}workspaces:\n  eu:\n    region: eu\n    site_id: eu-site\n    track_api_key: eu-key\n    track_rate_limit_per_sec: 7\n"
+    );
+    let eu_job = format!(
+        "workspace: eu\nschedule: \"0 2 * * *\"\ntimezone: Europe/Paris\ncatch_up: true\n{JOB}"
+    );
+    let (_dir, path) = folder(&config, &[("people", JOB), ("eu-people", &eu_job)]);
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    let eu = cfg.job("eu-people").expect("job");
+    assert_eq!(eu.workspace.as_deref(), Some("eu"));
+    assert_eq!(eu.timezone, Some(chrono_tz::Europe::Paris));
+    assert!(eu.catch_up && eu.enabled);
+    let s = cfg.settings.for_workspace(Some("eu")).expect("eu settings");
+    assert_eq!(
+        s.customerio.site_id.as_ref().map(Secret::expose),
+        Some("eu-site")
+    );
+    assert_eq!(s.customerio.track_url, "https://track-eu.customer.io");
+    assert_eq!(s.track.rate_limit_per_sec, 7);
+    assert_eq!(
+        s.app.rate_limit_per_sec, 10,
+        "the App limit defaults to app's"
+    );
+    let default = cfg.settings.for_workspace(None).expect("default");
+    assert_eq!(
+        default.customerio.site_id.as_ref().map(Secret::expose),
+        Some("site")
+    );
+    assert_eq!(default.track.rate_limit_per_sec, 10);
+}
+
+#[test]
+fn a_workspace_nobody_configured_an_unknown_workspace_key_and_a_lone_timezone_are_refused() {
+    let config =
+        format!("{CONFIG}workspaces:\n  eu: {{ site_id: s, track_api_key: k, rate: 3 }}\n");
+    let job = format!("workspace: us2\ntimezone: Mars/Olympus\n{JOB}");
+    let (_dir, path) = folder(&config, &[("people", &job)]);
+    let err = load_layered(&path, &env, &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("`workspaces.eu.rate`") && err.contains("unknown field"),
+        "{err}"
+    );
+    assert!(err.contains("unknown time zone `Mars/Olympus`"), "{err}");
+
+    let config = format!("{CONFIG}workspaces:\n  eu: {{ site_id: s, track_api_key: k }}\n");
+    let job = format!("workspace: us2\n{JOB}");
+    let lone = format!("timezone: Europe/Paris\n{JOB}");
+    let (_dir, path) = folder(&config, &[("people", &job), ("lone", &lone)]);
+    let err = load_layered(&path, &env, &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains(
+            "people.yaml: `workspace`: `us2` is not a workspace of config.yaml (it has eu)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("lone.yaml: `timezone`: only means something with a `schedule`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_heartbeat_is_reachable_through_an_environment_override() {
+    let (_dir, path) = folder(CONFIG, &[("people", JOB)]);
+    let cfg = load_layered(
+        &path,
+        &env,
+        &overrides(&[("CIO_SYNC__DAEMON__HEARTBEAT_SECS", "3")]),
+    )
+    .expect("loads");
+    assert_eq!(cfg.settings.heartbeat, std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn the_http_listener_is_off_by_default_loopback_for_a_bare_port_and_set_by_override() {
+    let (_dir, path) = folder(CONFIG, &[("people", JOB)]);
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    assert_eq!(cfg.settings.http_listen, None, "off unless configured");
+    let cfg = load_layered(
+        &path,
+        &env,
+        &overrides(&[("CIO_SYNC__HTTP__LISTEN", "9464")]),
+    )
+    .expect("loads");
+    assert_eq!(
+        cfg.settings.http_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    let (_dir, path) = folder(
+        &format!("{CONFIG}http: {{ listen: \"0.0.0.0:9100\" }}\n"),
+        &[("people", JOB)],
+    );
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    assert_eq!(
+        cfg.settings.http_listen,
+        Some("0.0.0.0:9100".parse().unwrap())
+    );
+    let (_dir, path) = folder(
+        &format!("{CONFIG}http: {{ listen: \"localhost:9100\" }}\n"),
+        &[("people", JOB)],
+    );
+    let msg = problems(&path, &[])
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        msg.contains("http.listen") && msg.contains("localhost:9100"),
+        "{msg}"
+    );
+}

@@ -40,27 +40,52 @@ pub(super) fn settings(
         ));
     }
     let state_url = resolve_sqlite_url(&raw.state.url, &state_base);
-    let c = raw.customerio;
-    let (track_host, app_host) = match c.region {
-        raw::Region::Us => ("https://track.customer.io", "https://api.customer.io"),
-        raw::Region::Eu => ("https://track-eu.customer.io", "https://api-eu.customer.io"),
-    };
-    for (key, url) in [
-        ("customerio.track_url", &c.track_url),
-        ("customerio.app_url", &c.app_url),
-    ] {
-        if let Some(u) = url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
+    let customerio = customer_io(file, "customerio", raw.customerio, &mut errors);
+    let mut workspaces = std::collections::BTreeMap::new();
+    for (name, w) in raw.workspaces {
+        let key = format!("workspaces.{name}");
+        if !valid_workspace_name(&name) {
             errors.push(ConfigError::new(
                 file,
-                key,
-                format!(
-                    "`{}` is not an http(s) URL, e.g. http://127.0.0.1:4010",
-                    super::secret::mask_url_password(u)
-                ),
+                &key,
+                "a workspace name is letters, digits, `-` or `_` (e.g. `eu`, `us-marketing`)",
             ));
         }
+        for (k, v) in [
+            ("track_rate_limit_per_sec", w.track_rate_limit_per_sec),
+            ("app_rate_limit_per_sec", w.app_rate_limit_per_sec),
+        ] {
+            if v == Some(0) {
+                errors.push(ConfigError::new(
+                    file,
+                    format!("{key}.{k}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        let track_rate = w
+            .track_rate_limit_per_sec
+            .unwrap_or(raw.track.rate_limit_per_sec);
+        let app_rate = w
+            .app_rate_limit_per_sec
+            .unwrap_or(raw.app.rate_limit_per_sec);
+        let section = raw::CustomerIoSection {
+            region: w.region,
+            site_id: w.site_id,
+            track_api_key: w.track_api_key,
+            app_api_key: w.app_api_key,
+            track_url: w.track_url,
+            app_url: w.app_url,
+        };
+        let customerio = customer_io(file, &key, section, &mut errors);
+        workspaces.insert(
+            name,
+            Workspace {
+                customerio,
+                track_rate_limit_per_sec: track_rate,
+                app_rate_limit_per_sec: app_rate,
+            },
+        );
     }
     let t = raw.track;
     positive(
@@ -100,6 +125,7 @@ pub(super) fn settings(
         ("app.timeout_secs", raw.app.timeout_secs, 1, 3600),
         ("shutdown.grace_secs", raw.shutdown.grace_secs, 0, 86_400),
         ("track.concurrency", t.concurrency as u64, 1, 256),
+        ("daemon.heartbeat_secs", raw.daemon.heartbeat_secs, 1, 3600),
     ] {
         if v < lo || v > hi {
             errors.push(ConfigError::new(
@@ -109,6 +135,13 @@ pub(super) fn settings(
             ));
         }
     }
+    let http_listen = match raw.http.listen.as_deref().map(parse_listen).transpose() {
+        Ok(addr) => addr,
+        Err(message) => {
+            errors.push(ConfigError::new(file, "http.listen", message));
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -118,15 +151,7 @@ pub(super) fn settings(
         state_connect_timeout: std::time::Duration::from_secs(
             raw.state.connect_timeout_secs.max(1),
         ),
-        customerio: CustomerIo {
-            region: c.region.into(),
-            site_id: c.site_id,
-            track_api_key: c.track_api_key,
-            app_api_key: c.app_api_key,
-            track_url_overridden: c.track_url.is_some(),
-            track_url: ApiUrl::new(c.track_url.unwrap_or_else(|| track_host.to_string())),
-            app_url: ApiUrl::new(c.app_url.unwrap_or_else(|| app_host.to_string())),
-        },
+        customerio,
         jobs_dir: base.join(raw.jobs_dir),
         track: TrackSettings {
             rate_limit_per_sec: t.rate_limit_per_sec,
@@ -146,7 +171,97 @@ pub(super) fn settings(
             max_total_wait: Duration::from_secs(raw.retry.max_total_wait_secs),
         },
         grace: Duration::from_secs(raw.shutdown.grace_secs),
+        workspaces,
+        heartbeat: Duration::from_secs(raw.daemon.heartbeat_secs),
+        http_listen,
     })
+}
+
+/// `http.listen`: `IP:PORT` (`127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464` to listen on every
+/// interface), or a bare port (`9464`, `:9464`), which listens on loopback only: metrics show
+/// job names and volumes, so nothing beyond this machine sees them unless asked for.
+pub(super) fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let t = text.trim();
+    let port = t.strip_prefix(':').unwrap_or(t);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    t.parse::<std::net::SocketAddr>().map_err(|_| {
+        format!(
+            "`{t}` is not an IP address with a port or a bare port: use e.g. \"127.0.0.1:9464\" (or \"0.0.0.0:9464\" to listen beyond this machine)"
+        )
+    })
+}
+
+fn valid_workspace_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A `customerio` block (or one of `workspaces:`, under `key`) → its runtime form, the
+/// region picking the hosts an override does not replace.
+fn customer_io(
+    file: &Path,
+    key: &str,
+    c: raw::CustomerIoSection,
+    errors: &mut Vec<ConfigError>,
+) -> CustomerIo {
+    let (track_host, app_host) = match c.region {
+        raw::Region::Us => ("https://track.customer.io", "https://api.customer.io"),
+        raw::Region::Eu => ("https://track-eu.customer.io", "https://api-eu.customer.io"),
+    };
+    for (k, url) in [("track_url", &c.track_url), ("app_url", &c.app_url)] {
+        if let Some(u) = url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            errors.push(ConfigError::new(
+                file,
+                format!("{key}.{k}"),
+                format!(
+                    "`{}` is not an http(s) URL, e.g. http://127.0.0.1:4010",
+                    super::secret::mask_url_password(u)
+                ),
+            ));
+        }
+    }
+    CustomerIo {
+        region: c.region.into(),
+        site_id: c.site_id,
+        track_api_key: c.track_api_key,
+        app_api_key: c.app_api_key,
+        track_url_overridden: c.track_url.is_some(),
+        track_url: ApiUrl::new(c.track_url.unwrap_or_else(|| track_host.to_string())),
+        app_url: ApiUrl::new(c.app_url.unwrap_or_else(|| app_host.to_string())),
+    }
+}
+
+/// A job's `workspace:` must name one of config.yaml's `workspaces:`.
+pub(super) fn known_workspaces(settings: &Settings, jobs: &[JobSpec]) -> Vec<ConfigError> {
+    jobs.iter()
+        .filter_map(|j| {
+            let name = j.workspace.as_deref()?;
+            if settings.workspaces.contains_key(name) {
+                return None;
+            }
+            let known: Vec<&str> = settings.workspaces.keys().map(String::as_str).collect();
+            Some(ConfigError::new(
+                &j.file,
+                "workspace",
+                if known.is_empty() {
+                    format!(
+                        "`{name}` is not a workspace: config.yaml has no `workspaces:`; add `workspaces: {{ {name}: {{ site_id: ..., track_api_key: ... }} }}` there, or remove `workspace` to use `customerio`"
+                    )
+                } else {
+                    format!(
+                        "`{name}` is not a workspace of config.yaml (it has {}); fix the name or add it under `workspaces:`",
+                        known.join(", ")
+                    )
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Where a relative SQLite state path is rooted under systemd: the first of
@@ -195,49 +310,56 @@ pub(super) fn needed_secrets(
     jobs: &[JobSpec],
     used: &[VarUse],
 ) -> Vec<ConfigError> {
-    let names = |push: bool| -> Vec<&str> {
-        jobs.iter()
-            .filter(|j| matches!(j.kind, JobKind::Push(_)) == push)
-            .map(|j| j.name.as_str())
-            .collect()
-    };
-    let (pushes, pulls) = (names(true), names(false));
-    let c = &settings.customerio;
     let mut errors = Vec::new();
-    for (key, value, jobs, what) in [
-        ("customerio.site_id", &c.site_id, &pushes, "the Site ID"),
-        (
-            "customerio.track_api_key",
-            &c.track_api_key,
-            &pushes,
-            "the Track API key",
-        ),
-        (
-            "customerio.app_api_key",
-            &c.app_api_key,
-            &pulls,
-            "an App API key",
-        ),
-    ] {
-        if jobs.is_empty() || !value.as_ref().is_some_and(Secret::is_empty) {
-            continue;
-        }
-        let needed_by = format!(
-            "job{} {} need{} it",
-            if jobs.len() == 1 { "" } else { "s" },
-            jobs.join(", "),
-            if jobs.len() == 1 { "s" } else { "" }
-        );
-        let message = match used.iter().find(|u| u.key == key && u.empty) {
-            Some(u) => format!(
-                "${{{var}}} is set but empty, and {needed_by}: set {var} to {what} from Customer.io's Account settings → API credentials",
-                var = u.var
-            ),
-            None => format!(
-                "is empty, and {needed_by}: set it to {what} from Customer.io's Account settings → API credentials"
-            ),
+    let blocks = std::iter::once((None, "customerio".to_string(), &settings.customerio)).chain(
+        settings.workspaces.iter().map(|(name, w)| {
+            (
+                Some(name.as_str()),
+                format!("workspaces.{name}"),
+                &w.customerio,
+            )
+        }),
+    );
+    for (workspace, prefix, c) in blocks {
+        let names = |push: bool| -> Vec<&str> {
+            jobs.iter()
+                .filter(|j| j.workspace.as_deref() == workspace)
+                .filter(|j| matches!(j.kind, JobKind::Push(_)) == push)
+                .map(|j| j.name.as_str())
+                .collect()
         };
-        errors.push(ConfigError::new(&settings.config_file, key, message));
+        let (pushes, pulls) = (names(true), names(false));
+        for (field, value, jobs, what) in [
+            ("site_id", &c.site_id, &pushes, "the Site ID"),
+            (
+                "track_api_key",
+                &c.track_api_key,
+                &pushes,
+                "the Track API key",
+            ),
+            ("app_api_key", &c.app_api_key, &pulls, "an App API key"),
+        ] {
+            if jobs.is_empty() || !value.as_ref().is_some_and(Secret::is_empty) {
+                continue;
+            }
+            let key = format!("{prefix}.{field}");
+            let needed_by = format!(
+                "job{} {} need{} it",
+                if jobs.len() == 1 { "" } else { "s" },
+                jobs.join(", "),
+                if jobs.len() == 1 { "s" } else { "" }
+            );
+            let message = match used.iter().find(|u| u.key == key && u.empty) {
+                Some(u) => format!(
+                    "${{{var}}} is set but empty, and {needed_by}: set {var} to {what} from Customer.io's Account settings → API credentials",
+                    var = u.var
+                ),
+                None => format!(
+                    "is empty, and {needed_by}: set it to {what} from Customer.io's Account settings → API credentials"
+                ),
+            };
+            errors.push(ConfigError::new(&settings.config_file, key, message));
+        }
     }
     errors
 }
@@ -286,9 +408,30 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
         ));
     }
     if let Some(s) = &raw.schedule
-        && let Err(e) = check_cron(s)
+        && let Err(e) = crate::schedule::cron::parse(s)
     {
         errors.push(ConfigError::new(file, "schedule", e));
+    }
+    for (key, set) in [
+        ("timezone", raw.timezone.is_some()),
+        ("catch_up", raw.catch_up),
+    ] {
+        if set && raw.schedule.is_none() {
+            errors.push(ConfigError::new(
+                file,
+                key,
+                "only means something with a `schedule`: add one (e.g. schedule: \"0 2 * * *\") or remove it",
+            ));
+        }
+    }
+    if let Some(w) = &raw.workspace
+        && !valid_workspace_name(w)
+    {
+        errors.push(ConfigError::new(
+            file,
+            "workspace",
+            "a workspace name is letters, digits, `-` or `_`, as under config.yaml's `workspaces:`",
+        ));
     }
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
 
@@ -506,25 +649,12 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
         name,
         file: file.to_path_buf(),
         schedule: raw.schedule,
+        timezone: raw.timezone,
+        catch_up: raw.catch_up,
+        enabled: raw.enabled,
+        workspace: raw.workspace,
         kind,
     })
-}
-
-/// Checks a cron string with the scheduler's own parser (croner), seconds field required.
-pub(super) fn check_cron(s: &str) -> Result<(), String> {
-    let fields = s.split_whitespace().count();
-    if fields != 6 && fields != 7 {
-        return Err(format!(
-            "`{s}` has {fields} fields; cio-sync schedules need 6, starting with seconds: `sec min hour day-of-month month day-of-week`, e.g. \"0 0 2 * * *\" for 02:00 every day"
-        ));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(s)
-        .map(|_| ())
-        .map_err(|e| format!("`{s}` is not a valid schedule: {e}"))
 }
 
 fn source(

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::Answer;
 use super::{RateGate, Response, RetriesExhausted, RetryPolicy, RunCounters, retry};
 use crate::config::Secret;
+use crate::observe::Api;
 
 /// How a request proves who it is. `Debug` shows only the scheme: [`Secret`] redacts.
 #[derive(Debug, Clone)]
@@ -89,6 +90,8 @@ struct Inner {
     policy: RetryPolicy,
     /// The most read of one answer, in bytes (`MAX_TRACK_ANSWER_BYTES`, `MAX_APP_ANSWER_BYTES`).
     answer_limit: usize,
+    /// Which API this client calls: the label of its request metrics.
+    api: Api,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -113,6 +116,7 @@ impl ApiClient {
         policy: RetryPolicy,
         timeout: Duration,
         answer_limit: usize,
+        api: Api,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -129,6 +133,7 @@ impl ApiClient {
                 gate,
                 policy,
                 answer_limit,
+                api,
             }),
         })
     }
@@ -182,6 +187,7 @@ impl ApiClient {
     ) -> Result<Response, RetriesExhausted> {
         let url = format!("{}{}", self.inner.base, req.path);
         retry::send_with_retry(
+            self.inner.api,
             &self.inner.gate,
             policy,
             counters,
@@ -240,6 +246,7 @@ mod tests {
                 policy(),
                 Duration::from_secs(1),
                 1024,
+                Api::Track,
             )
             .expect("client");
             let shown = format!("{c:?}");

@@ -1,46 +1,87 @@
 //! The rate gate: one per Customer.io workspace and API, shared by every job in the process.
 //!
 //! Owns: a governor token bucket (requests per second) plus a shared pause that a 429 sets,
-//! so the whole client slows down, not only the request that was refused.
+//! so the whole client slows down, not only the request that was refused; and this
+//! process's share of the limit while replicas split it ([`RateGate::share_among`]).
 //! Must not: retry or sleep on behalf of callers beyond waiting for a permit.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 pub struct RateGate {
-    limiter: DefaultDirectRateLimiter,
+    /// Swapped when the share changes; a waiter keeps the bucket it started on.
+    limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
     /// Until when every request holds back after the server said "too many".
     paused_until: Mutex<Option<Instant>>,
-    /// Requests per second, kept only for `Debug`.
+    /// The configured requests per second (the whole workspace's budget).
     per_sec: u32,
+    /// How many live replicas share `per_sec`; this process takes `per_sec / replicas`.
+    replicas: AtomicU32,
 }
 
 impl std::fmt::Debug for RateGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateGate")
             .field("per_sec", &self.per_sec)
+            .field("replicas", &self.replicas.load(Ordering::Relaxed))
             .finish()
     }
 }
 
+/// A token bucket of `per_sec` requests a second.
+fn bucket(per_sec: u32) -> DefaultDirectRateLimiter {
+    let n = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+    // The bucket holds a tenth of a second's worth (at least one permit): after a cold
+    // start or an idle spell at most per_sec/10 requests go out at once, then the steady
+    // rate, so no one-second window carries more than 110% of `per_sec`. A full second's
+    // burst would let a window carry twice the rate, which is what fair-use limits punish.
+    let quota = Quota::per_second(n)
+        .allow_burst(NonZeroU32::new((per_sec / 10).max(1)).unwrap_or(NonZeroU32::MIN));
+    RateLimiter::direct(quota)
+}
+
 impl RateGate {
     pub fn per_second(per_sec: u32) -> Self {
-        let n = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
-        // The bucket holds a tenth of a second's worth (at least one permit): after a cold
-        // start or an idle spell at most per_sec/10 requests go out at once, then the steady
-        // rate, so no one-second window carries more than 110% of `per_sec`. A full second's
-        // burst would let a window carry twice the rate, which is what fair-use limits punish.
-        let quota = Quota::per_second(n)
-            .allow_burst(NonZeroU32::new((per_sec / 10).max(1)).unwrap_or(NonZeroU32::MIN));
         Self {
-            limiter: RateLimiter::direct(quota),
+            limiter: RwLock::new(Arc::new(bucket(per_sec))),
             paused_until: Mutex::new(None),
             per_sec,
+            replicas: AtomicU32::new(1),
         }
+    }
+
+    /// Takes `1 / replicas` of the configured rate (at least one request per second), so
+    /// that `replicas` processes together stay within it. A no-op when the count is the same.
+    pub fn share_among(&self, replicas: u32) {
+        let replicas = replicas.max(1);
+        if self.replicas.swap(replicas, Ordering::AcqRel) == replicas {
+            return;
+        }
+        let bucket = Arc::new(bucket((self.per_sec / replicas).max(1)));
+        match self.limiter.write() {
+            Ok(mut l) => *l = bucket,
+            Err(poisoned) => *poisoned.into_inner() = bucket,
+        }
+    }
+
+    /// The configured requests per second, before sharing.
+    pub fn configured_per_sec(&self) -> u32 {
+        self.per_sec
+    }
+
+    /// How many replicas the rate is shared among now.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Acquire).max(1)
+    }
+
+    /// The requests per second this process may send now.
+    pub fn current_per_sec(&self) -> u32 {
+        (self.per_sec / self.replicas.load(Ordering::Acquire).max(1)).max(1)
     }
 
     /// Waits for a permit: first for any pause a 429 set, then for the bucket.
@@ -52,7 +93,11 @@ impl RateGate {
                 _ => break,
             }
         }
-        self.limiter.until_ready().await;
+        let limiter = match self.limiter.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        limiter.until_ready().await;
     }
 
     /// The server refused for rate: hold every request back for `wait`.
@@ -77,6 +122,39 @@ mod tests {
         let start = std::time::Instant::now();
         gate.acquire().await;
         assert!(start.elapsed() >= Duration::from_millis(140));
+    }
+
+    /// Permits available at once, without waiting: the bucket's burst.
+    fn burst(gate: &RateGate) -> usize {
+        let limiter = gate.limiter.read().unwrap().clone();
+        (0..1000).take_while(|_| limiter.check().is_ok()).count()
+    }
+
+    #[test]
+    fn replicas_sharing_a_gate_each_take_their_part_of_the_rate() {
+        let gate = RateGate::per_second(100);
+        assert_eq!(gate.current_per_sec(), 100);
+        assert_eq!(burst(&gate), 10);
+        gate.share_among(4);
+        assert_eq!((gate.current_per_sec(), gate.replicas()), (25, 4));
+        assert_eq!(burst(&gate), 2, "a tenth of the share");
+        gate.share_among(4);
+        assert_eq!(
+            burst(&gate),
+            0,
+            "the same count keeps the (now empty) bucket"
+        );
+        gate.share_among(1000);
+        assert_eq!(
+            gate.current_per_sec(),
+            1,
+            "never below one request a second"
+        );
+        gate.share_among(0);
+        assert_eq!(
+            (gate.current_per_sec(), gate.configured_per_sec()),
+            (100, 100)
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::{self, Answer};
 use super::{HttpError, RateGate, Response, RetriesExhausted, excerpt};
 use crate::config::RetrySettings;
+use crate::observe::{Api, RateGateWaited, RequestAttempted, RequestRetrying, emit};
 
 /// Statuses worth another attempt: 408 and 429 (the server asks to come back later) and every
 /// 5xx (500–599, which covers the 500/502/503/504 and Cloudflare 520–524 that Customer.io's own
@@ -117,6 +118,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 /// from `gate`. A 429 pauses the whole gate. Returns the first response whose status is not
 /// retried (2xx, 207, 3xx, 4xx other than 408/429, …) and whose 2xx body holds `answer`.
 pub(super) async fn send_with_retry<F>(
+    api: Api,
     gate: &RateGate,
     policy: &RetryPolicy,
     counters: &Arc<RunCounters>,
@@ -133,10 +135,26 @@ where
         if cancel.is_cancelled() && attempts.load(Ordering::Relaxed) > 0 {
             return Err(HttpError::Cancelled);
         }
+        let asked = tokio::time::Instant::now();
         gate.acquire().await;
+        let sent = tokio::time::Instant::now();
+        emit(RateGateWaited {
+            api,
+            waited: sent - asked,
+        });
         attempts.fetch_add(1, Ordering::Relaxed);
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = build().send().await.map_err(HttpError::transport)?;
+        let mut resp = match build().send().await {
+            Ok(r) => r,
+            Err(e) => {
+                emit(RequestAttempted {
+                    api,
+                    status: None,
+                    elapsed: sent.elapsed(),
+                });
+                return Err(HttpError::transport(e));
+            }
+        };
         let status = resp.status().as_u16();
         let header = |name| {
             resp.headers()
@@ -151,7 +169,13 @@ where
         let redirect_to = header(reqwest::header::LOCATION)
             .as_deref()
             .and_then(origin_of);
-        let body = body::read_capped(&mut resp, answer_limit).await?;
+        let body = body::read_capped(&mut resp, answer_limit).await;
+        emit(RequestAttempted {
+            api,
+            status: Some(status),
+            elapsed: sent.elapsed(),
+        });
+        let body = body?;
         if is_retried_status(status) {
             if status == 429 {
                 gate.pause_for(
@@ -193,15 +217,30 @@ where
         })
         .adjust(|e: &HttpError, backoff: Option<Duration>| {
             // `None` means the attempts are used up; Retry-After never extends them.
-            backoff.map(|d| e.retry_after().map(|ra| ra.min(policy.max_wait)).unwrap_or(d))
+            backoff.map(|d| {
+                e.retry_after()
+                    .map(|ra| ra.min(policy.max_wait))
+                    .unwrap_or(d)
+            })
         })
         .notify(|e: &HttpError, wait: Duration| {
             counters.retries.fetch_add(1, Ordering::Relaxed);
-            counters.waited_ms.fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
-            tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "Request failed; retrying.");
+            counters
+                .waited_ms
+                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+            // `adjust` used the server's Retry-After whenever there was one.
+            emit(RequestRetrying {
+                api,
+                error: e,
+                wait,
+                from_retry_after: e.retry_after().is_some(),
+            });
         })
         .await
-        .map_err(|last| RetriesExhausted { attempts: attempts.load(Ordering::Relaxed) as usize, last })
+        .map_err(|last| RetriesExhausted {
+            attempts: attempts.load(Ordering::Relaxed) as usize,
+            last,
+        })
 }
 
 /// `scheme://host[:port]` of an absolute URL; `None` for a relative or unreadable one.

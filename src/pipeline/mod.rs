@@ -19,6 +19,7 @@
 pub mod ack;
 mod commit;
 pub mod dry_run;
+pub(crate) mod lag;
 mod phase;
 mod settle;
 pub mod stage;
@@ -189,8 +190,12 @@ pub async fn run_push(
             return Err(e);
         }
     };
+    let reads_source = matches!(mode, RunMode::Normal { .. });
     let run = Run::new(ctx, job, push, mode, stop, run_id.clone(), reader_stop);
     let result = run.go(stream, started).instrument(span).await;
+    if result.is_ok() && reads_source {
+        report_checkpoint_lag(ctx, job, push).await;
+    }
     if let Err(e) = &result {
         // The run must not stay "running" in the history; if even that fails, the run's own
         // error is still what the caller sees, and this one is logged.
@@ -209,6 +214,21 @@ pub async fn run_push(
         }
     }
     result
+}
+
+/// How far the job's checkpoint is behind its source after a run, where the source can tell.
+async fn report_checkpoint_lag(ctx: &PushContext, job: &JobSpec, push: &PushJob) {
+    match ctx.state.checkpoint(&job.name, &Scope::Job).await {
+        Ok(cp) => {
+            let now = crate::state::now_ms() as f64 / 1000.0;
+            if let Some(l) = lag::lag(&job.name, &push.source, cp.as_ref(), now) {
+                crate::observe::emit(l);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.name, error = %e, "Could not read the checkpoint back for its lag.")
+        }
+    }
 }
 
 /// A dead-letter retry reads the stored rows back as a source.
@@ -406,6 +426,7 @@ impl<'a> Run<'a> {
                             self.phase = self.phase.failed();
                         }
                         Some(Ok(row)) => {
+                            crate::observe::emit(crate::observe::RowsRead { job: &self.job.name, count: 1 });
                             self.ledger.counts.rows_read += 1;
                             let seq = self.ledger.tracker.read(row.resume.clone());
                             let from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line };
@@ -484,6 +505,11 @@ impl<'a> Run<'a> {
         let Some(batch) = staged.send.filter(|b| !b.items.is_empty()) else {
             return;
         };
+        crate::observe::emit(crate::observe::BatchSent {
+            job: &self.job.name,
+            items: batch.items.len(),
+            bytes: batch.bytes,
+        });
         let track = self.ctx.track.clone();
         let counters = self.counters.clone();
         let cancel = self.send_stop.clone();

@@ -9,6 +9,7 @@
 use crate::batch::{Batch, Pending};
 use crate::http::HttpError;
 use crate::mapping::Mapper;
+use crate::observe::{RowDeadLettered, RowSkippedUnchanged, RowsDelivered, emit};
 use crate::state::{DeadLetter, RunCounts};
 use crate::track::BatchOutcome;
 
@@ -72,7 +73,11 @@ impl Ledger {
         reason: String,
         stage: &'static str,
     ) {
-        tracing::debug!(line = from.line, reason = %reason, "Row dead-lettered.");
+        emit(RowDeadLettered {
+            job: &self.job,
+            line: from.line,
+            reason: &reason,
+        });
         self.counts.rows_rejected += 1;
         self.dead.push(DeadLetter {
             job: self.job.clone(),
@@ -87,6 +92,10 @@ impl Ledger {
     }
 
     fn deliver(&mut self, p: Pending) {
+        emit(RowsDelivered {
+            job: &self.job,
+            count: 1,
+        });
         self.counts.rows_delivered += 1;
         if self.resolving {
             self.resolved.push(p.row_ref);
@@ -96,7 +105,10 @@ impl Ledger {
 
     /// Settles a row a per-batch stage took out: neither sent nor counted as delivered.
     pub(crate) fn skip(&mut self, p: &Pending) {
-        tracing::debug!(line = p.line, "Row settled without sending.");
+        emit(RowSkippedUnchanged {
+            job: &self.job,
+            line: p.line,
+        });
         self.tracker.settle(p.seq);
     }
 

@@ -249,6 +249,43 @@ async fn migrate(
     }
 }
 
+/// Checks, now, that the database answers and holds every migration this build knows: what
+/// `/readyz` reports. Migrating is left to startup; this only reads.
+pub(super) async fn check_migrated(
+    pool: &AnyPool,
+    backend: Backend,
+    shown: &str,
+) -> Result<(), StateError> {
+    let migrator = match backend {
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+    };
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| StateError::Query {
+            what: "checking the schema version",
+            table: "_sqlx_migrations",
+            message: super::root_cause(&e),
+        })?;
+    let missing: Vec<String> = migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| m.version.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StateError::Migrate {
+            url: shown.to_string(),
+            message: format!(
+                "migrations {} are not applied; restart cio-sync, which migrates at start",
+                missing.join(", ")
+            ),
+        })
+    }
+}
+
 /// Runs `migrator`, ignoring only [`MOVED_OUT_VERSIONS`] when the database lists them.
 async fn run_migrations(
     pool: &AnyPool,

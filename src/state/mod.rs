@@ -4,7 +4,7 @@
 //! checkpoint is written in the same transaction as the run's counters and the dead letters
 //! it passes, so they can never disagree after a crash. Connecting and migrating live in
 //! `connect.rs`; each table's queries in its own file (`runs.rs`, `checkpoints.rs`,
-//! `dead_letters.rs`, `leases.rs`). Every text that reaches a column passes [`storable`].
+//! `dead_letters.rs`, `leases.rs`, `replicas.rs`). Every text that reaches a column passes [`storable`].
 //! Must not: make HTTP calls or decide when a row is settled (the pipeline does); this module
 //! only records what it is told. `From<sqlx::Error>` conversions live here and nowhere else.
 
@@ -19,6 +19,7 @@ mod checkpoints;
 mod connect;
 mod dead_letters;
 pub mod leases;
+mod replicas;
 mod runs;
 
 pub use checkpoints::{CheckpointRecord, Scope};
@@ -119,6 +120,16 @@ pub fn storable(text: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(text)
     }
+}
+
+/// The innermost cause of a driver error, where the detail is (`connection refused`, `database
+/// "x" does not exist`), without any URL.
+fn root_cause(e: &sqlx::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// [`storable`] for an optional text.
@@ -222,6 +233,11 @@ impl StateStore {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Whether the state database answers now and holds every migration (for `/readyz`).
+    pub async fn check_ready(&self) -> Result<(), StateError> {
+        connect::check_migrated(&self.pool, self.backend, &self.url.masked()).await
     }
 
     /// Writes one step of a run atomically (see [`Commit`]).

@@ -98,8 +98,16 @@ impl TrackClient {
             user: site_id,
             password: api_key,
         };
-        let api = ApiClient::new(base, auth, gate, policy, timeout, MAX_TRACK_ANSWER_BYTES)
-            .map_err(|e| TrackError::Client(e.to_string()))?;
+        let api = ApiClient::new(
+            base,
+            auth,
+            gate,
+            policy,
+            timeout,
+            MAX_TRACK_ANSWER_BYTES,
+            crate::observe::Api::Track,
+        )
+        .map_err(|e| TrackError::Client(e.to_string()))?;
         Ok(Self { api })
     }
 

@@ -45,7 +45,7 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn every_error_is_listed_with_file_and_key() {
     let env = TestEnv::new().await;
-    env.write_job("a", "schedule: \"0 2 * * *\"\nsource: { csv: { path: x.csv } }\nidentify: { identifier: { id: a, email: b } }\n");
+    env.write_job("a", "schedule: \"0 25 * * *\"\nsource: { csv: { path: x.csv } }\nidentify: { identifier: { id: a, email: b } }\n");
     env.write_job(
         "b",
         "source: { csv: { path: x.csv } }\ntrack: { identifier: { id: a }, name: \"\" }\n",
@@ -62,14 +62,16 @@ async fn every_error_is_listed_with_file_and_key() {
         "{err}"
     );
     let env2 = TestEnv::new().await;
-    env2.write_job("a", "schedule: \"0 2 * * *\"\nsource: { csv: { path: x.csv } }\nidentify: { identifier: { id: a, email: b } }\n");
+    env2.write_job("a", "schedule: \"0 25 * * *\"\nsource: { csv: { path: x.csv } }\nidentify: { identifier: { id: a, email: b } }\n");
     env2.write_job(
         "b",
         "source: { csv: { path: x.csv } }\ntrack: { identifier: { id: a }, name: \"\" }\n",
     );
     let err = stderr(&env2.cli_output(&["validate"]).await);
     assert!(
-        err.contains("a.yaml: `schedule`: `0 2 * * *` has 5 fields"),
+        err.contains(
+            "a.yaml: `schedule`: `0 25 * * *`: the hour field `25` is not valid: it takes 0-23"
+        ),
         "{err}"
     );
     assert!(

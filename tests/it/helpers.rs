@@ -185,6 +185,11 @@ impl TestEnv {
             .expect("run cio-sync")
     }
 
+    /// The PostgreSQL state database, when the test asked for one.
+    pub fn state_db(&self) -> Option<&TestDb> {
+        self.state_db.as_ref()
+    }
+
     /// The state database's URL, absolute.
     pub fn state_url(&self) -> String {
         match self.state_url.strip_prefix("sqlite://state/") {

@@ -1,0 +1,408 @@
+//! Typed internal events: each operational fact logs its line and updates its metrics in one
+//! call, so the log and `/metrics` cannot drift apart (Vector's `internal_events`).
+//!
+//! Owns: one struct per fact, named as a past-tense fact, and what each does to the log and to
+//! the [`Metrics`]. Must not: decide anything about the pipeline: callers say what happened;
+//! events only record it. Events carry no secrets and no row data beyond what the log already
+//! showed (line numbers, reasons).
+
+use std::time::Duration;
+
+use super::metrics::{Api, Metrics, RequestLabels, RunLabels, api, global, job};
+
+/// A fact worth logging and counting.
+pub trait InternalEvent {
+    /// Logs the event and updates `metrics`.
+    fn emit_to(self, metrics: &Metrics);
+}
+
+/// Logs `event` and updates the process's metrics.
+pub fn emit(event: impl InternalEvent) {
+    event.emit_to(global());
+}
+
+/// Rows came out of a job's source (counted before mapping; bad rows too).
+#[derive(Debug)]
+pub struct RowsRead<'a> {
+    pub job: &'a str,
+    pub count: u64,
+}
+
+impl InternalEvent for RowsRead<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::trace!(job = self.job, count = self.count, "Rows read.");
+        m.rows_read.get_or_create(&job(self.job)).inc_by(self.count);
+    }
+}
+
+/// Customer.io accepted rows.
+#[derive(Debug)]
+pub struct RowsDelivered<'a> {
+    pub job: &'a str,
+    pub count: u64,
+}
+
+impl InternalEvent for RowsDelivered<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::trace!(job = self.job, count = self.count, "Rows delivered.");
+        m.rows_delivered
+            .get_or_create(&job(self.job))
+            .inc_by(self.count);
+    }
+}
+
+/// A row was dead-lettered with its reason.
+#[derive(Debug)]
+pub struct RowDeadLettered<'a> {
+    pub job: &'a str,
+    pub line: u64,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for RowDeadLettered<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::debug!(line = self.line, reason = %self.reason, "Row dead-lettered.");
+        m.rows_rejected.get_or_create(&job(self.job)).inc();
+    }
+}
+
+/// A row was settled without sending: the batch stage (the change filter) found nothing new.
+#[derive(Debug)]
+pub struct RowSkippedUnchanged<'a> {
+    pub job: &'a str,
+    pub line: u64,
+}
+
+impl InternalEvent for RowSkippedUnchanged<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::debug!(line = self.line, "Row settled without sending.");
+        m.rows_skipped_unchanged.get_or_create(&job(self.job)).inc();
+    }
+}
+
+/// A Track batch was handed to the client.
+#[derive(Debug)]
+pub struct BatchSent<'a> {
+    pub job: &'a str,
+    pub items: usize,
+    pub bytes: usize,
+}
+
+impl InternalEvent for BatchSent<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::trace!(items = self.items, bytes = self.bytes, "Batch sent.");
+        let labels = job(self.job);
+        m.batch_items
+            .get_or_create(&labels)
+            .observe(self.items as f64);
+        m.batch_bytes
+            .get_or_create(&labels)
+            .observe(self.bytes as f64);
+    }
+}
+
+/// One attempt of a request ended: with an HTTP status, or without an answer (`None`).
+#[derive(Debug)]
+pub struct RequestAttempted {
+    pub api: Api,
+    pub status: Option<u16>,
+    /// From sending to having read the answer (or failed).
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for RequestAttempted {
+    fn emit_to(self, m: &Metrics) {
+        let status_class = match self.status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+            None => "error",
+        };
+        tracing::trace!(
+            api = self.api.as_str(),
+            status = self.status,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "Request answered."
+        );
+        m.requests
+            .get_or_create(&RequestLabels {
+                api: self.api.as_str(),
+                status_class,
+            })
+            .inc();
+        if self.status == Some(429) {
+            m.rate_limited.get_or_create(&api(self.api)).inc();
+        }
+        m.request_duration_seconds
+            .get_or_create(&api(self.api))
+            .observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A request is sent again after `wait`.
+pub struct RequestRetrying<'a> {
+    pub api: Api,
+    pub error: &'a dyn std::fmt::Display,
+    pub wait: Duration,
+    /// The wait is the server's `Retry-After` (capped), not the backoff's.
+    pub from_retry_after: bool,
+}
+
+impl InternalEvent for RequestRetrying<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::warn!(error = %self.error, wait_ms = self.wait.as_millis() as u64, "Request failed; retrying.");
+        m.retries.get_or_create(&api(self.api)).inc();
+        if self.from_retry_after {
+            m.retry_after_wait_seconds
+                .get_or_create(&api(self.api))
+                .inc_by(self.wait.as_secs_f64());
+        }
+    }
+}
+
+/// A request waited for the process's rate gate (its bucket, or a pause a 429 set).
+#[derive(Debug)]
+pub struct RateGateWaited {
+    pub api: Api,
+    pub waited: Duration,
+}
+
+impl InternalEvent for RateGateWaited {
+    fn emit_to(self, m: &Metrics) {
+        if self.waited.is_zero() {
+            return;
+        }
+        tracing::trace!(
+            api = self.api.as_str(),
+            waited_ms = self.waited.as_millis() as u64,
+            "Waited for the rate gate."
+        );
+        m.rate_limiter_wait_seconds
+            .get_or_create(&api(self.api))
+            .inc_by(self.waited.as_secs_f64());
+    }
+}
+
+/// How a run ended, as far as the job's health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunHealth {
+    /// The run read its source to the end (some rows may be dead-lettered).
+    Completed,
+    /// The run failed: it could not finish.
+    Failed,
+    /// The run was stopped before the end (shutdown); says nothing about the job's health.
+    Interrupted,
+}
+
+/// A job run ended.
+#[derive(Debug)]
+pub struct RunEnded<'a> {
+    pub job: &'a str,
+    /// The outcome as the run history names it (`succeeded`, `rejected_rows`, `failed`, …).
+    pub outcome: &'a str,
+    pub health: RunHealth,
+    pub elapsed: Duration,
+    /// When it ended, as Unix seconds.
+    pub at_unix_secs: f64,
+}
+
+impl InternalEvent for RunEnded<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::debug!(
+            job = self.job,
+            outcome = self.outcome,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "Run ended."
+        );
+        let labels = job(self.job);
+        m.runs
+            .get_or_create(&RunLabels {
+                job: self.job.to_string(),
+                outcome: outcome_label(self.outcome),
+            })
+            .inc();
+        m.run_duration_seconds
+            .get_or_create(&labels)
+            .observe(self.elapsed.as_secs_f64());
+        match self.health {
+            RunHealth::Completed => {
+                m.last_success_timestamp_seconds
+                    .get_or_create(&labels)
+                    .set(self.at_unix_secs);
+                m.consecutive_failures.get_or_create(&labels).set(0);
+            }
+            RunHealth::Failed => {
+                m.consecutive_failures.get_or_create(&labels).inc();
+            }
+            RunHealth::Interrupted => {}
+        }
+    }
+}
+
+/// The label values of `cio_sync_runs_total{outcome}`: a fixed set, so a label never
+/// carries free text.
+fn outcome_label(outcome: &str) -> &'static str {
+    match outcome {
+        "succeeded" => "succeeded",
+        "rejected_rows" => "rejected_rows",
+        "interrupted" => "interrupted",
+        "aborted" => "aborted",
+        _ => "failed",
+    }
+}
+
+/// What a job's history said at start, so the health gauges mean the same after a restart.
+#[derive(Debug)]
+pub struct JobHistoryLoaded<'a> {
+    pub job: &'a str,
+    /// Unix seconds of the last completed run, if any.
+    pub last_success_unix_secs: Option<f64>,
+    pub consecutive_failures: i64,
+}
+
+impl InternalEvent for JobHistoryLoaded<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::debug!(
+            job = self.job,
+            last_success = self.last_success_unix_secs,
+            consecutive_failures = self.consecutive_failures,
+            "Job health loaded from the run history."
+        );
+        let labels = job(self.job);
+        if let Some(at) = self.last_success_unix_secs {
+            m.last_success_timestamp_seconds
+                .get_or_create(&labels)
+                .set(at);
+        }
+        m.consecutive_failures
+            .get_or_create(&labels)
+            .set(self.consecutive_failures);
+    }
+}
+
+/// How far behind the source a job's checkpoint is, where the source can tell.
+#[derive(Debug)]
+pub enum CheckpointLag<'a> {
+    /// A SQL job with a timestamp cursor: now minus the cursor's value.
+    Seconds { job: &'a str, seconds: f64 },
+    /// A CSV job: the file's size minus the checkpoint's byte offset.
+    Bytes { job: &'a str, bytes: u64 },
+}
+
+impl InternalEvent for CheckpointLag<'_> {
+    fn emit_to(self, m: &Metrics) {
+        match self {
+            CheckpointLag::Seconds { job: name, seconds } => {
+                tracing::debug!(job = name, lag_secs = seconds, "Checkpoint lag.");
+                m.checkpoint_lag_seconds
+                    .get_or_create(&job(name))
+                    .set(seconds);
+            }
+            CheckpointLag::Bytes { job: name, bytes } => {
+                tracing::debug!(job = name, lag_bytes = bytes, "Checkpoint lag.");
+                m.checkpoint_lag_bytes
+                    .get_or_create(&job(name))
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_run_counts_up_and_a_completed_one_resets_and_stamps_the_time() {
+        let m = Metrics::new();
+        let ended = |health, outcome, at| RunEnded {
+            job: "orders",
+            outcome,
+            health,
+            elapsed: Duration::from_millis(1500),
+            at_unix_secs: at,
+        };
+        ended(RunHealth::Failed, "failed", 10.0).emit_to(&m);
+        ended(RunHealth::Failed, "failed", 20.0).emit_to(&m);
+        let text = m.encode();
+        assert!(
+            text.contains("cio_sync_consecutive_failures{job=\"orders\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("cio_sync_last_success_timestamp_seconds{"),
+            "{text}"
+        );
+        ended(RunHealth::Completed, "succeeded", 30.0).emit_to(&m);
+        ended(RunHealth::Interrupted, "interrupted", 40.0).emit_to(&m);
+        let text = m.encode();
+        assert!(
+            text.contains("cio_sync_consecutive_failures{job=\"orders\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cio_sync_last_success_timestamp_seconds{job=\"orders\"} 30.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cio_sync_runs_total{job=\"orders\",outcome=\"failed\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cio_sync_run_duration_seconds_count{job=\"orders\"} 4\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_429_counts_as_a_4xx_request_and_as_rate_limited() {
+        let m = Metrics::new();
+        for status in [Some(200), Some(429), Some(503), None] {
+            RequestAttempted {
+                api: Api::Track,
+                status,
+                elapsed: Duration::from_millis(5),
+            }
+            .emit_to(&m);
+        }
+        let text = m.encode();
+        for class in ["2xx", "4xx", "5xx", "error"] {
+            assert!(
+                text.contains(&format!(
+                    "cio_sync_requests_total{{api=\"track\",status_class=\"{class}\"}} 1\n"
+                )),
+                "{class}: {text}"
+            );
+        }
+        assert!(
+            text.contains("cio_sync_rate_limited_total{api=\"track\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_retry_after_waits_count_as_retry_after_seconds() {
+        let m = Metrics::new();
+        let e = "HTTP 429";
+        for (wait, from_retry_after) in [(2, true), (1, false)] {
+            RequestRetrying {
+                api: Api::App,
+                error: &e,
+                wait: Duration::from_secs(wait),
+                from_retry_after,
+            }
+            .emit_to(&m);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains("cio_sync_retries_total{api=\"app\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cio_sync_retry_after_wait_seconds_total{api=\"app\"} 2.0\n"),
+            "{text}"
+        );
+    }
+}
