@@ -3,7 +3,8 @@
 //! `cargo bench --bench push_throughput` runs three measurements against the in-process
 //! simulator and prints one line each:
 //! 1. rows/s from CSV through mapping and batching to the simulator, rate limiting off
-//!    (in-process, `CIO_BENCH_ROWS` rows, default 200000);
+//!    (in-process, `CIO_BENCH_ROWS` rows, default 200000), for people (identify) and then for
+//!    custom objects (object identify) on the same rows;
 //! 2. rows/s and requests per delivered row under the fault mix of issue 3 (10% 5xx, 2%
 //!    dropped connections, a server rate limit of 150/s below the client's 2000/s);
 //! 3. peak RSS of the real binary pushing 100k and 1M rows (`CIO_BENCH_RSS=0` skips it),
@@ -91,6 +92,36 @@ async fn throughput(rows: usize) {
     assert_eq!(r.counts.rows_delivered, rows as u64);
     println!(
         "throughput: {rows} rows CSV → mapping → batching → simulator in {secs:.2}s = {:.0} rows/s ({} requests, rate limit off)",
+        rows as f64 / secs,
+        r.counts.requests
+    );
+    sim.shutdown().await;
+}
+
+/// Object-identify throughput on the same rows as [`throughput`]: one `type: object`
+/// identify per row (an account per person row), rate limiting off, printed next to people's.
+async fn object_throughput(rows: usize) {
+    let sim = Simulator::start(SimConfig::default()).await.expect("sim");
+    sim.record_operations(false);
+    let dir = tempfile::tempdir().expect("tmp");
+    setup(
+        dir.path(),
+        &sim.url(),
+        rows,
+        "track: { rate_limit_per_sec: 1000000, concurrency: 4 }\n",
+    );
+    // The same job name and file, as an object job: each row becomes an account object.
+    std::fs::write(
+        dir.path().join("jobs/people.yaml"),
+        "source: { csv: { path: data/people.csv } }\nobject:\n  type_id: 1\n  id: customer_id\n  attributes:\n    email: email\n    plan: plan\n    seats: { column: seats, as: number }\n    created_at: { column: signup_at, as: timestamp }\n    company: company\n",
+    )
+    .expect("job");
+    let start = Instant::now();
+    let r = run_in_process(dir.path()).await;
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(r.counts.rows_delivered, rows as u64);
+    println!(
+        "object-identify throughput: {rows} rows CSV → object mapping → batching → simulator in {secs:.2}s = {:.0} rows/s ({} requests, rate limit off)",
         rows as f64 / secs,
         r.counts.requests
     );
@@ -271,6 +302,7 @@ fn main() {
         .unwrap_or(200_000);
     rt.block_on(async {
         throughput(rows).await;
+        object_throughput(rows).await;
         under_faults(20_000).await;
         if std::env::var("CIO_BENCH_RSS").as_deref() != Ok("0") {
             let small = peak_rss(100_000).await;

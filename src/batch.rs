@@ -2,7 +2,10 @@
 //!
 //! Owns: the size arithmetic: a v2 batch closes before the next item would push the body past
 //! `max_bytes` (checked before appending, envelope and commas included) or past `max_items`.
-//! Must not: send anything or decide what a row becomes; it only groups what mapping produced.
+//! It also decides which rows share one v2 item: relationship rows of the same object and
+//! change go as one object-side item ([`wire_items`]), each grouped item under the 32 KB item
+//! limit. Must not: send anything or decide what a row becomes; it only groups what mapping
+//! produced.
 
 use crate::mapping::Mapped;
 
@@ -82,7 +85,85 @@ impl Batcher {
     }
 }
 
-/// The v2 request body for a batch.
+/// The rows of `batch` (indexes into `items`, only those in `live`, in order) that go as one
+/// v2 item each: one row per item, except relationship rows of one object and one change,
+/// which share an item while it stays under the item limit. A row of the same object with
+/// the other change closes the group, so the order of changes to one object is kept.
+pub fn wire_items(batch: &Batch, live: &[usize]) -> Vec<Vec<usize>> {
+    let mut items: Vec<Vec<usize>> = Vec::with_capacity(live.len());
+    // Upper bound of each grouped item's size: the sum of its rows' single-item sizes.
+    let mut sizes: Vec<usize> = Vec::with_capacity(live.len());
+    // Open group per object: (object subject of the first row, item index).
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    for &row in live {
+        let Some(p) = batch.items.get(row) else {
+            continue;
+        };
+        let op = &p.mapped.op;
+        let len = p.mapped.encoded.len();
+        if !matches!(op.action, crate::mapping::Action::Relationship { .. }) {
+            items.push(vec![row]);
+            sizes.push(len);
+            continue;
+        }
+        let same_object = open
+            .iter()
+            .position(|(first, _)| batch.items[*first].mapped.op.subject == op.subject);
+        if let Some(slot) = same_object {
+            let (first, item) = open[slot];
+            if batch.items[first].mapped.op.groups_with(op)
+                && sizes[item] + len <= crate::mapping::limits::ITEM_BYTES
+            {
+                items[item].push(row);
+                sizes[item] += len;
+                continue;
+            }
+            open.swap_remove(slot);
+        }
+        open.push((row, items.len()));
+        items.push(vec![row]);
+        sizes.push(len);
+    }
+    items
+}
+
+/// The v2 request body for the `live` rows of a batch, and which rows each of its items
+/// carries (`batch_index` of an answer → rows).
+pub fn v2_wire(batch: &Batch, live: &[usize]) -> (Vec<u8>, Vec<Vec<usize>>) {
+    let mut encoded: Vec<(Vec<usize>, Option<Vec<u8>>)> = Vec::new();
+    for rows in wire_items(batch, live) {
+        if rows.len() == 1 {
+            encoded.push((rows, None));
+            continue;
+        }
+        let ops: Vec<&crate::mapping::Operation> =
+            rows.iter().map(|r| &batch.items[*r].mapped.op).collect();
+        match crate::mapping::encode_relationship_group(&ops) {
+            Some(grouped) => encoded.push((rows, Some(grouped))),
+            // `wire_items` groups only rows that encode together; should that ever fail,
+            // the rows still go, one item each.
+            None => encoded.extend(rows.into_iter().map(|r| (vec![r], None))),
+        }
+    }
+    let mut body = Vec::with_capacity(batch.bytes);
+    body.extend_from_slice(b"{\"batch\":[");
+    let mut items = Vec::with_capacity(encoded.len());
+    for (i, (rows, grouped)) in encoded.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match &grouped {
+            Some(g) => body.extend_from_slice(g),
+            None => body.extend_from_slice(&batch.items[rows[0]].mapped.encoded),
+        }
+        items.push(rows);
+    }
+    body.extend_from_slice(b"]}");
+    (body, items)
+}
+
+/// The v2 request body for a batch, one item per row (what the size arithmetic measures).
+#[cfg(test)]
 pub fn v2_body(batch: &Batch) -> Vec<u8> {
     let mut body = Vec::with_capacity(batch.bytes);
     body.extend_from_slice(b"{\"batch\":[");
@@ -138,6 +219,62 @@ mod tests {
         let last = b.take().unwrap();
         assert_eq!(last.items.len(), 1);
         assert_eq!(v2_body(&last).len(), last.bytes);
+    }
+
+    fn relationship(seq: u64, object: &str, person: &str, add: bool) -> Pending {
+        use crate::mapping::PersonRef;
+        let op = Operation {
+            subject: Subject::Object {
+                type_id: "1".into(),
+                id: object.into(),
+            },
+            action: Action::Relationship {
+                add,
+                person: PersonRef {
+                    kind: IdentifierKind::Id,
+                    value: person.into(),
+                },
+                attributes: Default::default(),
+            },
+        };
+        let encoded = op.encode_v2();
+        Pending {
+            seq,
+            line: seq,
+            row_ref: String::new(),
+            values: Vec::new(),
+            mapped: Mapped { op, encoded },
+        }
+    }
+
+    #[test]
+    fn relationship_rows_of_one_object_share_an_item_without_reordering_its_changes() {
+        let batch = Batch {
+            items: vec![
+                relationship(0, "acme", "1", true),
+                item(1, 10),
+                relationship(2, "globex", "2", true),
+                relationship(3, "acme", "3", true),
+                relationship(4, "acme", "1", false),
+                relationship(5, "acme", "4", true),
+            ],
+            bytes: 0,
+        };
+        let all: Vec<usize> = (0..6).collect();
+        // The delete of acme/1 closes acme's add group: the later add starts a new item
+        // after it, so Customer.io sees add, delete, add in row order.
+        assert_eq!(
+            wire_items(&batch, &all),
+            vec![vec![0, 3], vec![1], vec![2], vec![4], vec![5]]
+        );
+        let (body, items) = v2_wire(&batch, &[0, 2, 3]);
+        assert_eq!(items, vec![vec![0, 3], vec![2]]);
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            body["batch"][0],
+            serde_json::json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"acme"},
+                "action":"add_relationships","cio_relationships":[{"identifiers":{"id":"1"}},{"identifiers":{"id":"3"}}]})
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Owns: without `--connect`, every CSV exists and its header has every mapped column,
 //! SQLite source files exist, the SQLite state location is writable or creatable (asked with
 //! access(2), nothing created); with `--connect`, also the state PostgreSQL opens, the Track
-//! credentials and region, the App key (when a pull job exists) and each SQL query's columns.
+//! credentials and region, the App key (when a pull job exists), every object and
+//! relationship job's `type_id` against the workspace's object types (`GET /v1/object_types`,
+//! when an App key is set) and each SQL query's columns.
 //! Every problem of every job is collected, none stops the others.
 //! Must not: write anything (no file, folder, table or migration), read more of a CSV than
 //! its header, send anything to Customer.io but one cheap read per API, or print (the CLI
@@ -16,7 +18,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DatabaseUrl, JobKind, JobSpec, Settings, SourceSpec};
+use crate::config::{
+    Config, DatabaseUrl, JobKind, JobSpec, MappingSpec, ObjectIdentSpec, Settings, SourceSpec,
+};
 use crate::http::{RateGate, RetryPolicy};
 use crate::runner::RunnerError;
 
@@ -64,6 +68,20 @@ pub(crate) enum PreflightError {
     /// The App API key check failed.
     #[error("App API check ({url}): {reason}")]
     App { url: String, reason: String },
+    /// A job names an object type the workspace does not have (Customer.io would create it).
+    #[error(
+        "job `{job}` ({file}): `{key}` is {type_id:?}, but the workspace has no such object type (it has: {known}); Customer.io would silently create a new type: use the id shown under Settings › Workspace Settings › Custom Objects"
+    )]
+    UnknownObjectType {
+        job: String,
+        file: PathBuf,
+        key: &'static str,
+        type_id: String,
+        known: String,
+    },
+    /// The object types could not be read.
+    #[error("App API object types ({url}/v1/object_types): {reason}")]
+    ObjectTypes { url: String, reason: String },
 }
 
 /// What passed (to show) and what did not.
@@ -149,6 +167,7 @@ pub(crate) async fn check_connected(cfg: &Config) -> PreflightReport {
             }),
         }
     }
+    check_object_types(cfg, &mut report, &cancel).await;
     for job in &cfg.jobs {
         if let JobKind::Push(push) = &job.kind
             && matches!(push.source, SourceSpec::Sql(_))
@@ -158,6 +177,139 @@ pub(crate) async fn check_connected(cfg: &Config) -> PreflightReport {
         }
     }
     report
+}
+
+/// The `type_id` of each object or relationship job, with its key.
+fn object_type_ids(job: &JobSpec) -> Option<(&'static str, &str)> {
+    let JobKind::Push(push) = &job.kind else {
+        return None;
+    };
+    match &push.mapping {
+        MappingSpec::Object {
+            object: ObjectIdentSpec::Typed { type_id, .. },
+            ..
+        } => Some(("object.type_id", type_id)),
+        MappingSpec::Relationship { type_id, .. } => Some(("relationship.object.type_id", type_id)),
+        _ => None,
+    }
+}
+
+/// Reads each workspace's object types (`GET /v1/object_types`) and refuses every job whose
+/// `type_id` is not one of its workspace's. A workspace without an App key is said to be
+/// unchecked.
+async fn check_object_types(
+    cfg: &Config,
+    report: &mut PreflightReport,
+    cancel: &CancellationToken,
+) {
+    let jobs: Vec<(&JobSpec, &'static str, &str)> = cfg
+        .jobs
+        .iter()
+        .filter_map(|j| object_type_ids(j).map(|(k, t)| (j, k, t)))
+        .collect();
+    let mut workspaces: Vec<Option<&str>> =
+        jobs.iter().map(|(j, ..)| j.workspace.as_deref()).collect();
+    workspaces.sort();
+    workspaces.dedup();
+    for workspace in workspaces {
+        // Validation already refused a job naming a workspace nobody configured.
+        let Some(settings) = cfg.settings.for_workspace(workspace) else {
+            continue;
+        };
+        let of_workspace: Vec<_> = jobs
+            .iter()
+            .filter(|(j, ..)| j.workspace.as_deref() == workspace)
+            .copied()
+            .collect();
+        check_workspace_object_types(&settings, workspace, &of_workspace, report, cancel).await;
+    }
+}
+
+async fn check_workspace_object_types(
+    settings: &Settings,
+    workspace: Option<&str>,
+    jobs: &[(&JobSpec, &'static str, &str)],
+    report: &mut PreflightReport,
+    cancel: &CancellationToken,
+) {
+    let label = workspace
+        .map(|w| format!("object types of workspace `{w}`"))
+        .unwrap_or_else(|| "object types".into());
+    let Some(key) = settings
+        .customerio
+        .app_api_key
+        .clone()
+        .filter(|k| !k.is_empty())
+    else {
+        report.passed.push(format!(
+            "{label}: not checked (set the App API key so `validate --connect` can refuse unknown `type_id`s)"
+        ));
+        return;
+    };
+    let url = settings.customerio.app_url.masked();
+    let once = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::from(&settings.retry)
+    };
+    let client = match crate::app_api::AppClient::new(
+        settings.customerio.app_url.expose(),
+        key,
+        Arc::new(RateGate::per_second(settings.app.rate_limit_per_sec)),
+        once,
+        settings.app.timeout,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            report.problems.push(PreflightError::ObjectTypes {
+                url,
+                reason: e.to_string(),
+            });
+            return;
+        }
+    };
+    let counters = Arc::new(crate::http::RunCounters::default());
+    let types = match client.object_types(&counters, cancel).await {
+        Ok(t) => t,
+        Err(e) => {
+            report.problems.push(PreflightError::ObjectTypes {
+                url,
+                reason: e.to_string(),
+            });
+            return;
+        }
+    };
+    let known: Vec<String> = types
+        .iter()
+        .filter_map(|t| {
+            t.id.as_ref().map(|id| match &t.name {
+                Some(n) => format!("{id} ({n})"),
+                None => id.clone(),
+            })
+        })
+        .collect();
+    let mut all_known = true;
+    for (job, key, type_id) in jobs {
+        if !types.iter().any(|t| t.id.as_deref() == Some(*type_id)) {
+            all_known = false;
+            report.problems.push(PreflightError::UnknownObjectType {
+                job: job.name.clone(),
+                file: job.file.clone(),
+                key,
+                type_id: type_id.to_string(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
+    }
+    if all_known {
+        report.passed.push(format!(
+            "{label}: every job's type_id exists ({})",
+            known.join(", ")
+        ));
+    }
 }
 
 /// One App API read (`GET /v1/segments`), not retried: a refused key answers at once, and a

@@ -1,4 +1,5 @@
-//! The App API client: segments, segment membership, campaigns and campaign metrics.
+//! The App API client: segments, segment membership, campaigns, campaign metrics and the
+//! workspace's object types.
 //!
 //! Owns: App endpoints and auth (`Authorization: Bearer <app_api_key>` on the shared
 //! [`ApiClient`], region host from `customerio.app_url`), the one [`Pager`] for every listing,
@@ -234,6 +235,17 @@ impl AppClient {
                 body: resp.body_excerpt(),
             }),
         }
+    }
+
+    /// `GET /v1/object_types`: the workspace's custom object types (id, name).
+    pub(crate) async fn object_types(
+        &self,
+        counters: &Arc<RunCounters>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<response::ObjectType>, AppError> {
+        let list: response::ObjectTypeList =
+            self.get("/v1/object_types", &[], counters, cancel).await?;
+        Ok(list.types)
     }
 
     /// `GET /v1/segments`: every segment of the workspace.

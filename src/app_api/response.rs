@@ -342,3 +342,20 @@ mod tests {
         assert!(m.into_series().is_empty());
     }
 }
+
+/// `GET /v1/object_types`: `{"types":[{"id":"1","name":"Accounts",…}]}` (the envelope is
+/// UNVERIFIED by Customer.io's docs: `types` and `object_types` are both read, and ids as
+/// strings or numbers).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ObjectTypeList {
+    #[serde(default, deserialize_with = "null_as_empty", alias = "object_types")]
+    pub types: Vec<ObjectType>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ObjectType {
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub name: Option<String>,
+}

@@ -129,11 +129,20 @@ pub(crate) async fn run(config_path: &Path, state: Option<String>) -> Result<u8,
         count(ops.len() as u64, "operation"),
         by_action
     );
-    for action in ["identify", "event", "delete"] {
-        if let Some(op) = ops.iter().find(|o| o.action == action)
+    use crate::simulator::Entity;
+    for (label, entity, action) in [
+        ("identify", Entity::Person, "identify"),
+        ("event", Entity::Person, "event"),
+        ("delete", Entity::Person, "delete"),
+        ("object identify", Entity::Object, "identify"),
+        ("relationships", Entity::Object, "add_relationships"),
+    ] {
+        if let Some(op) = ops
+            .iter()
+            .find(|o| o.action == action && o.entity == entity)
             && let Ok(text) = serde_json::to_string(op)
         {
-            say!("  e.g. {action}: {text}");
+            say!("  e.g. {label}: {text}");
         }
     }
     let added = sim.segment_members_added();
@@ -175,10 +184,12 @@ fn invocation() -> String {
     }
 }
 
-/// Segments and campaigns for the example pull job to bring back.
+/// Segments and campaigns for the example pull job to bring back, and the object type the
+/// accounts job writes.
 fn seed_app_fixtures(sim: &Simulator) {
     use crate::simulator::Member;
     use serde_json::json;
+    sim.set_object_types(vec![json!({"id": "1", "name": "Accounts"})]);
     sim.set_segments(vec![
         json!({"id": 7, "deduplicate_id": "7:1700000000", "name": "VIP customers", "description": "Fed by jobs/vip-segment.yaml",
                "state": "finished", "progress": null, "type": "manual", "tags": ["crm"], "created_at": 1700000000, "updated_at": 1730000000}),

@@ -50,7 +50,13 @@ same_variants!(EventType {
     Page,
     Screen
 });
-same_variants!(DeleteAction { Delete, Suppress });
+same_variants!(DeleteAction {
+    Delete,
+    Suppress,
+    Unsuppress
+});
+same_variants!(ObjectAction { Identify, Delete });
+same_variants!(AddOrDelete { Add, Delete });
 same_variants!(SegmentAction { Add, Remove });
 same_variants!(MetricsPeriod {
     Hours,

@@ -89,12 +89,70 @@ pub enum EventType {
     Screen,
 }
 
-/// `delete` removes the person; `suppress` also blocks the identifier for good.
+/// `delete` removes the person; `suppress` also blocks the identifier for good;
+/// `unsuppress` lifts that block (it does not bring the profile back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeleteAction {
     #[default]
     Delete,
     Suppress,
+    Unsuppress,
+}
+
+/// What an object job does to each object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ObjectAction {
+    #[default]
+    Identify,
+    Delete,
+}
+
+/// Whether a relationship or device job adds or removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddOrDelete {
+    #[default]
+    Add,
+    Delete,
+}
+
+/// How an object job names each object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectIdentSpec {
+    /// `object_type_id` (always a string) and the column with `object_id`.
+    Typed { type_id: String, column: String },
+    /// The column with Customer.io's `cio_object_id` (updates only).
+    CioObjectId { column: String },
+}
+
+/// A push device's platform: fixed in the job, or read per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlatformSpec {
+    Fixed(Platform),
+    Column(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Ios,
+    Android,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+        }
+    }
+
+    /// `ios` / `android`, any case and surrounding spaces.
+    pub fn parse(s: &str) -> Option<Platform> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ios" => Some(Platform::Ios),
+            "android" => Some(Platform::Android),
+            _ => None,
+        }
+    }
 }
 
 /// Whether a segment job adds people to the manual segment or removes them.
@@ -324,6 +382,8 @@ pub enum IdentifierKind {
     Id,
     Email,
     CioId,
+    /// v2 person operations only.
+    Phone,
 }
 
 impl IdentifierKind {
@@ -332,6 +392,7 @@ impl IdentifierKind {
             IdentifierKind::Id => "id",
             IdentifierKind::Email => "email",
             IdentifierKind::CioId => "cio_id",
+            IdentifierKind::Phone => "phone",
         }
     }
 }
@@ -403,6 +464,80 @@ pub enum MappingSpec {
         identifier: IdentifierSpec,
         action: SegmentAction,
     },
+    /// Custom objects (v2 only).
+    Object {
+        object: ObjectIdentSpec,
+        attributes: FieldSet,
+        action: ObjectAction,
+    },
+    /// Person ↔ object relationships, one row per pair (v2 only).
+    Relationship {
+        type_id: String,
+        object_column: String,
+        person: IdentifierSpec,
+        attributes: FieldSet,
+        action: AddOrDelete,
+    },
+    /// Push devices (v2 only).
+    Device {
+        identifier: IdentifierSpec,
+        token: String,
+        /// `None` only for deletes.
+        platform: Option<PlatformSpec>,
+        last_used: Option<TimestampColumn>,
+        attributes: FieldSet,
+        action: AddOrDelete,
+    },
+    /// Merges `secondary` into `primary`, then deletes `secondary`.
+    Merge {
+        primary: IdentifierSpec,
+        secondary: IdentifierSpec,
+    },
+}
+
+impl MappingSpec {
+    /// `true` for jobs Track v1 has no request for (objects, relationships, devices).
+    pub fn needs_v2(&self) -> bool {
+        matches!(
+            self,
+            MappingSpec::Object { .. }
+                | MappingSpec::Relationship { .. }
+                | MappingSpec::Device { .. }
+        )
+    }
+
+    /// The YAML key of the job kind, for error messages.
+    pub fn key(&self) -> &'static str {
+        match self {
+            MappingSpec::Identify { .. } => "identify",
+            MappingSpec::Track { .. } => "track",
+            MappingSpec::Delete { .. } => "delete",
+            MappingSpec::Segment { .. } => "segment",
+            MappingSpec::Object { .. } => "object",
+            MappingSpec::Relationship { .. } => "relationship",
+            MappingSpec::Device { .. } => "device",
+            MappingSpec::Merge { .. } => "merge",
+        }
+    }
+
+    /// The person identifier of the job, if it names one (for the v1 phone check).
+    pub fn person_identifiers(&self) -> Vec<(&'static str, &IdentifierSpec)> {
+        match self {
+            MappingSpec::Identify { identifier, .. } => vec![("identify.identifier", identifier)],
+            MappingSpec::Track {
+                who: EventSubject::Person(i),
+                ..
+            } => vec![("track.identifier", i)],
+            MappingSpec::Delete { identifier, .. } => vec![("delete.identifier", identifier)],
+            MappingSpec::Segment { identifier, .. } => vec![("segment.identifier", identifier)],
+            MappingSpec::Device { identifier, .. } => vec![("device.identifier", identifier)],
+            MappingSpec::Relationship { person, .. } => vec![("relationship.person", person)],
+            MappingSpec::Merge { primary, secondary } => {
+                vec![("merge.primary", primary), ("merge.secondary", secondary)]
+            }
+            MappingSpec::Track { .. } | MappingSpec::Object { .. } => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

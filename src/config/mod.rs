@@ -195,6 +195,7 @@ pub fn load_layered(
     if let Some(settings) = &settings {
         errors.extend(validate::needed_secrets(settings, &jobs, &loaded.used));
         errors.extend(validate::known_workspaces(settings, &jobs));
+        errors.extend(validate::transport_rules(settings, &jobs));
     }
     match settings {
         Some(settings) if errors.is_empty() => Ok(Config { settings, jobs }),

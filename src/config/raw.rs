@@ -311,6 +311,10 @@ pub(super) struct JobFile {
     pub track: Option<TrackJobSection>,
     pub delete: Option<DeleteSection>,
     pub segment: Option<SegmentSection>,
+    pub object: Option<ObjectSection>,
+    pub relationship: Option<RelationshipSection>,
+    pub device: Option<DeviceSection>,
+    pub merge: Option<MergeSection>,
     pub pull: Option<PullSection>,
     /// Overrides `track.transport` of config.yaml for this job.
     pub transport: Option<Transport>,
@@ -393,6 +397,8 @@ pub(super) struct IdentifierSection {
     pub id: Option<String>,
     pub email: Option<String>,
     pub cio_id: Option<String>,
+    /// v2 only, and not for merges, relationships or segments (validation says why).
+    pub phone: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -610,6 +616,7 @@ pub enum DeleteAction {
     #[default]
     Delete,
     Suppress,
+    Unsuppress,
 }
 
 #[derive(Debug, Deserialize)]
@@ -629,6 +636,117 @@ pub enum SegmentAction {
     #[default]
     Add,
     Remove,
+}
+
+/// `object_type_id`: Customer.io sends it as a string; YAML may hold `1` or `"1"`.
+fn type_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object type id such as 1 or \"1\" (Settings › Custom Objects)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn type_id_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    type_id(d).map(Some)
+}
+
+/// `object:`: create, update or delete custom objects (accounts, companies, …).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ObjectSection {
+    /// The object type's id in the workspace (a string-formatted integer).
+    #[serde(default, deserialize_with = "type_id_opt")]
+    pub type_id: Option<String>,
+    /// Column with the object's id (with `type_id`).
+    pub id: Option<String>,
+    /// Column with Customer.io's `cio_object_id` instead (updates only).
+    pub cio_object_id: Option<String>,
+    /// Omitted: every other non-empty column, as strings.
+    pub attributes: Option<FieldsSpec>,
+    #[serde(default, deserialize_with = "empty_policy")]
+    pub empty: EmptyPolicy,
+    #[serde(default)]
+    pub action: ObjectAction,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectAction {
+    #[default]
+    Identify,
+    Delete,
+}
+
+/// `relationship.object`: which object the person is related to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ObjectRefSection {
+    #[serde(deserialize_with = "type_id")]
+    pub type_id: String,
+    /// Column with the object's id.
+    pub id: String,
+}
+
+/// `relationship:`: one row per (object, person) pair.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RelationshipSection {
+    pub object: ObjectRefSection,
+    pub person: IdentifierSection,
+    /// Relationship attributes; omitted: none.
+    pub attributes: Option<FieldsSpec>,
+    #[serde(default, deserialize_with = "empty_policy")]
+    pub empty: EmptyPolicy,
+    #[serde(default)]
+    pub action: AddOrDelete,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AddOrDelete {
+    #[default]
+    Add,
+    Delete,
+}
+
+/// `device:`: a person's push device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeviceSection {
+    pub identifier: IdentifierSection,
+    /// Column with the device token.
+    pub token: String,
+    /// `ios`, `android`, or a column holding one of them (needed to add).
+    pub platform: Option<String>,
+    /// Column with the last use time (sent as integer Unix seconds).
+    pub last_used: Option<TimestampSpec>,
+    /// Device attributes; omitted: none.
+    pub attributes: Option<FieldsSpec>,
+    #[serde(default, deserialize_with = "empty_policy")]
+    pub empty: EmptyPolicy,
+    #[serde(default)]
+    pub action: AddOrDelete,
+}
+
+/// `merge:`: merges `secondary` into `primary` (irreversible).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MergeSection {
+    pub primary: IdentifierSection,
+    pub secondary: IdentifierSection,
 }
 
 /// `pull:`: what to bring back from the App API.

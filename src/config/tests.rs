@@ -307,6 +307,96 @@ fn a_relative_sqlite_source_resolves_against_the_job_files_folder() {
 }
 
 #[test]
+fn object_device_and_merge_jobs_refuse_what_customerio_cannot_take_naming_the_key() {
+    let src = "source: { csv: { path: data/x.csv } }\n";
+    let (_dir, path) = folder(
+        CONFIG,
+        &[
+            (
+                "cio-delete",
+                &format!("{src}object: {{ cio_object_id: c, action: delete }}\n"),
+            ),
+            (
+                "bad-type",
+                &format!("{src}object: {{ type_id: acme, id: c }}\n"),
+            ),
+            (
+                "no-platform",
+                &format!("{src}device: {{ identifier: {{ id: u }}, token: t }}\n"),
+            ),
+            (
+                "delete-extra",
+                &format!(
+                    "{src}device: {{ identifier: {{ id: u }}, token: t, platform: ios, action: delete }}\n"
+                ),
+            ),
+            (
+                "token-attr",
+                &format!(
+                    "{src}device: {{ identifier: {{ id: u }}, token: t, platform: ios, attributes: {{ token: t }} }}\n"
+                ),
+            ),
+            (
+                "merge-phone",
+                &format!("{src}merge: {{ primary: {{ id: a }}, secondary: {{ phone: b }} }}\n"),
+            ),
+            (
+                "segment-phone",
+                &format!("{src}segment: {{ id: 7, identifier: {{ phone: p }} }}\n"),
+            ),
+        ],
+    );
+    let all = problems(&path, &[]);
+    let find = |file: &str, key: &str| {
+        all.iter()
+            .find(|e| e.file.ends_with(format!("{file}.yaml")) && e.key == key)
+            .unwrap_or_else(|| panic!("no problem {file}: {key} in {all:?}"))
+            .message
+            .clone()
+    };
+    assert!(find("cio-delete", "object.cio_object_id").contains("updates only"));
+    assert!(find("bad-type", "object.type_id").contains("numbers object types 1, 2"));
+    assert!(find("no-platform", "device.platform").contains("ios"));
+    assert!(find("delete-extra", "device").contains("only the token"));
+    assert!(find("token-attr", "device.attributes.token").contains("device.token"));
+    assert!(find("merge-phone", "merge.secondary.phone").contains("merge"));
+    assert!(find("segment-phone", "segment.identifier.phone").contains("add_customers"));
+}
+
+#[test]
+fn object_type_ids_are_strings_whatever_the_yaml_holds() {
+    let (_dir, path) = folder(
+        CONFIG,
+        &[
+            (
+                "a",
+                "source: { csv: { path: x.csv } }\nobject: { type_id: 1, id: c }\n",
+            ),
+            (
+                "b",
+                "source: { csv: { path: x.csv } }\nobject: { type_id: \"2\", id: c }\n",
+            ),
+        ],
+    );
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    let ids: Vec<String> = cfg
+        .jobs
+        .iter()
+        .filter_map(|j| match &j.kind {
+            JobKind::Push(p) => match &p.mapping {
+                MappingSpec::Object {
+                    object: ObjectIdentSpec::Typed { type_id, .. },
+                    ..
+                } => Some(type_id.clone()),
+                _ => None,
+            },
+            JobKind::Pull(_) => None,
+        })
+        .collect();
+    assert_eq!(ids, vec!["1".to_string(), "2".to_string()]);
+}
+
+#[test]
 fn a_job_talks_to_the_workspace_it_names_with_that_workspaces_limits() {
     let config = format!(
         "{CONFIG}workspaces:\n  eu:\n    region: eu\n    site_id: eu-site\n    track_api_key: eu-key\n    track_rate_limit_per_sec: 7\n"

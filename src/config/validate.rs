@@ -440,6 +440,10 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
         raw.track.as_ref().map(|_| "track"),
         raw.delete.as_ref().map(|_| "delete"),
         raw.segment.as_ref().map(|_| "segment"),
+        raw.object.as_ref().map(|_| "object"),
+        raw.relationship.as_ref().map(|_| "relationship"),
+        raw.device.as_ref().map(|_| "device"),
+        raw.merge.as_ref().map(|_| "merge"),
         raw.pull.as_ref().map(|_| "pull"),
     ]
     .into_iter()
@@ -450,7 +454,7 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
             file,
             "",
             if actions.is_empty() {
-                "a job needs one of `identify`, `track`, `delete`, `segment` or `pull`".to_string()
+                "a job needs one of `identify`, `track`, `delete`, `segment`, `object`, `relationship`, `device`, `merge` or `pull`".to_string()
             } else {
                 format!(
                     "a job does one thing, but this one has {}: split it into one job file each",
@@ -584,6 +588,13 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
                 }
             })
         } else if let Some(s) = raw.segment {
+            no_phone(
+                file,
+                "segment.identifier",
+                &s.identifier,
+                "manual segments are changed through v1 `add_customers`/`remove_customers`, whose `id_type` is id, email or cio_id",
+                &mut errors,
+            );
             identifier(file, "segment.identifier", &s.identifier, &mut errors).map(|identifier| {
                 MappingSpec::Segment {
                     segment_id: s.id,
@@ -591,6 +602,22 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
                     action: s.action.into(),
                 }
             })
+        } else if let Some(o) = raw.object {
+            object_mapping(file, o, &mut errors)
+        } else if let Some(r) = raw.relationship {
+            relationship_mapping(file, r, &mut errors)
+        } else if let Some(d) = raw.device {
+            device_mapping(file, d, &mut errors)
+        } else if let Some(m) = raw.merge {
+            let why = "Customer.io's merge takes id, email or cio_id on each side";
+            no_phone(file, "merge.primary", &m.primary, why, &mut errors);
+            no_phone(file, "merge.secondary", &m.secondary, why, &mut errors);
+            let primary = identifier(file, "merge.primary", &m.primary, &mut errors);
+            let secondary = identifier(file, "merge.secondary", &m.secondary, &mut errors);
+            match (primary, secondary) {
+                (Some(primary), Some(secondary)) => Some(MappingSpec::Merge { primary, secondary }),
+                _ => None,
+            }
         } else {
             None
         };
@@ -718,6 +745,7 @@ fn identifier(
         (IdentifierKind::Id, &s.id),
         (IdentifierKind::Email, &s.email),
         (IdentifierKind::CioId, &s.cio_id),
+        (IdentifierKind::Phone, &s.phone),
     ]
     .into_iter()
     .filter_map(|(kind, col)| col.clone().map(|column| IdentifierSpec { kind, column }))
@@ -728,10 +756,254 @@ fn identifier(
         errors.push(ConfigError::new(
             file,
             key,
-            "set exactly one of `id`, `email` or `cio_id`, naming the column, e.g. { id: customer_id }",
+            "set exactly one of `id`, `email`, `cio_id` or `phone`, naming the column, e.g. { id: customer_id }",
         ));
         None
     }
+}
+
+/// `phone` where Customer.io does not accept it: refused, saying why.
+fn no_phone(
+    file: &Path,
+    key: &str,
+    s: &IdentifierSection,
+    why: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if s.phone.is_some() {
+        errors.push(ConfigError::new(
+            file,
+            format!("{key}.phone"),
+            format!("`phone` cannot identify a person here: {why}; use `id`, `email` or `cio_id`"),
+        ));
+    }
+}
+
+fn object_mapping(
+    file: &Path,
+    o: raw::ObjectSection,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MappingSpec> {
+    let action: ObjectAction = o.action.into();
+    let object = match (o.type_id, o.id, o.cio_object_id) {
+        (Some(type_id), Some(column), None) => {
+            check_type_id(file, "object.type_id", &type_id, errors);
+            Some(ObjectIdentSpec::Typed { type_id, column })
+        }
+        (None, None, Some(column)) => {
+            if action == ObjectAction::Delete {
+                errors.push(ConfigError::new(
+                    file,
+                    "object.cio_object_id",
+                    "`cio_object_id` identifies objects for updates only (Customer.io's spec); delete by `type_id` and `id`",
+                ));
+            }
+            Some(ObjectIdentSpec::CioObjectId { column })
+        }
+        _ => {
+            errors.push(ConfigError::new(
+                file,
+                "object",
+                "set `type_id` and `id` (the column with the object id), e.g. { type_id: 1, id: account_id }, or `cio_object_id: column` alone",
+            ));
+            None
+        }
+    };
+    if action == ObjectAction::Delete && o.attributes.is_some() {
+        errors.push(ConfigError::new(
+            file,
+            "object.attributes",
+            "a delete sends no attributes: remove `attributes` or use `action: identify`",
+        ));
+    }
+    let attributes = match action {
+        ObjectAction::Identify => field_set(
+            file,
+            "object.attributes",
+            o.attributes,
+            o.empty.into(),
+            errors,
+        ),
+        ObjectAction::Delete => FieldSet::Explicit(Vec::new()),
+    };
+    object.map(|object| MappingSpec::Object {
+        object,
+        attributes,
+        action,
+    })
+}
+
+/// Object type ids are string-formatted integers from 1 (Customer.io's `object_type_id`).
+fn check_type_id(file: &Path, key: &str, type_id: &str, errors: &mut Vec<ConfigError>) {
+    if !type_id.parse::<u64>().is_ok_and(|n| n >= 1) {
+        errors.push(ConfigError::new(
+            file,
+            key,
+            format!(
+                "`{type_id}` is not an object type id: Customer.io numbers object types 1, 2, … (Settings › Workspace Settings › Custom Objects)"
+            ),
+        ));
+    }
+}
+
+/// Explicit fields or none: relationship and device attributes never default to "every
+/// other column".
+fn explicit_fields(
+    file: &Path,
+    key: &str,
+    spec: Option<FieldsSpec>,
+    empty: EmptyPolicy,
+    errors: &mut Vec<ConfigError>,
+) -> FieldSet {
+    match spec {
+        None => FieldSet::Explicit(Vec::new()),
+        some => field_set(file, key, some, empty, errors),
+    }
+}
+
+fn relationship_mapping(
+    file: &Path,
+    r: raw::RelationshipSection,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MappingSpec> {
+    check_type_id(
+        file,
+        "relationship.object.type_id",
+        &r.object.type_id,
+        errors,
+    );
+    no_phone(
+        file,
+        "relationship.person",
+        &r.person,
+        "an object's `cio_relationships` name people by id, email or cio_id",
+        errors,
+    );
+    let action: AddOrDelete = r.action.into();
+    if action == AddOrDelete::Delete && r.attributes.is_some() {
+        errors.push(ConfigError::new(
+            file,
+            "relationship.attributes",
+            "removing a relationship sends no attributes: remove `attributes` or use `action: add`",
+        ));
+    }
+    let attributes = explicit_fields(
+        file,
+        "relationship.attributes",
+        r.attributes,
+        r.empty.into(),
+        errors,
+    );
+    identifier(file, "relationship.person", &r.person, errors).map(|person| {
+        MappingSpec::Relationship {
+            type_id: r.object.type_id,
+            object_column: r.object.id,
+            person,
+            attributes,
+            action,
+        }
+    })
+}
+
+fn device_mapping(
+    file: &Path,
+    d: raw::DeviceSection,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MappingSpec> {
+    let action: AddOrDelete = d.action.into();
+    let platform = d.platform.map(|p| match Platform::parse(&p) {
+        Some(fixed) => PlatformSpec::Fixed(fixed),
+        None => PlatformSpec::Column(p),
+    });
+    match action {
+        AddOrDelete::Add if platform.is_none() => errors.push(ConfigError::new(
+            file,
+            "device.platform",
+            "missing: adding a device needs `platform: ios`, `platform: android` or `platform: column`",
+        )),
+        AddOrDelete::Delete
+            if platform.is_some() || d.last_used.is_some() || d.attributes.is_some() =>
+        {
+            errors.push(ConfigError::new(
+                file,
+                "device",
+                "a device delete sends only the token: remove `platform`, `last_used` and `attributes`",
+            ))
+        }
+        _ => {}
+    }
+    let attributes = explicit_fields(
+        file,
+        "device.attributes",
+        d.attributes,
+        d.empty.into(),
+        errors,
+    );
+    if let FieldSet::Explicit(fields) = &attributes
+        && fields.iter().any(|f| f.name == "token")
+    {
+        errors.push(ConfigError::new(
+            file,
+            "device.attributes.token",
+            "the token goes in `device.token` (Customer.io refuses it inside the device attributes)",
+        ));
+    }
+    identifier(file, "device.identifier", &d.identifier, errors).map(|identifier| {
+        MappingSpec::Device {
+            identifier,
+            token: d.token,
+            platform,
+            last_used: d.last_used.map(timestamp_column),
+            attributes,
+            action,
+        }
+    })
+}
+
+/// Rules that need both config.yaml and the job: Track v1 has no request for objects,
+/// relationships or devices, and no path form for `phone`.
+pub(super) fn transport_rules(settings: &Settings, jobs: &[JobSpec]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for job in jobs {
+        let JobKind::Push(push) = &job.kind else {
+            continue;
+        };
+        let (transport, from) = match push.transport {
+            Some(t) => (t, "the job's `transport: v1`".to_string()),
+            None => (
+                settings.track.transport,
+                format!(
+                    "`track.transport: v1` in {}",
+                    settings.config_file.display()
+                ),
+            ),
+        };
+        if transport != Transport::V1 {
+            continue;
+        }
+        let kind = push.mapping.key();
+        if push.mapping.needs_v2() {
+            errors.push(ConfigError::new(
+                &job.file,
+                "transport",
+                format!(
+                    "`{kind}` jobs need `transport: v2` (Track v1 has no request for them), but {from} applies; set `transport: v2` in this job"
+                ),
+            ));
+        }
+        for (key, ident) in push.mapping.person_identifiers() {
+            if ident.kind == IdentifierKind::Phone {
+                errors.push(ConfigError::new(
+                    &job.file,
+                    format!("{key}.phone"),
+                    format!(
+                        "`phone` identifies people only in Track v2, but {from} applies (v1 paths take an id, email or cio_id); set `transport: v2` in this job"
+                    ),
+                ));
+            }
+        }
+    }
+    errors
 }
 
 fn timestamp_column(t: TimestampSpec) -> TimestampColumn {

@@ -2,7 +2,8 @@
 //!
 //! Owns: resolving the job's column names against the source's header, building each
 //! operation, and checking every Customer.io limit before anything is sent (identifier and
-//! attribute sizes, attribute count, event name, item size). Pure: no I/O, no panics; a bad
+//! attribute sizes, attribute count, event name, item size; object ids, object and
+//! relationship attribute totals, device platforms, merge sides). Pure: no I/O, no panics; a bad
 //! row yields a [`RowRejected`] reason and the run goes on.
 
 pub mod convert;
@@ -13,14 +14,17 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value as J};
 
-use crate::config::{DeleteAction, EmptyPolicy, EventType, SegmentAction, ValueType};
+use crate::config::{
+    AddOrDelete, DeleteAction, EmptyPolicy, EventType, ObjectAction, ObjectIdentSpec, Platform,
+    PlatformSpec, SegmentAction, ValueType,
+};
 use crate::config::{
     EventName, EventSubject, FieldMapping, FieldSet, FieldSource, IdentifierSpec, MappingSpec,
     TimestampColumn,
 };
 use crate::source::Value;
 use convert::TimeFormat;
-pub use operation::{Action, Operation, Subject};
+pub use operation::{Action, Operation, PersonRef, Subject, encode_relationship_group};
 
 /// Customer.io's documented limits (bytes are UTF-8 bytes; "KB" read as 1000 bytes).
 pub mod limits {
@@ -31,7 +35,13 @@ pub mod limits {
     pub const EVENT_NAME_BYTES: usize = 100;
     pub const EVENT_DATA_BYTES: usize = 100_000;
     pub const ITEM_BYTES: usize = 32_000;
+    /// "Max size of all attributes associated with an object or relationship" (100 KB).
+    pub const OBJECT_ATTRIBUTES_BYTES: usize = 100_000;
 }
+
+/// Attribute names Customer.io reserves on objects.
+const RESERVED_OBJECT_ATTRIBUTES: [&str; 4] =
+    ["cio_object_id", "object_id", "objectId", "relationship"];
 
 /// Why a row cannot be sent: shown to the user and kept in the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +129,40 @@ enum Plan {
         segment_id: i64,
         action: SegmentAction,
     },
+    Object {
+        object: ObjectCol,
+        fields: Fields,
+        action: ObjectAction,
+    },
+    Relationship {
+        type_id: String,
+        object_col: usize,
+        person: Ident,
+        fields: Fields,
+        action: AddOrDelete,
+    },
+    Device {
+        ident: Ident,
+        token: usize,
+        platform: Option<PlatformSrc>,
+        last_used: Option<Ts>,
+        fields: Fields,
+        action: AddOrDelete,
+    },
+    Merge {
+        primary: Ident,
+        secondary: Ident,
+    },
+}
+
+enum ObjectCol {
+    Typed { type_id: String, col: usize },
+    Cio(usize),
+}
+
+enum PlatformSrc {
+    Fixed(Platform),
+    Col(usize),
 }
 
 enum Who {
@@ -259,6 +303,83 @@ impl Mapper {
                 segment_id: *segment_id,
                 action: *action,
             },
+            MappingSpec::Object {
+                object,
+                attributes,
+                action,
+            } => {
+                let object = match object {
+                    ObjectIdentSpec::Typed { type_id, column } => ObjectCol::Typed {
+                        type_id: type_id.clone(),
+                        col: col(column, "object.id")?,
+                    },
+                    ObjectIdentSpec::CioObjectId { column } => {
+                        ObjectCol::Cio(col(column, "object.cio_object_id")?)
+                    }
+                };
+                let used = [match &object {
+                    ObjectCol::Typed { col, .. } | ObjectCol::Cio(col) => *col,
+                }];
+                Plan::Object {
+                    fields: fields(attributes, "object.attributes", &used)?,
+                    object,
+                    action: *action,
+                }
+            }
+            MappingSpec::Relationship {
+                type_id,
+                object_column,
+                person,
+                attributes,
+                action,
+            } => {
+                let object_col = col(object_column, "relationship.object.id")?;
+                let person = ident(person, "relationship.person")?;
+                let used = [object_col, person.col];
+                Plan::Relationship {
+                    fields: fields(attributes, "relationship.attributes", &used)?,
+                    type_id: type_id.clone(),
+                    object_col,
+                    person,
+                    action: *action,
+                }
+            }
+            MappingSpec::Device {
+                identifier,
+                token,
+                platform,
+                last_used,
+                attributes,
+                action,
+            } => {
+                let ident = ident(identifier, "device.identifier")?;
+                let token = col(token, "device.token")?;
+                let platform = match platform {
+                    None => None,
+                    Some(PlatformSpec::Fixed(p)) => Some(PlatformSrc::Fixed(*p)),
+                    Some(PlatformSpec::Column(c)) => {
+                        Some(PlatformSrc::Col(col(c, "device.platform")?))
+                    }
+                };
+                let last_used = ts(last_used, "device.last_used")?;
+                let mut used = vec![ident.col, token];
+                if let Some(PlatformSrc::Col(c)) = &platform {
+                    used.push(*c);
+                }
+                used.extend(last_used.as_ref().map(|t| t.col));
+                Plan::Device {
+                    fields: fields(attributes, "device.attributes", &used)?,
+                    ident,
+                    token,
+                    platform,
+                    last_used,
+                    action: *action,
+                }
+            }
+            MappingSpec::Merge { primary, secondary } => Plan::Merge {
+                primary: ident(primary, "merge.primary")?,
+                secondary: ident(secondary, "merge.secondary")?,
+            },
         };
         Ok(Mapper {
             job: job.to_string(),
@@ -304,33 +425,8 @@ impl Mapper {
                 let attributes = self.fields(fields, values)?;
                 let timestamp = self.timestamp(ts, values)?;
                 // Every key of the call counts, `_timestamp` and `_update` included.
-                let keys =
-                    attributes.len() + usize::from(*update_only) + usize::from(timestamp.is_some());
-                if keys > limits::ATTRIBUTES {
-                    return Err(RowRejected(format!(
-                        "has {keys} attributes, over Customer.io's limit of {} per call",
-                        limits::ATTRIBUTES
-                    )));
-                }
-                for (k, v) in &attributes {
-                    if k.len() > limits::ATTRIBUTE_NAME_BYTES {
-                        return Err(RowRejected(format!(
-                            "attribute name \"{k}\" is {} bytes, over Customer.io's limit of {}",
-                            k.len(),
-                            limits::ATTRIBUTE_NAME_BYTES
-                        )));
-                    }
-                    let size = match v {
-                        J::String(s) => s.len(),
-                        other => other.to_string().len(),
-                    };
-                    if size > limits::ATTRIBUTE_VALUE_BYTES {
-                        return Err(RowRejected(format!(
-                            "attribute \"{k}\" is {size} bytes, over Customer.io's limit of {} bytes",
-                            limits::ATTRIBUTE_VALUE_BYTES
-                        )));
-                    }
-                }
+                let extra = usize::from(*update_only) + usize::from(timestamp.is_some());
+                check_attributes(&attributes, extra, "attributes")?;
                 Ok(Operation {
                     subject,
                     action: Action::Identify {
@@ -395,8 +491,136 @@ impl Mapper {
                 action: match action {
                     DeleteAction::Delete => Action::Delete,
                     DeleteAction::Suppress => Action::Suppress,
+                    DeleteAction::Unsuppress => Action::Unsuppress,
                 },
             }),
+            Plan::Object {
+                object,
+                fields,
+                action,
+            } => {
+                let subject = match object {
+                    ObjectCol::Typed { type_id, col } => Subject::Object {
+                        type_id: type_id.clone(),
+                        id: self.object_id(*col, values, "object id")?,
+                    },
+                    ObjectCol::Cio(col) => {
+                        Subject::CioObject(self.object_id(*col, values, "cio_object_id")?)
+                    }
+                };
+                let action = match action {
+                    ObjectAction::Delete => Action::ObjectDelete,
+                    ObjectAction::Identify => {
+                        let attributes = self.fields(fields, values)?;
+                        if let Some(k) = attributes
+                            .keys()
+                            .find(|k| RESERVED_OBJECT_ATTRIBUTES.contains(&k.as_str()))
+                        {
+                            return Err(RowRejected(format!(
+                                "attribute \"{k}\" is a name Customer.io reserves on objects (cio_object_id, object_id, objectId, relationship); rename it in `object.attributes`"
+                            )));
+                        }
+                        check_object_attributes(&attributes, "object attributes")?;
+                        Action::ObjectIdentify { attributes }
+                    }
+                };
+                Ok(Operation { subject, action })
+            }
+            Plan::Relationship {
+                type_id,
+                object_col,
+                person,
+                fields,
+                action,
+            } => {
+                let subject = Subject::Object {
+                    type_id: type_id.clone(),
+                    id: self.object_id(*object_col, values, "object id")?,
+                };
+                let attributes = self.fields(fields, values)?;
+                check_object_attributes(&attributes, "relationship attributes")?;
+                Ok(Operation {
+                    subject,
+                    action: Action::Relationship {
+                        add: *action == AddOrDelete::Add,
+                        person: self.person_ref(person, values)?,
+                        attributes,
+                    },
+                })
+            }
+            Plan::Device {
+                ident,
+                token,
+                platform,
+                last_used,
+                fields,
+                action,
+            } => {
+                let subject = self.subject(ident, values)?;
+                let token = self
+                    .required_text(*token, values, "device token")?
+                    .trim()
+                    .to_string();
+                let action = match action {
+                    AddOrDelete::Delete => Action::DeviceDelete { token },
+                    AddOrDelete::Add => {
+                        let platform = match platform {
+                            Some(PlatformSrc::Fixed(p)) => *p,
+                            Some(PlatformSrc::Col(c)) => {
+                                let text = self.required_text(*c, values, "device platform")?;
+                                Platform::parse(&text).ok_or_else(|| {
+                                    RowRejected(format!(
+                                        "device platform column `{}` holds {text:?}; Customer.io accepts `ios` or `android`",
+                                        self.column(*c)
+                                    ))
+                                })?
+                            }
+                            None => {
+                                return Err(RowRejected(
+                                    "adding a device needs a platform (`device.platform`)".into(),
+                                ));
+                            }
+                        };
+                        // An empty `last_used` is left out: Customer.io then uses the time
+                        // of the request.
+                        let last_used = match last_used {
+                            Some(t) if !values.get(t.col).unwrap_or(&Value::Null).is_empty() => {
+                                self.timestamp(last_used, values)?
+                            }
+                            _ => None,
+                        };
+                        let mut attributes = self.fields(fields, values)?;
+                        if let Some(v) = attributes.get_mut("push_enabled") {
+                            *v = push_enabled(v)?;
+                        }
+                        check_attributes(&attributes, 0, "device attributes")?;
+                        Action::DeviceAdd {
+                            token,
+                            platform,
+                            last_used,
+                            attributes,
+                        }
+                    }
+                };
+                Ok(Operation { subject, action })
+            }
+            Plan::Merge { primary, secondary } => {
+                let subject = self.subject(primary, values)?;
+                let secondary = self.person_ref(secondary, values)?;
+                if let Subject::Person { kind, value } = &subject
+                    && *kind == secondary.kind
+                    && *value == secondary.value
+                {
+                    return Err(RowRejected(format!(
+                        "primary and secondary are the same person ({} {value:?}); a merge needs two different people",
+                        kind.as_str()
+                    )));
+                }
+                Ok(Operation {
+                    subject,
+                    action: Action::Merge { secondary },
+                })
+            }
             Plan::Segment {
                 ident,
                 segment_id,
@@ -453,6 +677,28 @@ impl Mapper {
             kind: ident.kind.clone(),
             value,
         })
+    }
+
+    fn person_ref(&self, ident: &Ident, values: &[Value]) -> Result<PersonRef, RowRejected> {
+        match self.subject(ident, values)? {
+            Subject::Person { kind, value } => Ok(PersonRef { kind, value }),
+            // `subject` builds only people.
+            _ => Err(RowRejected("the person identifier is missing".into())),
+        }
+    }
+
+    /// An object id (or cio_object_id): non-empty, trimmed, at most 150 bytes.
+    fn object_id(&self, c: usize, values: &[Value], what: &str) -> Result<String, RowRejected> {
+        let value = self.required_text(c, values, what)?.trim().to_string();
+        if value.len() > limits::ID_BYTES {
+            return Err(RowRejected(format!(
+                "{what} column `{}` is {} bytes, over Customer.io's limit of {} for objects",
+                self.column(c),
+                value.len(),
+                limits::ID_BYTES
+            )));
+        }
+        Ok(value)
     }
 
     fn timestamp(&self, ts: &Option<Ts>, values: &[Value]) -> Result<Option<i64>, RowRejected> {
@@ -535,6 +781,78 @@ impl Mapper {
         }
         Ok(out)
     }
+}
+
+/// The per-attribute limits (count with `extra` keys, name and value sizes), shared by
+/// people, devices, objects and relationships.
+fn check_attributes(
+    attributes: &Map<String, J>,
+    extra: usize,
+    what: &str,
+) -> Result<(), RowRejected> {
+    let keys = attributes.len() + extra;
+    if keys > limits::ATTRIBUTES {
+        return Err(RowRejected(format!(
+            "has {keys} {what}, over Customer.io's limit of {} per call",
+            limits::ATTRIBUTES
+        )));
+    }
+    for (k, v) in attributes {
+        if k.len() > limits::ATTRIBUTE_NAME_BYTES {
+            return Err(RowRejected(format!(
+                "attribute name \"{k}\" is {} bytes, over Customer.io's limit of {}",
+                k.len(),
+                limits::ATTRIBUTE_NAME_BYTES
+            )));
+        }
+        let size = match v {
+            J::String(s) => s.len(),
+            other => other.to_string().len(),
+        };
+        if size > limits::ATTRIBUTE_VALUE_BYTES {
+            return Err(RowRejected(format!(
+                "attribute \"{k}\" is {size} bytes, over Customer.io's limit of {} bytes",
+                limits::ATTRIBUTE_VALUE_BYTES
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_attributes`] plus the 100 KB total of an object's or relationship's attributes.
+fn check_object_attributes(attributes: &Map<String, J>, what: &str) -> Result<(), RowRejected> {
+    check_attributes(attributes, 0, what)?;
+    let total = J::Object(attributes.clone()).to_string().len();
+    if total > limits::OBJECT_ATTRIBUTES_BYTES {
+        return Err(RowRejected(format!(
+            "{what} are {total} bytes, over Customer.io's limit of {} per object or relationship",
+            limits::OBJECT_ATTRIBUTES_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// `push_enabled` as Customer.io expects it: the string `"true"` or `"false"`.
+fn push_enabled(v: &J) -> Result<J, RowRejected> {
+    let text = match v {
+        J::Bool(b) => Some(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        },
+        J::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "t" | "y" => Some(true),
+            "false" | "0" | "no" | "f" | "n" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    };
+    text.map(|b| J::String(b.to_string())).ok_or_else(|| {
+        RowRejected(format!(
+            "device attribute \"push_enabled\" is {v}; use true or false (sent as the string \"true\"/\"false\")"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Simulated App API routes (`/v1/segments…`, `/v1/campaigns…`) answering from the fixtures set
+//! Simulated App API routes (`/v1/segments…`, `/v1/campaigns…`, `/v1/object_types`) answering from the fixtures set
 //! on the `Simulator`, including the quirks customerio-api.md §9 warns about: empty lists as
 //! `null`, opaque string `next` tokens ending in `""` or `null`, null identifier fields.
 //!
@@ -29,6 +29,13 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/campaigns", get(list_campaigns))
         .route("/v1/campaigns/{id}", get(get_campaign))
         .route("/v1/campaigns/{id}/metrics", get(campaign_metrics))
+        .route("/v1/object_types", get(list_object_types))
+}
+
+/// `GET /v1/object_types`: `{"types":[…]}` (the envelope third-party clients read).
+async fn list_object_types(State(sim): State<Arc<Shared>>) -> Response {
+    let types = sim.lock().object_types.clone();
+    respond::json(200, json!({ "types": types }))
 }
 
 /// Customer.io returns some empty lists as `null`; clients must treat both alike.

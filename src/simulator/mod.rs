@@ -149,10 +149,20 @@ pub enum Api {
     App,
 }
 
-/// One accepted person operation, normalised so v1 and v2 deliveries compare equal apart from
-/// `transport`.
+/// What a recorded operation changed: a person, or a custom object (v2 `type: object`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Entity {
+    Person,
+    Object,
+}
+
+/// One accepted operation, normalised so v1 and v2 deliveries compare equal apart from
+/// `transport`. Object operations have `entity: Object`, `identifiers` of
+/// `object_type_id` + `object_id` (or `cio_object_id`), and their `attributes` (identify) or
+/// `cio_relationships` (relationship changes) in `attributes`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RecordedOp {
+    pub entity: Entity,
     pub transport: Transport,
     /// `identify`, `event`, `page`, `screen`, `delete`, `suppress`, `unsuppress`; v2 also
     /// `add_device`, `delete_device`, `add_relationships`, `delete_relationships`, and both
@@ -339,6 +349,25 @@ impl Simulator {
         self.shared.lock().ops.clone()
     }
 
+    /// Every v2 item of every accepted `/api/v2/batch` or `/api/v2/entity` request, exactly as
+    /// it arrived (refused items included, with the rest of their request), in arrival order,
+    /// while recording is on: what tests check against Customer.io's OpenAPI schemas.
+    pub fn v2_items(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().v2_items.clone()
+    }
+
+    /// Object type fixtures for `GET /v1/object_types` (`{"id":"1","name":"Accounts"}`…).
+    pub fn set_object_types(&self, types: Vec<serde_json::Value>) {
+        self.shared.lock().object_types = types;
+    }
+
+    /// Any v2 batch holding an item whose `identifiers.id` or `identifiers.object_id` equals
+    /// `id` is refused as a whole with HTTP 400, its `errors` naming those items by
+    /// `batch_index` (as Customer.io does for some invalid items): nothing in it is applied.
+    pub fn refuse_batch_naming(&self, id: String, reason: String) {
+        self.shared.lock().refuse_400.insert(id, reason);
+    }
+
     /// Number of accepted operations, also counted while recording is off.
     pub fn operation_count(&self) -> usize {
         self.shared.lock().op_count
@@ -378,11 +407,12 @@ impl Simulator {
         self.shared.lock().fail_batches.insert(id, status);
     }
 
-    /// Removes all reject rules and `fail_batch_containing` entries.
+    /// Removes all reject rules, `fail_batch_containing` and `refuse_batch_naming` entries.
     pub fn clear_rejections(&self) {
         let mut st = self.shared.lock();
         st.reject_rules.clear();
         st.fail_batches.clear();
+        st.refuse_400.clear();
     }
 
     /// The next `n` Track requests are answered `status` (with `Retry-After` when given) before
@@ -405,6 +435,7 @@ impl Simulator {
         st.requests = Vec::new();
         st.segment_adds = Vec::new();
         st.segment_removes = Vec::new();
+        st.v2_items = Vec::new();
         st.op_count = 0;
     }
 

@@ -158,6 +158,12 @@ pub(crate) struct State {
     pub(crate) reject_rules: HashMap<String, String>,
     /// identifiers.id → whole-request status.
     pub(crate) fail_batches: HashMap<String, u16>,
+    /// identifiers.id / object_id → reason of a 400 naming the item by batch_index.
+    pub(crate) refuse_400: HashMap<String, String>,
+    /// Raw v2 items of accepted requests (see `Simulator::v2_items`).
+    pub(crate) v2_items: Vec<serde_json::Value>,
+    /// `GET /v1/object_types` fixtures.
+    pub(crate) object_types: Vec<serde_json::Value>,
     pub(crate) app_faults: Vec<ArmedAppFault>,
     /// App requests seen since start (never reset, so armed faults keep their meaning).
     app_requests: usize,
@@ -207,6 +213,9 @@ impl State {
             fail_next: VecDeque::new(),
             reject_rules: HashMap::new(),
             fail_batches: HashMap::new(),
+            refuse_400: HashMap::new(),
+            v2_items: Vec::new(),
+            object_types: Vec::new(),
             app_faults: Vec::new(),
             app_requests: 0,
             record_ops: true,

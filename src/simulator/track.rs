@@ -16,7 +16,7 @@ use axum::routing::{get, post, put};
 use serde_json::{Map, Value, json};
 
 use super::state::{Refusal, Shared};
-use super::{RecordedOp, Transport, respond};
+use super::{Entity, RecordedOp, Transport, respond};
 
 /// v2 batch body limit ("500 KB", read as decimal bytes like the daemon does).
 const BATCH_MAX_BYTES: usize = 500_000;
@@ -69,6 +69,9 @@ pub(crate) struct ItemError {
     reason: &'static str,
     field: &'static str,
     message: String,
+    /// Refuses the whole request with HTTP 400 (still naming the item by `batch_index`), as
+    /// Customer.io does for a device token inside the device attributes.
+    whole: bool,
 }
 
 impl ItemError {
@@ -77,7 +80,13 @@ impl ItemError {
             reason,
             field,
             message: message.into(),
+            whole: false,
         }
+    }
+
+    fn whole_request(mut self) -> ItemError {
+        self.whole = true;
+        self
     }
 
     fn v1_response(&self) -> Response {
@@ -278,6 +287,12 @@ async fn v2_entity(State(sim): State<Arc<Shared>>, body: Bytes) -> Response {
     if let Some(response) = whole_request_failure(&sim, std::slice::from_ref(&item)) {
         return response;
     }
+    {
+        let mut st = sim.lock();
+        if st.record_ops {
+            st.v2_items.push(item.clone());
+        }
+    }
     match parse_v2_item(item) {
         Err(e) => respond::v2_error(400, e.reason, e.field, e.message),
         Ok(None) => respond::ok_empty(),
@@ -315,6 +330,26 @@ async fn v2_batch(State(sim): State<Arc<Shared>>, body: Bytes) -> Response {
     if let Some(response) = whole_request_failure(&sim, &items) {
         return response;
     }
+    let mut refused: Vec<Value> = Vec::new();
+    {
+        let mut st = sim.lock();
+        if st.record_ops {
+            st.v2_items.extend(items.iter().cloned());
+        }
+        if !st.refuse_400.is_empty() {
+            for (index, item) in items.iter().enumerate() {
+                let ids = item.get("identifiers");
+                let named = ["id", "object_id"]
+                    .iter()
+                    .filter_map(|k| ids.and_then(|i| i.get(*k)).and_then(id_text))
+                    .find_map(|id| st.refuse_400.get(&id).map(|r| (id, r.clone())));
+                if let Some((id, reason)) = named {
+                    refused.push(json!({"batch_index": index, "reason": reason, "field": "identifiers",
+                        "message": format!("identifiers {id:?} is refused by refuse_batch_naming")}));
+                }
+            }
+        }
+    }
     // Validate outside the lock; only recording needs it.
     let parsed: Vec<Result<Option<RecordedOp>, ItemError>> = items
         .into_iter()
@@ -327,6 +362,15 @@ async fn v2_batch(State(sim): State<Arc<Shared>>, body: Bytes) -> Response {
             None => parse_v2_item(item),
         })
         .collect();
+    refused.extend(parsed.iter().enumerate().filter_map(|(index, r)| match r {
+        Err(e) if e.whole => Some(e.batch_row(index)),
+        _ => None,
+    }));
+    if !refused.is_empty() {
+        // The whole request is refused; Customer.io still names the items by batch_index.
+        refused.sort_by_key(|e| e.get("batch_index").and_then(Value::as_u64));
+        return respond::json(400, json!({ "errors": refused }));
+    }
     let mut errors = Vec::new();
     {
         let mut st = sim.lock();
@@ -604,6 +648,7 @@ fn bare_op(
     identifiers: BTreeMap<String, String>,
 ) -> RecordedOp {
     RecordedOp {
+        entity: Entity::Person,
         transport,
         action: action.to_owned(),
         identifiers,
@@ -700,6 +745,7 @@ fn event_op(parts: EventParts) -> Result<RecordedOp, ItemError> {
         ));
     }
     Ok(RecordedOp {
+        entity: Entity::Person,
         transport: parts.transport,
         action: parts.action,
         identifiers: parts.identifiers,
@@ -783,8 +829,273 @@ fn merge_op(transport: Transport, mut body: Map<String, Value>) -> Result<Record
     })
 }
 
-/// One v2 operation. `Ok(None)` = accepted but not a person operation (objects, deliveries),
-/// so nothing is recorded.
+/// `person_add_device` / `person_delete_device`: add needs `platform` `ios`/`android`,
+/// `last_used` is integer seconds, `push_enabled` the string `"true"`/`"false"`, and the token
+/// never inside `attributes` (Customer.io answers that with a 400); delete carries the token only.
+fn check_device(action: &str, d: &Map<String, Value>) -> Result<(), ItemError> {
+    let bad =
+        |field: &'static str, message: String| ItemError::new("invalid device", field, message);
+    if action == "delete_device" {
+        if let Some(k) = d.keys().find(|k| k.as_str() != "token") {
+            return Err(bad(
+                "device",
+                format!("delete_device takes only device.token, not {k:?}"),
+            ));
+        }
+        return Ok(());
+    }
+    match d.get("platform").and_then(Value::as_str) {
+        Some("ios" | "android") => {}
+        other => {
+            return Err(bad(
+                "device.platform",
+                format!("platform {other:?} is invalid; use ios or android"),
+            ));
+        }
+    }
+    if let Some(v) = d.get("last_used") {
+        check_timestamp(Some(v), "device.last_used")?;
+    }
+    match d.get("attributes") {
+        None => {}
+        Some(Value::Object(a)) => {
+            if a.contains_key("token") {
+                return Err(ItemError::new(
+                    "invalid",
+                    "device.attributes.token",
+                    "must be in the top-level device object",
+                )
+                .whole_request());
+            }
+            if let Some(v) = a.get("push_enabled")
+                && !matches!(v.as_str(), Some("true" | "false"))
+            {
+                return Err(bad(
+                    "device.attributes.push_enabled",
+                    format!("push_enabled {v} must be the string \"true\" or \"false\""),
+                ));
+            }
+            check_person_attributes(a)?;
+        }
+        Some(other) => {
+            return Err(bad(
+                "device.attributes",
+                format!("attributes must be an object, got {other}"),
+            ));
+        }
+    }
+    if let Some(k) = d.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "token" | "platform" | "last_used" | "attributes"
+        )
+    }) {
+        return Err(bad("device", format!("unknown device key {k:?}")));
+    }
+    Ok(())
+}
+
+/// Object names Customer.io reserves as object attributes.
+const RESERVED_OBJECT_ATTRIBUTES: [&str; 4] =
+    ["cio_object_id", "object_id", "objectId", "relationship"];
+/// "Max size of all attributes associated with an object or relationship".
+const OBJECT_ATTRS_MAX_BYTES: usize = 100_000;
+
+/// Object `identifiers`: `{object_type_id, object_id}` (the type id a string of an integer
+/// from 1) or `{cio_object_id}`.
+fn object_identifiers(v: Option<Value>) -> Result<BTreeMap<String, String>, ItemError> {
+    let bad = |message: String| ItemError::new("invalid identifiers", "identifiers", message);
+    let Some(Value::Object(m)) = v else {
+        return Err(bad(
+            "identifiers must be {object_type_id, object_id} or {cio_object_id}".into(),
+        ));
+    };
+    let text = |k: &str| -> Result<Option<String>, ItemError> {
+        match m.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(bad(format!("identifiers.{k} {other} must be a string"))),
+        }
+    };
+    if let Some(k) = m
+        .keys()
+        .find(|k| !matches!(k.as_str(), "object_type_id" | "object_id" | "cio_object_id"))
+    {
+        return Err(bad(format!("unknown object identifier {k:?}")));
+    }
+    match (
+        text("object_type_id")?,
+        text("object_id")?,
+        text("cio_object_id")?,
+    ) {
+        (Some(t), Some(id), None) => {
+            if !t.parse::<u64>().is_ok_and(|n| n >= 1) {
+                return Err(bad(format!(
+                    "object_type_id {t:?} must be a string-formatted integer from \"1\""
+                )));
+            }
+            check_id_len("object_id", &id)?;
+            Ok(BTreeMap::from([
+                ("object_type_id".to_owned(), t),
+                ("object_id".to_owned(), id),
+            ]))
+        }
+        (None, None, Some(c)) => {
+            check_id_len("cio_object_id", &c)?;
+            Ok(BTreeMap::from([("cio_object_id".to_owned(), c)]))
+        }
+        _ => Err(bad(
+            "identifiers must be {object_type_id, object_id} or {cio_object_id}".into(),
+        )),
+    }
+}
+
+/// Object or relationship attributes: the person limits plus 100 KB in all.
+fn check_object_attributes(a: &Map<String, Value>, field: &'static str) -> Result<(), ItemError> {
+    check_person_attributes(a).map_err(|mut e| {
+        e.field = field;
+        e
+    })?;
+    if let Some(size) = map_len_over(a, OBJECT_ATTRS_MAX_BYTES) {
+        return Err(ItemError::new(
+            "attributes too large",
+            field,
+            format!(
+                "attributes are {size} bytes; limit {OBJECT_ATTRS_MAX_BYTES} per object or relationship"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An object's `cio_relationships`: people by exactly one of id / email / cio_id, each with
+/// optional `relationship_attributes`.
+fn object_relationships(v: Option<Value>, required: bool) -> Result<Option<Value>, ItemError> {
+    let bad =
+        |message: String| ItemError::new("invalid relationships", "cio_relationships", message);
+    let list = match v {
+        None | Some(Value::Null) if !required => return Ok(None),
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        _ => return Err(bad("cio_relationships must be a non-empty array".into())),
+    };
+    for (n, entry) in list.iter().enumerate() {
+        let Some(e) = entry.as_object() else {
+            return Err(bad(format!("cio_relationships[{n}] must be an object")));
+        };
+        let person_ok = match e.get("identifiers") {
+            Some(Value::Object(ids)) => {
+                ids.len() == 1
+                    && ids.iter().all(|(k, v)| {
+                        matches!(k.as_str(), "id" | "email" | "cio_id") && id_text(v).is_some()
+                    })
+            }
+            _ => false,
+        };
+        if !person_ok {
+            return Err(bad(format!(
+                "cio_relationships[{n}].identifiers must be exactly one of id, email, cio_id (phone is not accepted here)"
+            )));
+        }
+        match e.get("relationship_attributes") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(a)) => check_object_attributes(a, "cio_relationships")?,
+            Some(_) => {
+                return Err(bad(format!(
+                    "cio_relationships[{n}].relationship_attributes must be an object"
+                )));
+            }
+        }
+        if let Some(k) = e
+            .keys()
+            .find(|k| !matches!(k.as_str(), "identifiers" | "relationship_attributes"))
+        {
+            return Err(bad(format!("cio_relationships[{n}] has unknown key {k:?}")));
+        }
+    }
+    Ok(Some(Value::Array(list)))
+}
+
+/// One `type: object` item: identify, identify_anonymous, delete, add/delete_relationships.
+fn object_item(mut m: Map<String, Value>) -> Result<RecordedOp, ItemError> {
+    let action = match m.remove("action") {
+        Some(Value::String(a)) => a,
+        _ => {
+            return Err(ItemError::new(
+                "invalid action",
+                "action",
+                "action is required",
+            ));
+        }
+    };
+    let identifiers = object_identifiers(m.remove("identifiers"))?;
+    let mut attributes = Map::new();
+    match action.as_str() {
+        "identify" | "identify_anonymous" => {
+            match m.remove("attributes") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(a)) => {
+                    if let Some(k) = a
+                        .keys()
+                        .find(|k| RESERVED_OBJECT_ATTRIBUTES.contains(&k.as_str()))
+                    {
+                        return Err(ItemError::new(
+                            "invalid attributes",
+                            "attributes",
+                            format!("attribute {k:?} is reserved on objects"),
+                        ));
+                    }
+                    check_object_attributes(&a, "attributes")?;
+                    attributes = a;
+                }
+                Some(_) => {
+                    return Err(ItemError::new(
+                        "invalid attributes",
+                        "attributes",
+                        "attributes must be an object",
+                    ));
+                }
+            }
+            let rel = if action == "identify" {
+                object_relationships(m.remove("cio_relationships"), false)?
+            } else {
+                // identify_anonymous relates the object to `{anonymous_id}` people.
+                m.remove("cio_relationships")
+            };
+            if let Some(rel) = rel {
+                attributes.insert("cio_relationships".to_owned(), rel);
+            }
+        }
+        "delete" => {}
+        "add_relationships" | "delete_relationships" => {
+            let rel = object_relationships(m.remove("cio_relationships"), true)?;
+            attributes.insert("cio_relationships".to_owned(), rel.unwrap_or_default());
+        }
+        other => {
+            return Err(ItemError::new(
+                "invalid action",
+                "action",
+                format!(
+                    "action {other:?} is not an object action; use identify, identify_anonymous, delete, add_relationships or delete_relationships"
+                ),
+            ));
+        }
+    }
+    m.remove("type");
+    if let Some(k) = m.keys().next() {
+        return Err(ItemError::new(
+            "invalid item",
+            "",
+            format!("unknown key {k:?} in an object {action} item"),
+        ));
+    }
+    Ok(RecordedOp {
+        entity: Entity::Object,
+        attributes,
+        ..bare_op(Transport::V2, &action, identifiers)
+    })
+}
+
+/// One v2 operation. `Ok(None)` = accepted but not recorded (deliveries).
 fn parse_v2_item(item: Value) -> Result<Option<RecordedOp>, ItemError> {
     let Value::Object(mut m) = item else {
         return Err(ItemError::new(
@@ -795,7 +1106,8 @@ fn parse_v2_item(item: Value) -> Result<Option<RecordedOp>, ItemError> {
     };
     match m.get("type").and_then(Value::as_str) {
         Some("person") => {}
-        Some("object" | "delivery") => return Ok(None),
+        Some("object") => return object_item(m).map(Some),
+        Some("delivery") => return Ok(None),
         Some(other) => {
             return Err(ItemError::new(
                 "invalid type",
@@ -875,7 +1187,18 @@ fn parse_v2_item(item: Value) -> Result<Option<RecordedOp>, ItemError> {
                         .and_then(Value::as_str)
                         .is_some_and(|t| !t.is_empty()) =>
                 {
+                    check_device(&action, &d)?;
                     Value::Object(d)
+                }
+                Some(Value::Object(d))
+                    if d.get("attributes").and_then(|a| a.get("token")).is_some() =>
+                {
+                    return Err(ItemError::new(
+                        "invalid",
+                        "device.attributes.token",
+                        "must be in the top-level device object",
+                    )
+                    .whole_request());
                 }
                 _ => {
                     return Err(ItemError::new(

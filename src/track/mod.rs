@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, v2_body};
+use crate::batch::{Batch, v2_wire};
 use crate::config::Secret;
 use crate::http::{
     self, Answer, ApiClient, Auth, MAX_TRACK_ANSWER_BYTES, RateGate, Request, RetriesExhausted,
@@ -181,37 +181,72 @@ impl TrackClient {
         }
     }
 
+    /// One v2 batch. Relationship rows of one object go as one item ([`crate::batch::wire_items`]);
+    /// an answer's `batch_index` points at an item, and so at all of its rows. A 400 that
+    /// names items by `batch_index` (Customer.io sends that too) rejected the whole request:
+    /// those rows are dead-lettered and the rest are sent again without them, so one bad row
+    /// never dead-letters its neighbours.
     async fn send_v2(
         &self,
         batch: &Batch,
         counters: &Arc<RunCounters>,
         cancel: &CancellationToken,
     ) -> BatchOutcome {
-        let body = bytes::Bytes::from(v2_body(batch));
-        let request = Request::post("/api/v2/batch").json_body(body);
-        let resp = self.api.send(&request, counters, cancel).await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => return BatchOutcome::Failed(e),
-        };
-        if let Err(e) = check_fatal(&resp) {
-            return BatchOutcome::Fatal(e);
-        }
-        match resp.status {
-            207 => BatchOutcome::Settled {
-                rejected: partial_errors(&resp, batch.items.len()),
-            },
-            200..=299 => BatchOutcome::Settled {
-                rejected: Vec::new(),
-            },
-            _ => {
-                // The whole request was refused (400, 413, 422, …): nothing was applied, and the
-                // same body would be refused again, so every row of it is dead-lettered.
-                BatchOutcome::Rejected {
-                    reason: format!(
+        let mut live: Vec<usize> = (0..batch.items.len()).collect();
+        let mut rejected: Vec<(usize, String)> = Vec::new();
+        loop {
+            let (body, items) = v2_wire(batch, &live);
+            let request = Request::post("/api/v2/batch").json_body(bytes::Bytes::from(body));
+            let resp = match self.api.send(&request, counters, cancel).await {
+                Ok(r) => r,
+                Err(e) => return BatchOutcome::Failed(e),
+            };
+            if let Err(e) = check_fatal(&resp) {
+                return BatchOutcome::Fatal(e);
+            }
+            let rows_of = |errors: Vec<(usize, String)>| -> Vec<(usize, String)> {
+                errors
+                    .into_iter()
+                    .flat_map(|(item, reason)| {
+                        items
+                            .get(item)
+                            .into_iter()
+                            .flatten()
+                            .map(move |row| (*row, reason.clone()))
+                    })
+                    .collect()
+            };
+            match resp.status {
+                207 => {
+                    rejected.extend(rows_of(partial_errors(&resp, items.len())));
+                    return settled(rejected);
+                }
+                200..=299 => return settled(rejected),
+                400 if matches!(indexed_errors(&resp, items.len()), Ok(ref e) if !e.is_empty()) => {
+                    let bad = rows_of(indexed_errors(&resp, items.len()).unwrap_or_default());
+                    tracing::warn!(
+                        rows = bad.len(),
+                        "Customer.io refused the batch (HTTP 400) naming items by batch_index; dead-lettering those rows and sending the rest again."
+                    );
+                    live.retain(|row| !bad.iter().any(|(b, _)| b == row));
+                    rejected.extend(bad);
+                    if live.is_empty() {
+                        return settled(rejected);
+                    }
+                }
+                _ => {
+                    // The whole request was refused (400, 413, 422, …) without saying which
+                    // item: nothing was applied, and the same body would be refused again, so
+                    // every row still unsettled is dead-lettered.
+                    let reason = format!(
                         "Customer.io rejected the whole batch: {}",
                         rejection_reason(&resp)
-                    ),
+                    );
+                    if rejected.is_empty() {
+                        return BatchOutcome::Rejected { reason };
+                    }
+                    rejected.extend(live.iter().map(|row| (*row, reason.clone())));
+                    return settled(rejected);
                 }
             }
         }
@@ -327,11 +362,6 @@ fn describe_error_item(e: &serde_json::Value) -> String {
 /// batch is dead-lettered with the raw answer (never counted as delivered on a guess;
 /// `dead-letters retry` re-sends them, and identify and event ids make that safe).
 fn partial_errors(resp: &http::Response, len: usize) -> Vec<(usize, String)> {
-    #[derive(Deserialize)]
-    struct Body {
-        #[serde(default)]
-        errors: Option<Vec<serde_json::Value>>,
-    }
     let whole = |why: &str| -> Vec<(usize, String)> {
         tracing::warn!(body = %resp.body_excerpt(), "{why}; dead-lettering the whole batch.");
         let reason = format!(
@@ -340,13 +370,24 @@ fn partial_errors(resp: &http::Response, len: usize) -> Vec<(usize, String)> {
         );
         (0..len).map(|i| (i, reason.clone())).collect()
     };
-    let Ok(body) = serde_json::from_slice::<Body>(&resp.body) else {
-        return whole("its answer could not be read");
-    };
-    let errors = body.errors.unwrap_or_default();
-    if errors.is_empty() {
-        return whole("it listed no errors");
+    match indexed_errors(resp, len) {
+        Ok(out) if out.is_empty() => whole("it listed no errors"),
+        Ok(out) => out,
+        Err(why) => whole(why),
     }
+}
+
+/// `errors[].batch_index` → (item index, reason), sorted, one entry per item; `Err` says why
+/// the answer cannot name the items (unreadable, or an entry without a usable index).
+fn indexed_errors(resp: &http::Response, len: usize) -> Result<Vec<(usize, String)>, &'static str> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        errors: Option<Vec<serde_json::Value>>,
+    }
+    let body =
+        serde_json::from_slice::<Body>(&resp.body).map_err(|_| "its answer could not be read")?;
+    let errors = body.errors.unwrap_or_default();
     let mut out = Vec::with_capacity(errors.len());
     for e in &errors {
         let index = match e.get("batch_index") {
@@ -359,12 +400,19 @@ fn partial_errors(resp: &http::Response, len: usize) -> Vec<(usize, String)> {
                 i,
                 format!("Customer.io rejected this item: {}", describe_error_item(e)),
             )),
-            None => return whole("an error entry has no usable batch_index"),
+            None => return Err("an error entry has no usable batch_index"),
         }
     }
     out.sort_by_key(|(i, _)| *i);
     out.dedup_by_key(|(i, _)| *i);
-    out
+    Ok(out)
+}
+
+/// Every row answered: delivered except `rejected` (sorted by row, one entry per row).
+fn settled(mut rejected: Vec<(usize, String)>) -> BatchOutcome {
+    rejected.sort_by_key(|(i, _)| *i);
+    rejected.dedup_by_key(|(i, _)| *i);
+    BatchOutcome::Settled { rejected }
 }
 
 #[cfg(test)]

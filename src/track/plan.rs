@@ -44,6 +44,8 @@ impl WirePlan {
         let concurrency = push.concurrency.unwrap_or(track.concurrency);
         let wire = match &push.mapping {
             MappingSpec::Segment { .. } => Wire::Segment,
+            // Objects, relationships and devices exist only in v2 (validation refuses v1).
+            m if m.needs_v2() => Wire::V2Batch,
             MappingSpec::Track {
                 who: EventSubject::Anonymous { .. },
                 ..

@@ -1,7 +1,8 @@
 //! Track API v1 request shapes: path, method and body for each operation.
 //!
 //! Owns: the v1 endpoints (`PUT /api/v1/customers/{id}`, `…/events`, `/api/v1/events`,
-//! `DELETE`, `suppress`, segment `add_customers`/`remove_customers`) and percent-encoding
+//! `DELETE`, `suppress`, `unsuppress`, `merge_customers`, segment
+//! `add_customers`/`remove_customers`) and percent-encoding
 //! of path identifiers. Must not: send anything.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -76,11 +77,17 @@ pub fn v1(op: &Operation) -> Result<V1Request, RequestError> {
         subject,
     };
     let person = match &op.subject {
+        // v1 paths take an id, email or cio_id; a phone would be read as an id.
+        Subject::Person {
+            kind: IdentifierKind::Phone,
+            ..
+        } => Err(no_request("a person named by phone")),
         Subject::Person { kind, value } => Ok(format!(
             "/api/v1/customers/{}",
             path_identifier(kind, value)
         )),
         Subject::Anonymous(_) => Err(no_request("an anonymous visitor")),
+        Subject::Object { .. } | Subject::CioObject(_) => Err(no_request("an object")),
     };
     match &op.action {
         Action::Identify {
@@ -130,7 +137,7 @@ pub fn v1(op: &Operation) -> Result<V1Request, RequestError> {
                     body.insert("anonymous_id".into(), json!(a));
                     "/api/v1/events".to_string()
                 }
-                (Subject::Person { .. }, Err(e)) => return Err(e),
+                (_, Err(e)) => return Err(e),
             };
             Ok(V1Request {
                 method: reqwest::Method::POST,
@@ -148,7 +155,36 @@ pub fn v1(op: &Operation) -> Result<V1Request, RequestError> {
             path: format!("{}/suppress", person?),
             body: None,
         }),
+        Action::Unsuppress => Ok(V1Request {
+            method: reqwest::Method::POST,
+            path: format!("{}/unsuppress", person?),
+            body: None,
+        }),
+        Action::Merge { secondary } => {
+            person?;
+            let side = |kind: &IdentifierKind, value: &str| json!({ kind.as_str(): value });
+            let Subject::Person { kind, value } = &op.subject else {
+                return Err(no_request("a person"));
+            };
+            if *kind == IdentifierKind::Phone || secondary.kind == IdentifierKind::Phone {
+                return Err(no_request("a person named by phone"));
+            }
+            Ok(V1Request {
+                method: reqwest::Method::POST,
+                path: "/api/v1/merge_customers".into(),
+                body: Some(encode(
+                    "merge",
+                    &json!({"primary": side(kind, value), "secondary": side(&secondary.kind, &secondary.value)}),
+                )?),
+            })
+        }
         Action::SegmentAdd { .. } | Action::SegmentRemove { .. } => Err(no_request("a person")),
+        // Validation refuses these on v1: Track v1 has no such request in cio-sync.
+        Action::ObjectIdentify { .. }
+        | Action::ObjectDelete
+        | Action::Relationship { .. }
+        | Action::DeviceAdd { .. }
+        | Action::DeviceDelete { .. } => Err(no_request("an object or device (v2 only)")),
     }
 }
 
@@ -176,8 +212,12 @@ pub fn segment(batch: &Batch) -> Result<SegmentRequest, RequestError> {
         }
     };
     let kind = match &first.mapped.op.subject {
+        Subject::Person { kind, .. } if *kind == IdentifierKind::Phone => {
+            return Err(broken("a person named by phone"));
+        }
         Subject::Person { kind, .. } => kind,
         Subject::Anonymous(_) => return Err(broken("an anonymous visitor")),
+        Subject::Object { .. } | Subject::CioObject(_) => return Err(broken("an object")),
     };
     let mut ids: Vec<&str> = Vec::with_capacity(batch.items.len());
     for p in &batch.items {
@@ -188,6 +228,7 @@ pub fn segment(batch: &Batch) -> Result<SegmentRequest, RequestError> {
             Subject::Person { kind: k, value } if k == kind => ids.push(value),
             Subject::Person { .. } => return Err(broken("two kinds of identifier")),
             Subject::Anonymous(_) => return Err(broken("an anonymous visitor")),
+            Subject::Object { .. } | Subject::CioObject(_) => return Err(broken("an object")),
         }
     }
     Ok(SegmentRequest {

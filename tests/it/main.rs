@@ -11,6 +11,7 @@ mod daemon;
 mod faults;
 mod helpers;
 mod install;
+mod objects;
 mod observe;
 mod pipeline;
 mod preflight;
