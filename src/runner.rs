@@ -455,8 +455,10 @@ pub async fn check_region(
         return Err(RunnerError::Job {
             job: job.to_string(),
             message: format!(
-                "the Track credentials belong to a workspace in the `{}` region, but config.yaml says `customerio.region: {configured}`; set `customerio.region: {}`",
-                info.region, info.region
+                "the Track credentials belong to a workspace in the `{}` region, but config.yaml says `{key}.region: {configured}`; set `{key}.region: {}`",
+                info.region,
+                info.region,
+                key = settings.customerio.key,
             ),
         });
     }

@@ -278,6 +278,9 @@ impl Settings {
 
 #[derive(Debug, Clone)]
 pub struct CustomerIo {
+    /// Where this block is in config.yaml (`customerio`, or `workspaces.eu`), so messages
+    /// name the key to change.
+    pub key: String,
     pub region: Region,
     pub site_id: Option<Secret>,
     pub track_api_key: Option<Secret>,

@@ -227,6 +227,7 @@ fn customer_io(
         }
     }
     CustomerIo {
+        key: key.to_string(),
         region: c.region.into(),
         site_id: c.site_id,
         track_api_key: c.track_api_key,
