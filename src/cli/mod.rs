@@ -359,6 +359,7 @@ fn outcome_code(outcome: Outcome) -> u8 {
         Outcome::Succeeded => exit::OK,
         Outcome::RejectedRows => exit::REJECTED_ROWS,
         Outcome::Interrupted => exit::INTERRUPTED,
+        Outcome::Guarded => exit::GUARDED,
         _ => exit::FAILED,
     }
 }
