@@ -6,6 +6,7 @@
 //! Must not: hold pipeline logic or I/O checks; it calls `runner`, `preflight`, `state`,
 //! `simulator`.
 
+mod checkpoint;
 mod demo;
 pub mod output;
 
@@ -107,6 +108,9 @@ pub enum Command {
     /// Run the example jobs against an in-process simulator, with embedded SQLite state
     /// (state/demo.db next to config.yaml unless --state is given).
     Demo,
+    /// Show or reset a job's checkpoint (reset also forgets its fingerprints).
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointAction),
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +132,9 @@ pub struct RunArgs {
     /// With --dry-run: how many operations and rejections to show.
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
+    /// Mirror mode removes what vanished even when its guard refuses (see `guard:`).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +287,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::DeadLetters(args) => dead_letters(&cli.global, args).await,
         Command::Simulate { listen } => simulate(listen).await,
         Command::Daemon => daemon(&cli.global).await,
+        Command::Checkpoint(action) => checkpoint::run(&cli.global, action).await,
         Command::Demo => demo::run(&cli.global.config, cli.global.state.clone())
             .await
             .map_err(|e| match e {
@@ -353,6 +361,15 @@ fn names_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// `run`'s mode: `--force` lets mirror mode act past its guard.
+fn run_mode(args: &RunArgs) -> RunMode {
+    if args.force {
+        RunMode::Forced { full: args.full }
+    } else {
+        RunMode::Normal { full: args.full }
+    }
+}
+
 /// The exit code a finished run earns.
 fn outcome_code(outcome: Outcome) -> u8 {
     match outcome {
@@ -394,7 +411,7 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         }
         let stop = stop.clone();
         match runner
-            .run(job, RunMode::Normal { full: args.full }, stop)
+            .run(job, run_mode(&args), stop)
             .await
         {
             Ok(report) => {
