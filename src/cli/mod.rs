@@ -410,10 +410,7 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
             break;
         }
         let stop = stop.clone();
-        match runner
-            .run(job, run_mode(&args), stop)
-            .await
-        {
+        match runner.run(job, run_mode(&args), stop).await {
             Ok(report) => {
                 code = code.max(outcome_code(report.outcome));
                 if !args.json {
