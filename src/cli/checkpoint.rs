@@ -19,6 +19,7 @@ use crate::state::Scope;
 pub enum CheckpointAction {
     /// Where the job resumes, and how many identities change detection knows.
     Show {
+        /// The job (file stem in jobs_dir).
         job: String,
         /// Print as JSON.
         #[arg(long)]
@@ -26,6 +27,7 @@ pub enum CheckpointAction {
     },
     /// Forget the job's checkpoint and fingerprints: the next run reads and sends everything.
     Reset {
+        /// The job (file stem in jobs_dir).
         job: String,
         /// Do not ask (needed when stdin is not a terminal).
         #[arg(long)]
