@@ -361,6 +361,25 @@ fn names_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// The state database for a dry run's fingerprint lookups: only one that already exists (a
+/// dry run creates nothing); without it the dry run shows every row as sent.
+async fn dry_run_state(settings: &config::Settings) -> Option<StateStore> {
+    let url = settings.state_url.expose();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let file = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(file).exists() {
+            return None;
+        }
+    }
+    match StateStore::open_with(&settings.state_url, settings.state_connect_timeout).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "The dry run cannot read fingerprints; it shows every row as sent.");
+            None
+        }
+    }
+}
+
 /// `run`'s mode: `--force` lets mirror mode act past its guard.
 fn run_mode(args: &RunArgs) -> RunMode {
     if args.force {
@@ -438,12 +457,19 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
 async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> {
     let mut reports = Vec::new();
     let mut code = exit::OK;
+    let state = dry_run_state(&cfg.settings).await;
     for job in jobs {
         match &job.kind {
             JobKind::Push(push) => {
-                let r = crate::pipeline::dry_run::dry_run(&cfg.settings, job, push, args.limit)
-                    .await
-                    .map_err(|e| anyhow!(e))?;
+                let r = crate::pipeline::dry_run::dry_run(
+                    &cfg.settings,
+                    job,
+                    push,
+                    args.limit,
+                    state.as_ref(),
+                )
+                .await
+                .map_err(|e| anyhow!(e))?;
                 if r.rejected > 0 {
                     code = code.max(exit::REJECTED_ROWS);
                 }
@@ -457,6 +483,12 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
                         count(r.requests, "request"),
                         r.rejected
                     );
+                    if r.unchanged > 0 {
+                        say!(
+                            "  {} unchanged since Customer.io acknowledged them: not sent",
+                            count(r.unchanged, "row")
+                        );
+                    }
                     for op in &r.sample_operations {
                         say!("  would send: {op}");
                     }

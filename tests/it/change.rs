@@ -541,3 +541,66 @@ async fn checkpoint_reset_refuses_off_a_terminal_without_yes_and_forgets_fingerp
         "all sent again"
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_shows_only_what_a_real_run_would_send() {
+    let env = env_on(StateDb::Sqlite).await;
+    env.write_data("people.csv", &people(1..=40, |_| "free"));
+    env.write_job("people", JOB);
+    assert_eq!(env.run("people").await.counts.rows_delivered, 40);
+    env.sim.reset_records();
+    env.write_data(
+        "people.csv",
+        &people((1..=40).rev(), |i| {
+            if i == 2 || i == 30 { "pro" } else { "free" }
+        }),
+    );
+    let out = env
+        .cli_output(&["run", "people", "--dry-run", "--json"])
+        .await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let r = if json.is_array() { &json[0] } else { &json };
+    assert_eq!(
+        (r["operations"].as_u64(), r["unchanged"].as_u64()),
+        (Some(2), Some(38)),
+        "{text}"
+    );
+    assert_eq!(
+        r["sample_operations"][0]["attributes"],
+        json!({"plan": "pro"}),
+        "{text}"
+    );
+    assert!(env.sim.requests().is_empty(), "a dry run sends nothing");
+}
+
+#[tokio::test]
+async fn object_identify_jobs_send_only_changed_objects() {
+    let env = env_on(StateDb::Sqlite).await;
+    env.write_job(
+        "accounts",
+        "transport: v2\nsource: { csv: { path: data/accounts.csv } }\nobject: { type_id: 1, id: account_id, attributes: { name: name, tier: tier } }\n",
+    );
+    env.write_data(
+        "accounts.csv",
+        "account_id,name,tier\nacme,Acme,gold\nglobex,Globex,silver\ninitech,Initech,bronze\n",
+    );
+    assert_eq!(env.run("accounts").await.counts.rows_delivered, 3);
+    env.sim.reset_records();
+    env.write_data(
+        "accounts.csv",
+        "account_id,name,tier\ninitech,Initech,bronze\nglobex,Globex,gold\nacme,Acme,gold\n",
+    );
+    let run = env.run("accounts").await;
+    assert_eq!(
+        (run.counts.rows_delivered, run.counts.rows_unchanged),
+        (1, 2)
+    );
+    assert_eq!(
+        env.sim.v2_items(),
+        vec![
+            json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"globex"},"action":"identify","attributes":{"tier":"gold"}})
+        ]
+    );
+}
