@@ -604,3 +604,53 @@ async fn object_identify_jobs_send_only_changed_objects() {
         ]
     );
 }
+
+/// Measurement, not a check: `CIO_SYNC_CHANGE_ROWS=200000 cargo nextest run --run-ignored only
+/// -E 'test(/change_detection_figures/)' --no-capture`. Prints the state size per identity,
+/// the lookup cost per row, and the second night's wall time with 1% changed.
+#[tokio::test]
+#[ignore]
+async fn change_detection_figures() {
+    let n: usize = std::env::var("CIO_SYNC_CHANGE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    for state in [StateDb::Sqlite, StateDb::Postgres] {
+        let env = env_on(state).await;
+        env.write_config("track: { rate_limit_per_sec: 100000, concurrency: 4, batch: { max_items: 1000, max_bytes: 480000 } }\n");
+        env.sim.record_operations(false);
+        env.write_data("people.csv", &people(1..=n, |_| "free"));
+        env.write_job("people", JOB);
+        let t = std::time::Instant::now();
+        let first = env.run("people").await;
+        let cold = t.elapsed();
+        assert_eq!(first.counts.rows_delivered, n as u64);
+        let changed = |i: usize| if i % 100 == 0 { "pro" } else { "free" };
+        env.write_data("people.csv", &people((1..=n).rev(), changed));
+        let before = env.sim.requests().len();
+        let t = std::time::Instant::now();
+        let second = env.run("people").await;
+        let warm = t.elapsed();
+        assert_eq!(second.counts.rows_delivered, (n / 100) as u64);
+        let st = store(&env).await;
+        let bytes = st.fingerprint_bytes("people").await.unwrap();
+        let keys: Vec<String> = (0..1000).map(|k| format!("id:p{}", (k * 7919) % n + 1)).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            assert_eq!(st.fingerprints("people", &refs).await.unwrap().len(), 1000);
+        }
+        let lookup = t.elapsed().as_secs_f64() * 1e6 / 20_000.0;
+        println!(
+            "{state:?}: {n} rows; cold {:.2}s; 1%-changed re-export {:.2}s ({:.2} µs/row), {} requests, {} sent; fingerprints {} bytes ({:.1} B/identity); lookup {:.2} µs/row (chunks of 1000)",
+            cold.as_secs_f64(),
+            warm.as_secs_f64(),
+            warm.as_secs_f64() * 1e6 / n as f64,
+            env.sim.requests().len() - before,
+            second.counts.rows_delivered,
+            bytes,
+            bytes as f64 / n as f64,
+            lookup
+        );
+    }
+}
