@@ -1109,11 +1109,25 @@ fn change_and_mirror(
     } else if let Some(o) = &raw.object {
         ("object", o.send, o.diff, o.on_missing.clone())
     } else if let Some(s) = &raw.segment {
+        if s.mirror && s.action == raw::SegmentAction::Remove {
+            errors.push(ConfigError::new(
+                file,
+                "segment.mirror",
+                "mirrors the people a job adds: use it with `action: add` (the default)",
+            ));
+        }
         let remove = s
             .mirror
             .then_some(raw::OnMissingSpec::Word(raw::OnMissingWord::Delete));
         ("segment", None, None, remove)
     } else if let Some(r) = &raw.relationship {
+        if r.mirror && r.action == raw::AddOrDelete::Delete {
+            errors.push(ConfigError::new(
+                file,
+                "relationship.mirror",
+                "mirrors the pairs a job adds: use it with `action: add` (the default)",
+            ));
+        }
         let remove = r
             .mirror
             .then_some(raw::OnMissingSpec::Word(raw::OnMissingWord::Delete));

@@ -634,7 +634,9 @@ async fn change_detection_figures() {
         assert_eq!(second.counts.rows_delivered, (n / 100) as u64);
         let st = store(&env).await;
         let bytes = st.fingerprint_bytes("people").await.unwrap();
-        let keys: Vec<String> = (0..1000).map(|k| format!("id:p{}", (k * 7919) % n + 1)).collect();
+        let keys: Vec<String> = (0..1000)
+            .map(|k| format!("id:p{}", (k * 7919) % n + 1))
+            .collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let t = std::time::Instant::now();
         for _ in 0..20 {
@@ -652,5 +654,30 @@ async fn change_detection_figures() {
             bytes as f64 / n as f64,
             lookup
         );
+    }
+}
+
+#[tokio::test]
+async fn validation_refuses_mirror_on_removals_and_objects_cannot_be_suppressed() {
+    let env = TestEnv::new().await;
+    env.write_data("vip.csv", "customer_id\nu-1\n");
+    env.write_job(
+        "vip",
+        "source: { csv: { path: data/vip.csv } }\nsegment: { id: 7, identifier: { id: customer_id }, action: remove, mirror: true }\n",
+    );
+    env.write_job(
+        "accounts",
+        "transport: v2\nsource: { csv: { path: data/vip.csv } }\nobject: { type_id: 1, id: customer_id, on_missing: suppress }\nguard: { max_missing_share: 2 }\n",
+    );
+    let out = env.cli_output(&["validate"]).await;
+    assert_exit(&out, 2);
+    let err = stderr(&out) + &stdout(&out);
+    for needle in [
+        "segment.mirror",
+        "object.on_missing",
+        "objects cannot be suppressed",
+        "guard.max_missing_share",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
     }
 }
