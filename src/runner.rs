@@ -395,7 +395,7 @@ fn job_health(runs: &[crate::state::RunRecord]) -> (Option<f64>, i64) {
 /// it dead-lettered rows; an interrupted run says nothing.
 fn run_health(outcome: Outcome) -> RunHealth {
     match outcome {
-        Outcome::Succeeded | Outcome::RejectedRows => RunHealth::Completed,
+        Outcome::Succeeded | Outcome::RejectedRows | Outcome::Guarded => RunHealth::Completed,
         Outcome::Interrupted => RunHealth::Interrupted,
         Outcome::Failed | Outcome::Aborted => RunHealth::Failed,
     }
