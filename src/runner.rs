@@ -382,11 +382,11 @@ impl Runner {
 
 /// How many of a job's latest runs are read for its health: a job failing more often in a row
 /// than this shows this many failures and no last success.
-const HEALTH_HISTORY: i64 = 1000;
+pub const HEALTH_HISTORY: i64 = 1000;
 
 /// From a job's runs, newest first: when the last completed run finished (Unix seconds), and how
 /// many runs failed since. Runs still going or interrupted say nothing either way.
-fn job_health(runs: &[crate::state::RunRecord]) -> (Option<f64>, i64) {
+pub fn job_health(runs: &[crate::state::RunRecord]) -> (Option<f64>, i64) {
     let mut failures = 0;
     for r in runs {
         match r.outcome.as_str() {
