@@ -102,6 +102,10 @@ pub enum Command {
         /// Address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:4010")]
         listen: std::net::SocketAddr,
+        /// Answer 429 above this many requests per second per API, like a workspace's limit
+        /// (default: no limit).
+        #[arg(long)]
+        rate_limit_per_sec: Option<u32>,
     },
     /// Run every job on its schedule until SIGTERM/SIGINT (the systemd service).
     Daemon,
@@ -314,7 +318,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Run(args) => run(&cli.global, args).await,
         Command::Status { json, limit, job } => status(&cli.global, json, limit, job).await,
         Command::DeadLetters(args) => dead_letters(&cli.global, args).await,
-        Command::Simulate { listen } => simulate(listen).await,
+        Command::Simulate {
+            listen,
+            rate_limit_per_sec,
+        } => simulate(listen, rate_limit_per_sec).await,
         Command::Daemon => daemon(&cli.global).await,
         Command::Backfill(args) => backfill(&cli.global, args).await,
         Command::Runs { job, limit, json } => runs(&cli.global, &job, limit, json).await,
@@ -845,7 +852,7 @@ async fn retry(global: &Global, name: &str) -> Result<u8> {
     })
 }
 
-async fn simulate(listen: std::net::SocketAddr) -> Result<u8> {
+async fn simulate(listen: std::net::SocketAddr, rate_limit_per_sec: Option<u32>) -> Result<u8> {
     let config = crate::simulator::SimConfig::default();
     let (site, track, app) = (
         config.site_id.clone(),
@@ -855,6 +862,12 @@ async fn simulate(listen: std::net::SocketAddr) -> Result<u8> {
     let sim = crate::simulator::Simulator::start_on(listen, config)
         .await
         .map_err(|e| anyhow!("{e}"))?;
+    if rate_limit_per_sec.is_some() {
+        sim.set_faults(crate::simulator::Faults {
+            rate_limit_per_sec,
+            ..Default::default()
+        });
+    }
     say!("Customer.io simulator listening on {}", sim.url());
     say!(
         "  Track API: HTTP Basic {site}:{track}; App API: Bearer {app} (demo credentials, not secrets)"

@@ -3,6 +3,7 @@
 //! database and simulator.
 
 mod answers;
+mod backfill;
 mod cli;
 mod cli_output;
 mod config;
