@@ -106,6 +106,9 @@ pub enum Command {
         /// (default: no limit).
         #[arg(long)]
         rate_limit_per_sec: Option<u32>,
+        /// Keep only counts and event-id dedupe, not every operation (for long benchmarks).
+        #[arg(long)]
+        count_only: bool,
     },
     /// Run every job on its schedule until SIGTERM/SIGINT (the systemd service).
     Daemon,
@@ -321,7 +324,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Simulate {
             listen,
             rate_limit_per_sec,
-        } => simulate(listen, rate_limit_per_sec).await,
+            count_only,
+        } => simulate(listen, rate_limit_per_sec, count_only).await,
         Command::Daemon => daemon(&cli.global).await,
         Command::Backfill(args) => backfill(&cli.global, args).await,
         Command::Runs { job, limit, json } => runs(&cli.global, &job, limit, json).await,
@@ -852,7 +856,11 @@ async fn retry(global: &Global, name: &str) -> Result<u8> {
     })
 }
 
-async fn simulate(listen: std::net::SocketAddr, rate_limit_per_sec: Option<u32>) -> Result<u8> {
+async fn simulate(
+    listen: std::net::SocketAddr,
+    rate_limit_per_sec: Option<u32>,
+    count_only: bool,
+) -> Result<u8> {
     let config = crate::simulator::SimConfig::default();
     let (site, track, app) = (
         config.site_id.clone(),
@@ -862,6 +870,7 @@ async fn simulate(listen: std::net::SocketAddr, rate_limit_per_sec: Option<u32>)
     let sim = crate::simulator::Simulator::start_on(listen, config)
         .await
         .map_err(|e| anyhow!("{e}"))?;
+    sim.record_operations(!count_only);
     if rate_limit_per_sec.is_some() {
         sim.set_faults(crate::simulator::Faults {
             rate_limit_per_sec,
