@@ -103,7 +103,12 @@ fn main() {
     let best = RATE as f64 * per_batch;
 
     let mut sim = std::process::Command::new(bin)
-        .args(["--quiet", "simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--quiet",
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args(["--rate-limit-per-sec", &RATE.to_string(), "--count-only"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -113,7 +118,10 @@ fn main() {
         if let Ok(Some(status)) = sim.try_wait() {
             panic!("the simulator exited ({status}) before listening");
         }
-        assert!(Instant::now() < deadline, "the simulator never listened on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "the simulator never listened on {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 

@@ -179,7 +179,9 @@ impl StatusView<'_> {
                         j.last_outcome.clone().unwrap_or_else(|| "never run".into()),
                         format!(
                             "last success {}",
-                            j.last_success_ms.map(time).unwrap_or_else(|| "never".into())
+                            j.last_success_ms
+                                .map(time)
+                                .unwrap_or_else(|| "never".into())
                         ),
                         format!("{} failed in a row", j.consecutive_failures),
                         count(j.dead_letters as u64, "dead letter"),
@@ -368,7 +370,9 @@ pub fn print_runs(job: &str, runs: &[RunRecord]) {
         .map(|r| {
             vec![
                 time(r.started_at),
-                r.finished_at.map(time).unwrap_or_else(|| "(running)".into()),
+                r.finished_at
+                    .map(time)
+                    .unwrap_or_else(|| "(running)".into()),
                 r.kind.clone(),
                 r.outcome.clone(),
                 format!(

@@ -51,7 +51,11 @@ pub(crate) fn sink(json_logs: bool) -> ProgressSink {
             last_out: None,
             spin: 0,
         });
-        let every = if out == Out::Bar { DRAW_EVERY } else { LOG_EVERY };
+        let every = if out == Out::Bar {
+            DRAW_EVERY
+        } else {
+            LOG_EVERY
+        };
         let due = p.finished || view.last_out.is_none_or(|t| t.elapsed() >= every);
         if !due {
             return;
@@ -142,7 +146,11 @@ impl<'a> Figures<'a> {
             .unwrap_or_default();
         format!(
             "{job} {head}  {} rows  {:.0} rows/s{eta}  delivered {}  rejected {}  requests {}",
-            self.p.rows_read, self.rate, self.p.rows_delivered, self.p.rows_rejected, self.p.requests
+            self.p.rows_read,
+            self.rate,
+            self.p.rows_delivered,
+            self.p.rows_rejected,
+            self.p.requests
         )
     }
 }
@@ -178,10 +186,16 @@ mod tests {
         assert_eq!(f.eta, Some(Duration::from_secs(30)));
         let line = f.bar_line("orders", 0);
         assert!(line.contains("[######------------------]  25%"), "{line}");
-        assert!(line.contains("ETA 0:30") && line.contains("100 rows/s"), "{line}");
+        assert!(
+            line.contains("ETA 0:30") && line.contains("100 rows/s"),
+            "{line}"
+        );
         let p = report(1000, None);
         let line = Figures::of(&p, Duration::from_secs(10)).bar_line("orders", 1);
-        assert!(line.starts_with("orders /  1000 rows") && !line.contains("ETA"), "{line}");
+        assert!(
+            line.starts_with("orders /  1000 rows") && !line.contains("ETA"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -26,15 +26,21 @@ pub const LANES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
-    #[error("`{value}` is not a date for {flag}: use YYYY-MM-DD (midnight UTC) or RFC 3339 such as 2024-01-31T12:00:00Z")]
+    #[error(
+        "`{value}` is not a date for {flag}: use YYYY-MM-DD (midnight UTC) or RFC 3339 such as 2024-01-31T12:00:00Z"
+    )]
     Date { flag: &'static str, value: String },
     #[error("the window is empty: --from {from} is not before --to {to}; give an earlier --from")]
     EmptyWindow { from: String, to: String },
     #[error("job `{job}` ({file}) is not a track (event) job; only events can be backfilled")]
     NotTrack { job: String, file: String },
-    #[error("job `{job}` ({file}) has no `track.timestamp` column, so its events have no time to cut a window by; add `timestamp: <column>` to the job")]
+    #[error(
+        "job `{job}` ({file}) has no `track.timestamp` column, so its events have no time to cut a window by; add `timestamp: <column>` to the job"
+    )]
     NoTimestamp { job: String, file: String },
-    #[error("--rate {rate} is above the workspace's budget of {budget} requests/s (`{key}` in {file}); use at most {budget}, or raise `{key}`")]
+    #[error(
+        "--rate {rate} is above the workspace's budget of {budget} requests/s (`{key}` in {file}); use at most {budget}, or raise `{key}`"
+    )]
     RateAboveBudget {
         rate: u32,
         budget: u32,
@@ -73,7 +79,11 @@ impl BackfillWindow {
 
     /// The checkpoint scope: one per window, so two windows resume independently.
     pub fn scope(&self) -> Scope {
-        Scope::named(format!("backfill:{}..{}", rfc3339(self.from), rfc3339(self.to)))
+        Scope::named(format!(
+            "backfill:{}..{}",
+            rfc3339(self.from),
+            rfc3339(self.to)
+        ))
     }
 
     /// Whether the window reaches into the last 72 hours before `now`.
@@ -126,11 +136,7 @@ pub fn backfillable(job: &JobSpec) -> Result<&PushJob, BackfillError> {
 
 /// Checks `--rate` against the job's workspace budget and returns the settings the backfill
 /// runs with (the Track rate limit lowered to `rate`).
-pub fn with_rate(
-    settings: &Settings,
-    job: &JobSpec,
-    rate: u32,
-) -> Result<Settings, BackfillError> {
+pub fn with_rate(settings: &Settings, job: &JobSpec, rate: u32) -> Result<Settings, BackfillError> {
     if rate == 0 {
         return Err(BackfillError::RateZero);
     }

@@ -159,11 +159,17 @@ mod tests {
             lanes.push(row(seq, "same-person"));
         }
         let (lane, first) = lanes.next_ready().expect("first batch");
-        assert_eq!(first.items.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(
+            first.items.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [0, 1]
+        );
         assert!(lanes.next_ready().is_none(), "one batch per lane in flight");
         lanes.done(lane);
         let (_, second) = lanes.next_ready().expect("second batch");
-        assert_eq!(second.items.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(
+            second.items.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [2, 3]
+        );
     }
 
     #[test]

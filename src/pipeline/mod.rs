@@ -20,8 +20,8 @@ pub mod ack;
 pub mod backfill;
 mod commit;
 pub mod dry_run;
-mod lanes;
 pub(crate) mod lag;
+mod lanes;
 mod phase;
 mod settle;
 pub mod stage;
@@ -576,7 +576,14 @@ impl<'a> Run<'a> {
             Some(sink) => sink(&p),
             None if !finished => {
                 let (_, retries) = self.counters.snapshot();
-                tracing::info!(read = p.rows_read, delivered = p.rows_delivered, rejected = p.rows_rejected, requests, retries, "Progress.");
+                tracing::info!(
+                    read = p.rows_read,
+                    delivered = p.rows_delivered,
+                    rejected = p.rows_rejected,
+                    requests,
+                    retries,
+                    "Progress."
+                );
             }
             None => {}
         }

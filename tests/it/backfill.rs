@@ -36,7 +36,10 @@ fn assert_in_time_order_per_person(ops: &[cio_sync::simulator::RecordedOp]) {
         let who = op.identifiers["id"].as_str();
         let at = op.timestamp.expect("events carry their timestamp");
         if let Some(prev) = last.insert(who, at) {
-            assert!(prev <= at, "{who}: event at {at} arrived after one at {prev}");
+            assert!(
+                prev <= at,
+                "{who}: event at {at} arrived after one at {prev}"
+            );
         }
     }
 }
@@ -79,12 +82,15 @@ async fn a_backfill_sends_exactly_the_events_of_its_window_with_their_timestamps
         .cli_output(&["backfill", "orders", "--from", &from, "--to", &to])
         .await;
     assert_exit(&out, 0);
-    assert_eq!(env.sim.requests().len(), before, "a finished window sends nothing");
+    assert_eq!(
+        env.sim.requests().len(),
+        before,
+        "a finished window sends nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_killed_twice_then_resumed_delivers_every_event_once_in_time_order_per_person()
-{
+async fn a_backfill_killed_twice_then_resumed_delivers_every_event_once_in_time_order_per_person() {
     const N: usize = 12_000;
     let env = TestEnv::new().await;
     env.write_config("track: { concurrency: 4, batch: { max_items: 100, max_bytes: 480000 } }\n");
@@ -128,7 +134,12 @@ async fn a_backfill_killed_twice_then_resumed_delivers_every_event_once_in_time_
         .as_array()
         .expect("a list")
         .iter()
-        .map(|r| (r["kind"].as_str().unwrap_or(""), r["outcome"].as_str().unwrap_or("")))
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     assert_eq!(
         outcomes,
@@ -205,7 +216,14 @@ async fn a_source_out_of_time_order_fails_the_backfill_naming_the_line() {
     env.write_data("orders.csv", &csv);
     env.write_job("orders", ORDERS_JOB);
     let out = env
-        .cli_output(&["backfill", "orders", "--from", "2020-01-01", "--to", "2025-01-01"])
+        .cli_output(&[
+            "backfill",
+            "orders",
+            "--from",
+            "2020-01-01",
+            "--to",
+            "2025-01-01",
+        ])
         .await;
     assert_exit(&out, 3);
     let err = stderr(&out);
@@ -224,7 +242,11 @@ async fn status_exits_3_while_a_jobs_last_run_failed_and_runs_shows_the_error() 
     assert_exit(&out, 3);
     let out = env.cli_output(&["status"]).await;
     assert_exit(&out, 3);
-    assert!(stdout(&out).contains("1 failed in a row"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("1 failed in a row"),
+        "{}",
+        stdout(&out)
+    );
     let out = env.cli_output(&["runs", "orders", "--json"]).await;
     assert_exit(&out, 0);
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -235,7 +257,11 @@ async fn status_exits_3_while_a_jobs_last_run_failed_and_runs_shows_the_error() 
             .is_some_and(|e| e.contains("orders.csv")),
         "{runs}"
     );
-    assert!(runs[0]["started_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        runs[0]["started_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     let out = env.cli_output(&["runs", "orders"]).await;
     assert!(stdout(&out).contains("failed") && stdout(&out).contains("error: "));
 
