@@ -129,7 +129,7 @@ fn main() {
     let out = std::process::Command::new(bin)
         .current_dir(dir.path())
         .args(["--quiet", "--config", "config.yaml", "backfill", "orders"])
-        .args(["--from", "2000-01-01", "--to", "2030-01-01", "--json"])
+        .args(["--from", "2000-01-01", "--to", "2020-01-01", "--json"])
         .env("CIO_SITE_ID", "demo-site")
         .env("CIO_TRACK_API_KEY", "demo-track-key")
         .output()

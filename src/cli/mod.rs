@@ -750,7 +750,7 @@ async fn backfill(global: &Global, args: BackfillArgs) -> Result<u8> {
 fn confirm_recent(window: &crate::pipeline::backfill::BackfillWindow) -> Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
     let warning = format!(
-        "warning: the window ends at {}, within the last 72 hours: Customer.io can still trigger campaigns on events this recent",
+        "warning: the window reaches into the last 72 hours (it ends at {}): Customer.io can still trigger campaigns on events this recent",
         window.to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
     if !std::io::stdin().is_terminal() {

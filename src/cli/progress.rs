@@ -21,8 +21,9 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 const DRAW_EVERY: Duration = Duration::from_millis(200);
 
 struct JobView {
-    started: Instant,
-    last_out: Option<Instant>,
+    /// When something was last written (or the first report came).
+    last_out: Instant,
+    printed: bool,
     spin: usize,
 }
 
@@ -47,8 +48,8 @@ pub(crate) fn sink(json_logs: bool) -> ProgressSink {
         // A poisoned lock only means an earlier report panicked; the figures are still good.
         let mut jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
         let view = jobs.entry(p.job.clone()).or_insert_with(|| JobView {
-            started: Instant::now(),
-            last_out: None,
+            last_out: Instant::now(),
+            printed: false,
             spin: 0,
         });
         let every = if out == Out::Bar {
@@ -56,14 +57,15 @@ pub(crate) fn sink(json_logs: bool) -> ProgressSink {
         } else {
             LOG_EVERY
         };
-        let due = p.finished || view.last_out.is_none_or(|t| t.elapsed() >= every);
+        let due = p.finished || view.last_out.elapsed() >= every;
         if !due {
             return;
         }
-        let first = view.last_out.is_none();
-        view.last_out = Some(Instant::now());
+        let first = !view.printed;
+        view.last_out = Instant::now();
+        view.printed = true;
         view.spin += 1;
-        let f = Figures::of(p, view.started.elapsed());
+        let f = Figures::of(p, p.elapsed);
         match out {
             Out::Bar => {
                 let line = f.bar_line(&p.job, view.spin);

@@ -115,6 +115,8 @@ pub struct Progress {
     /// Bytes of the source read so far and its size, when the source can tell (an
     /// uncompressed CSV file).
     pub bytes: Option<(u64, u64)>,
+    /// Since the run started.
+    pub elapsed: Duration,
     /// The last report of the run.
     pub finished: bool,
 }
@@ -335,6 +337,8 @@ struct Run<'a> {
     source_bytes: Option<u64>,
     /// Source bytes read so far (CSV positions).
     bytes_read: u64,
+    /// For the progress figures.
+    started: Instant,
 }
 
 impl<'a> Run<'a> {
@@ -361,6 +365,7 @@ impl<'a> Run<'a> {
             scope: mode.scope(),
             source_bytes,
             bytes_read: 0,
+            started: Instant::now(),
             ctx,
             job,
             push,
@@ -570,6 +575,7 @@ impl<'a> Run<'a> {
             rows_rejected: c.rows_rejected,
             requests,
             bytes: self.source_bytes.map(|t| (self.bytes_read.min(t), t)),
+            elapsed: self.started.elapsed(),
             finished,
         };
         match &self.ctx.progress {

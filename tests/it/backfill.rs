@@ -169,7 +169,7 @@ async fn a_window_in_the_last_72_hours_is_refused_off_a_terminal_unless_yes() {
     assert_exit(&out, 2);
     let err = stderr(&out);
     assert!(
-        err.contains("within the last 72 hours") && err.contains("--yes"),
+        err.contains("reaches into the last 72 hours") && err.contains("--yes"),
         "{err}"
     );
     assert_eq!(env.sim.operation_count(), 0, "nothing sent without --yes");
