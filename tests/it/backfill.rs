@@ -275,3 +275,43 @@ async fn status_exits_3_while_a_jobs_last_run_failed_and_runs_shows_the_error() 
     assert_eq!(v["jobs"][0]["failing"], false);
     assert!(v["jobs"][0]["last_success"].as_str().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sql_backfill_reads_through_the_cursor_and_sends_exactly_its_window() {
+    use sqlx::Connection;
+    let env = TestEnv::new().await;
+    let file = env.path().join("jobs/data/shop.db");
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", file.display()))
+        .await
+        .expect("create the source database");
+    sqlx::query("CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, ordered_at INTEGER NOT NULL, total TEXT NOT NULL)")
+        .execute(&mut c)
+        .await
+        .expect("table");
+    // Stored newest first: only the cursor puts them in time order.
+    for i in (1..=500usize).rev() {
+        sqlx::query("INSERT INTO orders VALUES ($1, $2, $3, '1.00')")
+            .bind(format!("o-{i:06}"))
+            .bind(format!("u-{:06}", i % 997 + 1))
+            .bind(ts(i))
+            .execute(&mut c)
+            .await
+            .expect("row");
+    }
+    c.close().await.expect("close the source database");
+    env.write_job(
+        "orders",
+        &ORDERS_JOB.replace(
+            "source: { csv: { path: data/orders.csv } }",
+            "source:\n  sql:\n    url: \"sqlite://data/shop.db\"\n    query: \"SELECT order_id, customer_id, ordered_at, total FROM orders\"\n    cursor: { column: ordered_at, tiebreak: order_id }\n    batch_rows: 50",
+        ),
+    );
+    let (from, to) = (rfc3339(ts(101)), rfc3339(ts(301)));
+    let out = env
+        .cli_output(&["backfill", "orders", "--from", &from, "--to", &to])
+        .await;
+    assert_exit(&out, 0);
+    let ops = env.sim.operations();
+    assert_each_event_once(&ops, &ids_for(101..=300));
+    assert_in_time_order_per_person(&ops);
+}
