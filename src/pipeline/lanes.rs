@@ -113,6 +113,13 @@ impl Lanes {
         }
     }
 
+    /// Whether a graceful stop should still send the rows already read: with several lanes,
+    /// one lane's unsent rows come before rows other lanes delivered, and would hold the
+    /// checkpoint back over them (they would be sent again next run).
+    pub(super) fn drains_on_stop(&self) -> bool {
+        self.lanes.len() > 1
+    }
+
     /// Whether any lane has a request slot free.
     pub(super) fn slot_free(&self) -> bool {
         self.lanes.iter().any(|l| l.in_flight < self.per_lane)

@@ -438,13 +438,20 @@ impl<'a> Run<'a> {
             // checkpoint back; without the window later batches would pile up behind it, and a
             // crash would re-send all of them, not just the ones in flight).
             let window_full = self.ledger.tracker.pending() >= window;
-            if self.phase.sends() {
+            // Several lanes: rows read but not yet sent on one lane hold back the checkpoint
+            // over rows other lanes delivered, so a graceful stop sends what was read.
+            let stop_drains = lanes.drains_on_stop()
+                && matches!(self.phase, Phase::Grace { deadline: Some(_) })
+                && self.error.is_none();
+            if self.phase.sends() || stop_drains {
                 while let Some((lane, b)) = lanes.next_ready() {
                     if !self.spawn(&mut in_flight, lane, b, plan.wire) {
                         lanes.done(lane);
                     }
                 }
-                if (self.phase == Phase::Draining || window_full) && lanes.flush_idle() {
+                if (self.phase == Phase::Draining || window_full || stop_drains)
+                    && lanes.flush_idle()
+                {
                     continue;
                 }
             }

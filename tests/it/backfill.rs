@@ -315,3 +315,75 @@ async fn an_sql_backfill_reads_through_the_cursor_and_sends_exactly_its_window()
     assert_each_event_once(&ops, &ids_for(101..=300));
     assert_in_time_order_per_person(&ops);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_backfill_with_its_checkpoint_and_the_same_command_resumes_it() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncBufReadExt;
+    const N: usize = 6_000;
+    let env = TestEnv::new().await;
+    env.write_config(
+        "track: { batch: { max_items: 100, max_bytes: 480000 } }\nshutdown: { grace_secs: 30 }\n",
+    );
+    env.write_data("orders.csv", &orders_csv(N));
+    env.write_job("orders", ORDERS_JOB);
+    let args = [
+        "backfill",
+        "orders",
+        "--from",
+        "2020-01-01",
+        "--to",
+        "2025-01-01",
+    ];
+    env.sim.hold_from(1_500);
+    let mut c = tokio::process::Command::from(env.cli());
+    let mut child = c
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cio-sync");
+    let log = Arc::new(Mutex::new(String::new()));
+    let lines = child.stderr.take().expect("piped stderr");
+    let writer = log.clone();
+    let copying = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(lines).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut log = writer.lock().unwrap_or_else(|p| p.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    wait_until_held(&env, &mut child, 1_500).await;
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_for(&mut child, "the backfill to log \"Stop requested\"", || {
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains("Stop requested")
+    })
+    .await;
+    env.sim.release();
+    let out = child.wait_with_output().await.expect("wait");
+    copying.await.expect("stderr copied");
+    assert_eq!(out.status.code(), Some(130), "{}", stdout(&out));
+    let at_stop = env.sim.operation_count();
+    assert!(at_stop < N, "stopped early: {at_stop}");
+
+    let out = env.cli_output(&args).await;
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("resumed after row"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        env.sim.duplicate_events().is_empty(),
+        "a graceful stop re-sends nothing"
+    );
+    assert_each_event_once(&env.sim.operations(), &ids_for(1..=N));
+}
