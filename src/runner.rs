@@ -52,6 +52,8 @@ pub struct Runner {
     region_checked: Arc<tokio::sync::OnceCell<()>>,
     /// `workspaces:` by name, each with its own settings view and gates.
     workspaces: Arc<BTreeMap<String, WorkspaceServices>>,
+    /// Where push runs report progress (`run`/`backfill` on a terminal); `None`: log lines.
+    progress: Option<pipeline::ProgressSink>,
 }
 
 /// A job's settings, Track gate, App gate and region check.
@@ -150,7 +152,14 @@ impl Runner {
             state,
             holder,
             workspaces: Arc::new(workspaces),
+            progress: old.and_then(|o| o.progress.clone()),
         }
+    }
+
+    /// Push runs report their progress to `sink`.
+    pub fn with_progress(mut self, sink: pipeline::ProgressSink) -> Self {
+        self.progress = Some(sink);
+        self
     }
 
     /// Every rate gate of this process: each workspace's Track and App gate.
@@ -355,6 +364,7 @@ impl Runner {
                     track: track_client(&settings, track_gate, &job.name)?,
                     settings,
                     state: self.state.clone(),
+                    progress: self.progress.clone(),
                 };
                 Ok(pipeline::run_push(&ctx, job, push, mode, stop).await?)
             }
@@ -372,11 +382,11 @@ impl Runner {
 
 /// How many of a job's latest runs are read for its health: a job failing more often in a row
 /// than this shows this many failures and no last success.
-const HEALTH_HISTORY: i64 = 1000;
+pub const HEALTH_HISTORY: i64 = 1000;
 
 /// From a job's runs, newest first: when the last completed run finished (Unix seconds), and how
 /// many runs failed since. Runs still going or interrupted say nothing either way.
-fn job_health(runs: &[crate::state::RunRecord]) -> (Option<f64>, i64) {
+pub fn job_health(runs: &[crate::state::RunRecord]) -> (Option<f64>, i64) {
     let mut failures = 0;
     for r in runs {
         match r.outcome.as_str() {

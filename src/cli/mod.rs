@@ -9,6 +9,7 @@
 mod checkpoint;
 mod demo;
 pub mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +103,13 @@ pub enum Command {
         /// Address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:4010")]
         listen: std::net::SocketAddr,
+        /// Answer 429 above this many requests per second per API, like a workspace's limit
+        /// (default: no limit).
+        #[arg(long)]
+        rate_limit_per_sec: Option<u32>,
+        /// Keep only counts and event-id dedupe, not every operation (for long benchmarks).
+        #[arg(long)]
+        count_only: bool,
     },
     /// Run every job on its schedule until SIGTERM/SIGINT (the systemd service).
     Daemon,
@@ -111,6 +119,41 @@ pub enum Command {
     /// Show or reset a job's checkpoint (reset also forgets its fingerprints).
     #[command(subcommand)]
     Checkpoint(checkpoint::CheckpointAction),
+    /// Send a track job's events of one time window [--from, --to), in time order, with their
+    /// own checkpoint: stop and run the same command again to resume.
+    Backfill(BackfillArgs),
+    /// A job's run history, newest first: outcome, times, counts, error.
+    Runs {
+        /// The job whose runs to list.
+        job: String,
+        /// Runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print as JSON (times in RFC 3339, like the text).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BackfillArgs {
+    /// The track (event) job to backfill.
+    pub job: String,
+    /// Start of the window, inclusive: YYYY-MM-DD (midnight UTC) or RFC 3339.
+    #[arg(long)]
+    pub from: String,
+    /// End of the window, exclusive: YYYY-MM-DD (midnight UTC) or RFC 3339.
+    #[arg(long)]
+    pub to: String,
+    /// Use only this many Track requests per second of the workspace's budget.
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Do not ask when the window reaches into the last 72 hours.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -285,9 +328,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Run(args) => run(&cli.global, args).await,
         Command::Status { json, limit, job } => status(&cli.global, json, limit, job).await,
         Command::DeadLetters(args) => dead_letters(&cli.global, args).await,
-        Command::Simulate { listen } => simulate(listen).await,
+        Command::Simulate {
+            listen,
+            rate_limit_per_sec,
+            count_only,
+        } => simulate(listen, rate_limit_per_sec, count_only).await,
         Command::Daemon => daemon(&cli.global).await,
         Command::Checkpoint(action) => checkpoint::run(&cli.global, action).await,
+        Command::Backfill(args) => backfill(&cli.global, args).await,
+        Command::Runs { job, limit, json } => runs(&cli.global, &job, limit, json).await,
         Command::Demo => demo::run(&cli.global.config, cli.global.state.clone())
             .await
             .map_err(|e| match e {
@@ -408,7 +457,8 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
     }
     let runner = Runner::new(cfg.settings.clone())
         .await
-        .map_err(|e| anyhow!(chain(&e)))?;
+        .map_err(|e| anyhow!(chain(&e)))?
+        .with_progress(progress::sink(global.log_format == LogFormat::Json));
     if let Err(e) = runner.load_job_health(jobs.iter().copied()).await {
         tracing::warn!(error = %e, "Could not read the run history; job health metrics start empty.");
     }
@@ -614,7 +664,40 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
             })
         })
         .collect();
+    let mut job_lines = Vec::new();
+    for j in view
+        .jobs
+        .as_ref()
+        .map(|jobs| jobs.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|j| job.as_ref().is_none_or(|name| &j.name == name))
+    {
+        let history = state
+            .runs(Some(&j.name), crate::runner::HEALTH_HISTORY)
+            .await?;
+        let (last_success, consecutive_failures) = crate::runner::job_health(&history);
+        job_lines.push(output::JobLine {
+            job: j.name.clone(),
+            next_run: j
+                .schedule
+                .as_ref()
+                .and_then(|s| crate::schedule::next_run(s, j.timezone, now)),
+            schedule: j.schedule.clone(),
+            last_success_ms: last_success.map(|s| (s * 1000.0) as i64),
+            consecutive_failures,
+            dead_letters: state.count_dead_letters(&j.name).await?,
+            last_outcome: history.first().map(|r| r.outcome.clone()),
+        });
+    }
+    // Documented: `status` is a monitoring check, failing while a job's last run failed.
+    let code = if job_lines.iter().any(output::JobLine::failing) {
+        exit::FAILED
+    } else {
+        exit::OK
+    };
     let view_out = output::StatusView {
+        jobs: &job_lines,
         runs: &runs,
         checkpoints: &checkpoints,
         schedules: &schedules,
@@ -622,7 +705,7 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
     };
     if json {
         say!("{}", serde_json::to_string_pretty(&view_out.to_json())?);
-        return Ok(exit::OK);
+        return Ok(code);
     }
     view_out.print_text();
     if let Err(n) = &view.jobs {
@@ -631,7 +714,102 @@ async fn status(global: &Global, json: bool, limit: i64, job: Option<String>) ->
             problems_found(*n)
         );
     }
+    Ok(code)
+}
+
+/// `runs JOB`: the job's history, newest first.
+async fn runs(global: &Global, job: &str, limit: i64, json: bool) -> Result<u8> {
+    let view = load_for_state(global)?;
+    let state = open_state(&view.settings).await?;
+    let runs = state.runs(Some(job), limit).await?;
+    let in_files = view
+        .jobs
+        .as_ref()
+        .map_or(true, |jobs| jobs.iter().any(|j| j.name == job));
+    if !in_files && runs.is_empty() {
+        return Err(usage(format!(
+            "no job named `{job}` in {} and no runs of one",
+            view.settings.jobs_dir.display()
+        )));
+    }
+    if json {
+        let list: Vec<serde_json::Value> = runs.iter().map(output::run_json).collect();
+        say!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        output::print_runs(job, &runs);
+    }
     Ok(exit::OK)
+}
+
+/// `backfill JOB --from --to`: checks the window, the job and `--rate`, asks about a recent
+/// window, then runs the job in backfill mode (its own checkpoint, resumable).
+async fn backfill(global: &Global, args: BackfillArgs) -> Result<u8> {
+    use crate::pipeline::backfill as bf;
+    let cfg = load(global)?;
+    let job = cfg.job(&args.job).ok_or_else(|| {
+        usage(format!(
+            "no job named `{}` in {} (jobs: {})",
+            args.job,
+            cfg.settings.jobs_dir.display(),
+            job_names(&cfg)
+        ))
+    })?;
+    let bad = |e: bf::BackfillError| usage(format!("job `{}`: {e}", job.name));
+    let from = bf::parse_date("--from", &args.from).map_err(bad)?;
+    let to = bf::parse_date("--to", &args.to).map_err(bad)?;
+    let window = bf::BackfillWindow::new(from, to).map_err(bad)?;
+    bf::backfillable(job).map_err(bad)?;
+    let settings = match args.rate {
+        Some(rate) => bf::with_rate(&cfg.settings, job, rate).map_err(bad)?,
+        None => cfg.settings.clone(),
+    };
+    if window.is_recent(chrono::Utc::now()) && !args.yes && !confirm_recent(&window)? {
+        eprintln!("cio-sync: backfill of `{}` not started", job.name);
+        return Ok(exit::CONFIG);
+    }
+    let runner = Runner::new(settings)
+        .await
+        .map_err(|e| anyhow!(chain(&e)))?
+        .with_progress(progress::sink(global.log_format == LogFormat::Json));
+    let signals = crate::shutdown::listen();
+    let stop = StopSignal::from_signals(&signals, cfg.settings.grace);
+    tracing::info!(job = %job.name, scope = %window.scope(), "Backfill starting.");
+    let report = match runner.run(job, RunMode::Backfill(window), stop).await {
+        Ok(report) => report,
+        Err(RunnerError::Busy { job, holder }) => {
+            eprintln!("cio-sync: job `{job}` is already running ({holder}); skipped");
+            return Ok(exit::BUSY);
+        }
+        Err(e) => {
+            eprintln!("cio-sync: {}", chain(&e));
+            return Ok(exit::FAILED);
+        }
+    };
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(outcome_code(report.outcome))
+}
+
+/// The 72-hour rule: on a terminal, warn and ask; elsewhere refuse (nobody can answer).
+fn confirm_recent(window: &crate::pipeline::backfill::BackfillWindow) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let warning = format!(
+        "warning: the window reaches into the last 72 hours (it ends at {}): Customer.io can still trigger campaigns on events this recent",
+        window.to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(format!(
+            "{warning}; not started: no terminal to ask on, so pass --yes to backfill it anyway, or end the window earlier with --to"
+        )));
+    }
+    eprint!("cio-sync: {warning}. Backfill anyway? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 /// A job named on the command line must be one of the job files, or have leftovers in the
@@ -725,7 +903,11 @@ async fn retry(global: &Global, name: &str) -> Result<u8> {
     })
 }
 
-async fn simulate(listen: std::net::SocketAddr) -> Result<u8> {
+async fn simulate(
+    listen: std::net::SocketAddr,
+    rate_limit_per_sec: Option<u32>,
+    count_only: bool,
+) -> Result<u8> {
     let config = crate::simulator::SimConfig::default();
     let (site, track, app) = (
         config.site_id.clone(),
@@ -735,6 +917,13 @@ async fn simulate(listen: std::net::SocketAddr) -> Result<u8> {
     let sim = crate::simulator::Simulator::start_on(listen, config)
         .await
         .map_err(|e| anyhow!("{e}"))?;
+    sim.record_operations(!count_only);
+    if rate_limit_per_sec.is_some() {
+        sim.set_faults(crate::simulator::Faults {
+            rate_limit_per_sec,
+            ..Default::default()
+        });
+    }
     say!("Customer.io simulator listening on {}", sim.url());
     say!(
         "  Track API: HTTP Basic {site}:{track}; App API: Bearer {app} (demo credentials, not secrets)"

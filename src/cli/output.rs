@@ -127,9 +127,32 @@ pub struct ScheduleLine {
     pub next_run: Option<DateTime<Utc>>,
 }
 
+/// One job's health for `status`: from its run history, the same rule as the metrics.
+#[derive(Debug, Clone)]
+pub struct JobLine {
+    pub job: String,
+    pub schedule: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    /// When the last completed run finished (ms since the epoch).
+    pub last_success_ms: Option<i64>,
+    /// Runs failed (or aborted) since the last completed one.
+    pub consecutive_failures: i64,
+    pub dead_letters: i64,
+    /// Outcome of the newest run, if any.
+    pub last_outcome: Option<String>,
+}
+
+impl JobLine {
+    /// Whether `status` calls the job failing (exit 3): its last completed run failed.
+    pub fn failing(&self) -> bool {
+        self.consecutive_failures > 0
+    }
+}
+
 /// What `status` shows. `known_jobs` is `None` when the job files could not be read, so
 /// nothing can be called removed.
 pub struct StatusView<'a> {
+    pub jobs: &'a [JobLine],
     pub runs: &'a [RunRecord],
     pub checkpoints: &'a [CheckpointRecord],
     pub schedules: &'a [ScheduleLine],
@@ -151,6 +174,38 @@ impl StatusView<'_> {
     }
 
     pub fn print_text(&self) {
+        if !self.jobs.is_empty() {
+            say!("Jobs:");
+            let rows: Vec<Vec<String>> = self
+                .jobs
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.job.clone(),
+                        j.last_outcome.clone().unwrap_or_else(|| "never run".into()),
+                        format!(
+                            "last success {}",
+                            j.last_success_ms
+                                .map(time)
+                                .unwrap_or_else(|| "never".into())
+                        ),
+                        format!("{} failed in a row", j.consecutive_failures),
+                        count(j.dead_letters as u64, "dead letter"),
+                        match (&j.schedule, j.next_run) {
+                            (Some(s), Some(t)) => format!(
+                                "schedule \"{s}\", next {}",
+                                t.to_rfc3339_opts(SecondsFormat::Secs, true)
+                            ),
+                            (Some(s), None) => format!("schedule \"{s}\", no next run"),
+                            (None, _) => "no schedule".into(),
+                        },
+                    ]
+                })
+                .collect();
+            for line in table(&rows) {
+                say!("{line}");
+            }
+        }
         say!("Last runs:");
         if self.runs.is_empty() {
             say!("  (none yet)");
@@ -253,10 +308,8 @@ impl StatusView<'_> {
             .runs
             .iter()
             .map(|r| {
-                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+                let mut v = run_json(r);
                 if let Value::Object(m) = &mut v {
-                    m.insert("started_at".into(), json!(time(r.started_at)));
-                    m.insert("finished_at".into(), json!(r.finished_at.map(time)));
                     m.insert("removed".into(), json!(self.removed(&r.job)));
                 }
                 v
@@ -287,7 +340,68 @@ impl StatusView<'_> {
                 })
             })
             .collect();
-        json!({ "runs": runs, "checkpoints": checkpoints, "schedules": schedules })
+        let jobs: Vec<Value> = self
+            .jobs
+            .iter()
+            .map(|j| {
+                json!({
+                    "job": j.job,
+                    "schedule": j.schedule,
+                    "next_run": j.next_run.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                    "last_success": j.last_success_ms.map(time),
+                    "consecutive_failures": j.consecutive_failures,
+                    "dead_letters": j.dead_letters,
+                    "last_outcome": j.last_outcome,
+                    "failing": j.failing(),
+                })
+            })
+            .collect();
+        json!({ "jobs": jobs, "runs": runs, "checkpoints": checkpoints, "schedules": schedules })
+    }
+}
+
+/// A run as JSON, times in RFC 3339.
+pub fn run_json(r: &RunRecord) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("started_at".into(), json!(time(r.started_at)));
+        m.insert("finished_at".into(), json!(r.finished_at.map(time)));
+    }
+    v
+}
+
+/// `cio-sync runs JOB`: one line per run, newest first, with its error below it.
+pub fn print_runs(job: &str, runs: &[RunRecord]) {
+    if runs.is_empty() {
+        say!("{job}: no runs yet");
+        return;
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                time(r.started_at),
+                r.finished_at
+                    .map(time)
+                    .unwrap_or_else(|| "(running)".into()),
+                r.kind.clone(),
+                r.outcome.clone(),
+                format!(
+                    "read {} delivered {} rejected {} requests {} retries {}",
+                    r.counts.rows_read,
+                    r.counts.rows_delivered,
+                    r.counts.rows_rejected,
+                    r.counts.requests,
+                    r.counts.retries
+                ),
+            ]
+        })
+        .collect();
+    for (line, r) in table(&rows).into_iter().zip(runs) {
+        say!("{line}");
+        if let Some(e) = &r.error {
+            say!("      error: {e}");
+        }
     }
 }
 

@@ -18,9 +18,11 @@
 //! - `dry_run.rs`: `run --dry-run`.
 
 pub mod ack;
+pub mod backfill;
 mod commit;
 pub mod dry_run;
 pub(crate) mod lag;
+mod lanes;
 pub(crate) mod mirror;
 mod phase;
 mod settle;
@@ -34,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::batch::{Batch, Batcher, Pending};
+use crate::batch::{Batch, Pending};
 use crate::config::{JobSpec, PushJob, Settings};
 use crate::http::RunCounters;
 use crate::mapping::Mapper;
@@ -43,6 +45,7 @@ use crate::state::{Commit, Outcome, RunCounts, Scope, StateError, StateStore};
 use crate::track::{TrackClient, Wire, WirePlan};
 
 use commit::{CommitPoint, CommitPolicy};
+use lanes::Lanes;
 use phase::Phase;
 use settle::{Ledger, RowOrigin, Sent, Verdict};
 use stage::{ChangeFilter, Filtered};
@@ -90,7 +93,46 @@ pub enum RunMode {
     Forced { full: bool },
     /// Re-send dead letters: no checkpoint; delivered rows leave the dead-letter table.
     RetryDeadLetters,
+    /// `backfill`: the events of one window, in time order, on lanes by person, with the
+    /// window's own checkpoint (`backfill.rs`).
+    Backfill(backfill::BackfillWindow),
 }
+
+impl RunMode {
+    /// The checkpoint the run resumes from and advances, if any.
+    fn scope(&self) -> Option<Scope> {
+        match self {
+            RunMode::Normal { .. } | RunMode::Forced { .. } => Some(Scope::Job),
+            RunMode::Backfill(w) => Some(w.scope()),
+            RunMode::RetryDeadLetters => None,
+        }
+    }
+}
+
+/// A run's figures so far, for a progress bar or a log line (`cli/progress.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub job: String,
+    pub rows_read: u64,
+    pub rows_delivered: u64,
+    pub rows_rejected: u64,
+    pub requests: u64,
+    /// Bytes of the source read so far and its size, when the source can tell (an
+    /// uncompressed CSV file).
+    pub bytes: Option<(u64, u64)>,
+    /// Since the run started.
+    pub elapsed: Duration,
+    /// The last report of the run.
+    pub finished: bool,
+}
+
+/// Where a run reports its progress; called from the run loop, so it must be quick.
+pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// How often a run reports progress to a sink.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often a run without a sink logs its progress.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Process-wide services a run uses.
 #[derive(Clone)]
@@ -98,6 +140,8 @@ pub struct PushContext {
     pub settings: Arc<Settings>,
     pub state: StateStore,
     pub track: TrackClient,
+    /// Where progress goes (a terminal's bars); `None`: a log line every 10 s.
+    pub progress: Option<ProgressSink>,
 }
 
 /// Stop requests: `stop` ends reading and starts the grace period; in-flight requests are
@@ -144,8 +188,8 @@ pub async fn run_push(
         RunMode::Forced { full } => (RunMode::Normal { full }, true),
         m => (m, false),
     };
-    let checkpoint = match &mode {
-        RunMode::Normal { full: true } => {
+    let checkpoint = match (&mode, mode.scope()) {
+        (RunMode::Normal { full: true }, _) => {
             ctx.state
                 .reset_checkpoint(&job.name, &Scope::Job)
                 .await
@@ -156,16 +200,20 @@ pub async fn run_push(
                 .map_err(state_err)?;
             None
         }
-        RunMode::Normal { full: false } => ctx
+        (_, Some(scope)) => ctx
             .state
-            .checkpoint(&job.name, &Scope::Job)
+            .checkpoint(&job.name, &scope)
             .await
             .map_err(state_err)?,
-        RunMode::RetryDeadLetters | RunMode::Forced { .. } => None,
+        (_, None) => None,
+    };
+    let kind = match &mode {
+        RunMode::Backfill(_) => "backfill",
+        _ => "push",
     };
     let run_id = ctx
         .state
-        .start_run(&job.name, "push")
+        .start_run(&job.name, kind)
         .await
         .map_err(state_err)?;
     let span = tracing::info_span!("run", job = %job.name, run_id = %run_id);
@@ -174,13 +222,17 @@ pub async fn run_push(
         RunMode::RetryDeadLetters => {
             dead_letter_stream(&ctx.state, job, push, reader_stop.clone()).await
         }
-        RunMode::Normal { .. } | RunMode::Forced { .. } => source::open(
+        RunMode::Normal { .. } | RunMode::Forced { .. } | RunMode::Backfill(_) => source::open(
             &push.source,
             &job.name,
             checkpoint.as_ref(),
             reader_stop.clone(),
         )
         .await
+        .map(|s| match &mode {
+            RunMode::Backfill(w) => backfill::windowed(s, push, w),
+            _ => s,
+        })
         .map_err(|source| PipelineError::Source {
             job: job.name.clone(),
             source,
@@ -307,6 +359,14 @@ struct Run<'a> {
     phase: Phase,
     error: Option<String>,
     last_commit: Instant,
+    /// The checkpoint this run advances (`None`: a dead-letter retry advances none).
+    scope: Option<Scope>,
+    /// Size of the source in bytes, when it can tell (for the progress ETA).
+    source_bytes: Option<u64>,
+    /// Source bytes read so far (CSV positions).
+    bytes_read: u64,
+    /// For the progress figures.
+    started: Instant,
 }
 
 impl<'a> Run<'a> {
@@ -320,7 +380,20 @@ impl<'a> Run<'a> {
         reader_stop: CancellationToken,
     ) -> Self {
         let resolving = matches!(mode, RunMode::RetryDeadLetters);
+        let source_bytes = match (&mode, &push.source) {
+            (RunMode::RetryDeadLetters, _) => None,
+            (_, crate::config::SourceSpec::Csv(c))
+                if c.path.extension().is_none_or(|e| e != "gz") =>
+            {
+                std::fs::metadata(&c.path).ok().map(|m| m.len())
+            }
+            _ => None,
+        };
         Self {
+            scope: mode.scope(),
+            source_bytes,
+            bytes_read: 0,
+            started: Instant::now(),
             ctx,
             job,
             push,
@@ -370,13 +443,16 @@ impl<'a> Run<'a> {
             }
         };
         let plan = WirePlan::for_job(&self.ctx.settings.track, self.push);
-        let mut batcher = Batcher::new(plan.max_items, plan.max_bytes);
+        let mut lanes = match &self.mode {
+            RunMode::Backfill(w) => Lanes::by_person(w.lanes, plan.max_items, plan.max_bytes),
+            _ => Lanes::unordered(plan.max_items, plan.max_bytes, plan.concurrency),
+        };
         // Rows read but not yet covered by the checkpoint: what a crash may re-send.
-        let window = plan
-            .concurrency
+        let window = lanes
+            .capacity()
             .saturating_add(1)
             .saturating_mul(plan.max_items);
-        let mut in_flight: JoinSet<Sent> = JoinSet::new();
+        let mut in_flight: JoinSet<(usize, Sent)> = JoinSet::new();
         let columns = stream.columns.clone();
         let describe = stream.describe.clone();
         let identity = stream.identity.clone();
@@ -390,6 +466,11 @@ impl<'a> Run<'a> {
             normal && self.push.mirror.is_some() && resumed_after_rows == 0,
             (window / 2).max(1),
         );
+        let progress_every = if self.ctx.progress.is_some() {
+            PROGRESS_EVERY
+        } else {
+            PROGRESS_LOG_EVERY
+        };
 
         loop {
             let window_full = self.ledger.tracker.pending() >= window;
@@ -404,31 +485,33 @@ impl<'a> Run<'a> {
                 self.maybe_commit(&identity, CommitPoint::RowRead).await?;
                 continue;
             }
-            if self.phase.sends() && in_flight.len() < plan.concurrency && !self.ready.is_empty() {
-                while let Some(p) = self.ready.pop_front() {
-                    if let Some(b) = batcher.push(p) {
-                        self.spawn(&mut in_flight, b, plan.wire);
-                        break;
-                    }
-                }
-                continue;
+            // Rows the filter let through are cut into batches on their lanes.
+            while let Some(p) = self.ready.pop_front() {
+                lanes.push(p);
             }
             // Batches that close are sent at once; reading pauses while all slots are busy, and
             // while the rows past the checkpoint fill the window (a slow early batch holds the
             // checkpoint back; without the window later batches would pile up behind it, and a
             // crash would re-send all of them, not just the ones in flight).
-            let slot_free = in_flight.len() < plan.concurrency;
-            if self.phase.sends()
-                && (self.phase == Phase::Draining || window_full)
-                && slot_free
-                && !batcher.is_empty()
-            {
-                if let Some(b) = batcher.take() {
-                    self.spawn(&mut in_flight, b, plan.wire);
+            // Several lanes: rows read but not yet sent on one lane hold back the checkpoint
+            // over rows other lanes delivered, so a graceful stop sends what was read.
+            let stop_drains = lanes.drains_on_stop()
+                && matches!(self.phase, Phase::Grace { deadline: Some(_) })
+                && self.error.is_none();
+            if self.phase.sends() || stop_drains {
+                while let Some((lane, b)) = lanes.next_ready() {
+                    if !self.spawn(&mut in_flight, lane, b, plan.wire) {
+                        lanes.done(lane);
+                    }
                 }
-                continue;
+                if (self.phase == Phase::Draining || window_full || stop_drains)
+                    && lanes.flush_idle()
+                {
+                    continue;
+                }
             }
-            let can_read = self.phase.reads() && slot_free && !window_full && self.ready.is_empty();
+            let can_read =
+                self.phase.reads() && lanes.slot_free() && !window_full && self.ready.is_empty();
             if !can_read && in_flight.is_empty() {
                 break;
             }
@@ -443,7 +526,10 @@ impl<'a> Run<'a> {
                 biased;
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     let verdict = match done {
-                        Ok(sent) => self.ledger.settle(sent, &columns, &describe),
+                        Ok((lane, sent)) => {
+                            lanes.done(lane);
+                            self.ledger.settle(sent, &columns, &describe)
+                        }
                         Err(e) if e.is_cancelled() => Verdict::GoOn,
                         Err(e) => Verdict::Stop(format!("a sender task failed: {e}")),
                     };
@@ -488,6 +574,9 @@ impl<'a> Run<'a> {
                         Some(Ok(row)) => {
                             self.ledger.events.read(1);
                             self.ledger.counts.rows_read += 1;
+                            if let source::ResumePoint::Csv { byte, .. } = &row.resume {
+                                self.bytes_read = *byte;
+                            }
                             let seq = self.ledger.tracker.read(row.resume.clone());
                             let mut from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line, identity: None };
                             let values = match row.values {
@@ -514,16 +603,14 @@ impl<'a> Run<'a> {
                                     let pending = Pending { seq, line: row.line, row_ref: row.row_ref, values, mapped };
                                     if let Some(f) = &mut self.filter {
                                         f.push(pending);
-                                    } else if let Some(b) = batcher.push(pending) {
-                                        self.spawn(&mut in_flight, b, plan.wire);
+                                    } else {
+                                        lanes.push(pending);
                                     }
                                 }
                             }
-                            if last_progress.elapsed() >= Duration::from_secs(10) {
+                            if last_progress.elapsed() >= progress_every {
                                 last_progress = Instant::now();
-                                let (requests, retries) = self.counters.snapshot();
-                                let c = &self.ledger.counts;
-                                tracing::info!(read = c.rows_read, delivered = c.rows_delivered, rejected = c.rows_rejected, requests, retries, "Progress.");
+                                self.report_progress(false);
                             }
                             self.maybe_commit(&identity, CommitPoint::RowRead).await?;
                         }
@@ -534,7 +621,7 @@ impl<'a> Run<'a> {
         let stopped_early = self.phase.stopped_early();
         let complete = !stopped_early && self.error.is_none() && self.ledger.tracker.pending() == 0;
         self.maybe_commit(&identity, CommitPoint::RunEnd).await?;
-        if complete && matches!(self.mode, RunMode::Normal { .. }) {
+        if complete && self.scope.is_some() {
             self.commit_complete(&identity).await?;
         }
         let mut guarded = None;
@@ -636,6 +723,37 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// The figures so far to the progress sink, or (without one) as a log line.
+    fn report_progress(&mut self, finished: bool) {
+        let (requests, _) = self.counters.snapshot();
+        let c = &self.ledger.counts;
+        let p = Progress {
+            job: self.job.name.clone(),
+            rows_read: c.rows_read,
+            rows_delivered: c.rows_delivered,
+            rows_rejected: c.rows_rejected,
+            requests,
+            bytes: self.source_bytes.map(|t| (self.bytes_read.min(t), t)),
+            elapsed: self.started.elapsed(),
+            finished,
+        };
+        match &self.ctx.progress {
+            Some(sink) => sink(&p),
+            None if !finished => {
+                let (_, retries) = self.counters.snapshot();
+                tracing::info!(
+                    read = p.rows_read,
+                    delivered = p.rows_delivered,
+                    rejected = p.rows_rejected,
+                    requests,
+                    retries,
+                    "Progress."
+                );
+            }
+            None => {}
+        }
+    }
+
     /// A failure: read no more, send no more, let what is in flight finish.
     fn fail(&mut self) {
         self.phase = self.phase.failed();
@@ -643,17 +761,23 @@ impl<'a> Run<'a> {
     }
 
     /// Gives up on every request in flight; their rows stay unsettled and go next run.
-    fn abandon_in_flight(&mut self, in_flight: &mut JoinSet<Sent>) {
+    fn abandon_in_flight(&mut self, in_flight: &mut JoinSet<(usize, Sent)>) {
         self.phase = Phase::Forced;
         self.reader_stop.cancel();
         self.send_stop.cancel();
         in_flight.abort_all();
     }
 
-    /// Sends a closed batch.
-    fn spawn(&mut self, set: &mut JoinSet<Sent>, batch: Batch, wire: Wire) {
+    /// Sends a closed batch; `false` when it is empty (the lane is free again).
+    fn spawn(
+        &mut self,
+        set: &mut JoinSet<(usize, Sent)>,
+        lane: usize,
+        batch: Batch,
+        wire: Wire,
+    ) -> bool {
         if batch.items.is_empty() {
-            return;
+            return false;
         }
         crate::observe::emit(crate::observe::BatchSent {
             job: &self.job.name,
@@ -671,10 +795,11 @@ impl<'a> Run<'a> {
         set.spawn(
             async move {
                 let outcome = track.send(&batch, wire, &counters, &cancel).await;
-                Sent { batch, outcome }
+                (lane, Sent { batch, outcome })
             }
             .instrument(span),
         );
+        true
     }
 
     fn snapshot_counts(&mut self) -> RunCounts {
@@ -704,8 +829,8 @@ impl<'a> Run<'a> {
         {
             return Ok(());
         }
-        let checkpoint = match (&self.mode, advance) {
-            (RunMode::Normal { .. }, Some(resume)) => Some(Checkpoint {
+        let checkpoint = match (&self.scope, advance) {
+            (Some(_), Some(resume)) => Some(Checkpoint {
                 source: identity.clone(),
                 resume,
                 complete: false,
@@ -723,6 +848,7 @@ impl<'a> Run<'a> {
                 dead: &dead,
                 resolved: &resolved,
                 fingerprints: &fingerprints,
+                scope: self.scope.as_ref().unwrap_or(&Scope::Job),
                 ..Commit::new(&self.job.name, &self.run_id, counts)
             })
             .await
@@ -748,6 +874,7 @@ impl<'a> Run<'a> {
             .state
             .commit(Commit {
                 checkpoint: Some(&cp),
+                scope: self.scope.as_ref().unwrap_or(&Scope::Job),
                 ..Commit::new(&self.job.name, &self.run_id, counts)
             })
             .await
@@ -765,6 +892,7 @@ impl<'a> Run<'a> {
         started: Instant,
         summary: Option<serde_json::Value>,
     ) -> Result<RunReport, PipelineError> {
+        self.report_progress(true);
         let counts = self.snapshot_counts();
         self.ctx
             .state

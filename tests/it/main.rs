@@ -3,6 +3,7 @@
 //! database and simulator.
 
 mod answers;
+mod backfill;
 mod change;
 mod cli;
 mod cli_output;
