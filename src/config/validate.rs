@@ -259,10 +259,7 @@ fn webhook_settings(
         errors.push(ConfigError::new(
             file,
             "webhooks.database",
-            format!(
-                "`{}` is not a sqlite:// or postgres:// URL",
-                url.masked()
-            ),
+            format!("`{}` is not a sqlite:// or postgres:// URL", url.masked()),
         ));
     }
     if errors.len() > before {

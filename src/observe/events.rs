@@ -336,8 +336,7 @@ impl InternalEvent for WebhookBatchCommitted {
         m.webhook_events_stored.inc_by(self.stored);
         m.webhook_events_duplicate.inc_by(self.duplicates);
         m.webhook_batch_events.observe(self.events as f64);
-        m.webhook_commit_seconds
-            .observe(self.elapsed.as_secs_f64());
+        m.webhook_commit_seconds.observe(self.elapsed.as_secs_f64());
     }
 }
 

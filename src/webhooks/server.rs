@@ -199,7 +199,11 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) ->
         now,
         app.tolerance,
     ) {
-        return refuse(StatusCode::UNAUTHORIZED, refusal.reason(), refusal.to_string());
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            refusal.reason(),
+            refusal.to_string(),
+        );
     }
     let (reply, answer) = oneshot::channel();
     let job = Job {
@@ -225,11 +229,7 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) ->
 }
 
 /// Commits queued events, a batch per transaction, until every sender is gone.
-async fn write_loop(
-    store: WebhookStore,
-    mut jobs: mpsc::Receiver<Job>,
-    stats: Arc<ReceiverStats>,
-) {
+async fn write_loop(store: WebhookStore, mut jobs: mpsc::Receiver<Job>, stats: Arc<ReceiverStats>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_EVENTS {

@@ -152,17 +152,18 @@ const ROWS_PER_STATEMENT: usize = 200;
 impl WebhookStore {
     /// Opens `url` (`webhooks.database`) and brings the table up to date.
     pub async fn open(url: &DatabaseUrl, max_connections: u32) -> Result<Self, StoreError> {
-        let (pool, backend) = state::open_pool(url, max_connections)
-            .await
-            .map_err(|e| StoreError {
-                what: "opening the database",
-                table: EVENTS_TABLE,
-                database: url.masked(),
-                message: match e {
-                    StateError::Open { message, .. } => message,
-                    other => other.to_string(),
-                },
-            })?;
+        let (pool, backend) =
+            state::open_pool(url, max_connections)
+                .await
+                .map_err(|e| StoreError {
+                    what: "opening the database",
+                    table: EVENTS_TABLE,
+                    database: url.masked(),
+                    message: match e {
+                        StateError::Open { message, .. } => message,
+                        other => other.to_string(),
+                    },
+                })?;
         let store = Self::new(pool, backend, url.masked());
         store.migrate().await?;
         Ok(store)
@@ -347,7 +348,10 @@ mod tests {
         assert_eq!(a.payload, "not json at all");
         assert_eq!(a.metric, None);
         // The same body again gets the same id, so a retry is recognised.
-        assert_eq!(a.event_id, MessageEvent::from_body(b"not json at all").event_id);
+        assert_eq!(
+            a.event_id,
+            MessageEvent::from_body(b"not json at all").event_id
+        );
         let b = MessageEvent::from_body(br#"{"metric":"teleported","data":{"campaign_id":"x"}}"#);
         assert_eq!(b.metric.as_deref(), Some("teleported"));
         assert_eq!(b.campaign_id, None);

@@ -113,7 +113,10 @@ mod tests {
     fn the_signature_is_lowercase_hex_hmac_sha256_of_v0_timestamp_body() {
         let sig = sign("key", "1", b"{}");
         assert_eq!(sig.len(), 64);
-        assert!(sig.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            sig.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         // The same input signed twice is the same; a different body or timestamp is not.
         assert_eq!(sig, sign("key", "1", b"{}"));
         assert_ne!(sig, sign("key", "2", b"{}"));
@@ -134,7 +137,14 @@ mod tests {
         let body = br#"{"event_id":"x"}"#;
         let sig = sign("new", "1000", body);
         assert_eq!(
-            verify(&keys(&["old", "new"]), Some("1000"), Some(&sig), body, 1000, TOL),
+            verify(
+                &keys(&["old", "new"]),
+                Some("1000"),
+                Some(&sig),
+                body,
+                1000,
+                TOL
+            ),
             Ok(())
         );
         assert_eq!(
@@ -143,7 +153,14 @@ mod tests {
         );
         // Upper-case hex of the right digest still decodes to the same bytes.
         assert_eq!(
-            verify(&keys(&["new"]), Some("1000"), Some(&sig.to_uppercase()), body, 1000, TOL),
+            verify(
+                &keys(&["new"]),
+                Some("1000"),
+                Some(&sig.to_uppercase()),
+                body,
+                1000,
+                TOL
+            ),
             Ok(())
         );
     }
@@ -177,7 +194,10 @@ mod tests {
             verify(&k, Some("1000"), Some(&sig), body, 699, TOL),
             Err(Refusal::Stale { skew_secs: -301 })
         );
-        assert_eq!(verify(&k, Some("1000"), Some(&sig), body, 1300, TOL), Ok(()));
+        assert_eq!(
+            verify(&k, Some("1000"), Some(&sig), body, 1300, TOL),
+            Ok(())
+        );
         // A tampered body fails even with a fresh timestamp.
         assert_eq!(
             verify(&k, Some("1000"), Some(&sig), b"{ }", 1000, TOL),
