@@ -951,12 +951,7 @@ async fn webhooks(global: &Global, action: WebhooksAction) -> Result<u8> {
                 hook.endpoint,
                 hook.events.join(",")
             );
-            if !cfg
-                .settings
-                .webhooks
-                .as_ref()
-                .is_some_and(|w| !w.signing_keys.is_empty())
-            {
+            if cfg.settings.webhooks.is_none() {
                 say!(
                     "  set `webhooks.signing_key` in config.yaml to the webhook's signing key (Customer.io → Reporting Webhooks) before starting the daemon"
                 );

@@ -52,9 +52,9 @@ const WEBHOOK_FIELDS: [&str; 6] = [
     "with_content",
 ];
 
-/// Checks a create or update body; `Err` is the 400 answer.
-fn webhook_body(body: &[u8], create: bool) -> Result<serde_json::Map<String, Value>, Response> {
-    let bad = |m: String| Err(respond::app_error(400, m));
+/// Checks a create or update body; `Err` is the message of the 400 answer.
+fn webhook_body(body: &[u8], create: bool) -> Result<serde_json::Map<String, Value>, String> {
+    let bad = |m: String| Err(m);
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return bad("the body is not a JSON object".into());
     };
@@ -112,7 +112,7 @@ async fn create_reporting_webhook(
 ) -> Response {
     let mut obj = match webhook_body(&body, true) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(m) => return respond::app_error(400, m),
     };
     let mut st = sim.lock();
     let id = st
@@ -142,7 +142,7 @@ async fn update_reporting_webhook(
     };
     let obj = match webhook_body(&body, false) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(m) => return respond::app_error(400, m),
     };
     let mut st = sim.lock();
     let Some(hook) = st
