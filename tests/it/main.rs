@@ -21,3 +21,4 @@ mod push;
 mod resume;
 mod signals;
 mod sql;
+mod webhooks;
