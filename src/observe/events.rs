@@ -498,4 +498,43 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn webhook_events_count_stored_duplicates_refusals_and_503s() {
+        let m = Metrics::new();
+        WebhookBatchCommitted {
+            events: 5,
+            stored: 3,
+            duplicates: 2,
+            elapsed: Duration::from_millis(4),
+        }
+        .emit_to(&m);
+        WebhookRefused {
+            status: 401,
+            reason: "bad_signature",
+            detail: "X-CIO-Signature matches no configured key",
+        }
+        .emit_to(&m);
+        WebhookUnavailable {
+            reason: "store_failed",
+        }
+        .emit_to(&m);
+        WebhookStoreFailed {
+            events: 5,
+            error: "database is locked",
+        }
+        .emit_to(&m);
+        let text = m.encode();
+        for line in [
+            "cio_sync_webhook_events_stored_total 3\n",
+            "cio_sync_webhook_events_duplicate_total 2\n",
+            "cio_sync_webhook_requests_refused_total{reason=\"bad_signature\"} 1\n",
+            "cio_sync_webhook_unavailable_total{reason=\"store_failed\"} 1\n",
+            "cio_sync_webhook_store_failures_total 1\n",
+            "cio_sync_webhook_batch_events_count 1\n",
+            "cio_sync_webhook_commit_seconds_count 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 }
