@@ -23,6 +23,7 @@
 //! - [`cli`]: the command line (`cli/output.rs`: what it prints; `cli/demo.rs`: the demo);
 //!   [`exit`]: the exit codes.
 //! - [`testing`]: test support (a database per test).
+//! - [`webhooks`]: the reporting-webhook receiver: signature check, group-committed idempotent store.
 
 // Modules the binary, tests and benches do not use are `pub(crate)`, and inside them nothing
 // says `pub` that cannot be reached from outside: rustc then reports what is unused.
@@ -49,3 +50,4 @@ pub mod state;
 #[doc(hidden)]
 pub mod testing;
 pub mod track;
+pub mod webhooks;

@@ -1,5 +1,5 @@
-//! The App API client: segments, segment membership, campaigns, campaign metrics and the
-//! workspace's object types.
+//! The App API client: segments, segment membership, campaigns, campaign metrics, the
+//! workspace's object types, and reporting webhooks (list, create or update).
 //!
 //! Owns: App endpoints and auth (`Authorization: Bearer <app_api_key>` on the shared
 //! [`ApiClient`], region host from `customerio.app_url`), the one [`Pager`] for every listing,
@@ -302,6 +302,147 @@ impl AppClient {
             )
             .await?;
         Ok(body.into_series())
+    }
+}
+
+/// A reporting webhook as the App API lists it (`GET /v1/reporting_webhooks`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub(crate) struct ReportingWebhook {
+    pub(crate) id: i64,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    pub(crate) endpoint: String,
+    #[serde(default)]
+    pub(crate) events: Vec<String>,
+    #[serde(default)]
+    pub(crate) disabled: bool,
+    #[serde(default)]
+    pub(crate) full_resolution: bool,
+    #[serde(default)]
+    pub(crate) with_content: bool,
+}
+
+/// What `webhooks register` asks for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ReportingWebhookSpec {
+    pub(crate) name: String,
+    pub(crate) endpoint: String,
+    pub(crate) events: Vec<String>,
+    pub(crate) disabled: bool,
+    pub(crate) full_resolution: bool,
+    pub(crate) with_content: bool,
+}
+
+/// Whether `register` made a new webhook or changed the one at the same URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registered {
+    Created,
+    Updated,
+}
+
+#[derive(serde::Deserialize)]
+struct ReportingWebhookList {
+    #[serde(default)]
+    reporting_webhooks: Option<Vec<ReportingWebhook>>,
+}
+
+/// A create or update answer: the webhook itself, or wrapped as `{"reporting_webhook": …}`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ReportingWebhookAnswer {
+    Wrapped { reporting_webhook: ReportingWebhook },
+    Plain(ReportingWebhook),
+}
+
+impl AppClient {
+    /// `GET /v1/reporting_webhooks`: every reporting webhook of the workspace.
+    pub(crate) async fn reporting_webhooks(
+        &self,
+        counters: &Arc<RunCounters>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ReportingWebhook>, AppError> {
+        let list: ReportingWebhookList = self
+            .get("/v1/reporting_webhooks", &[], counters, cancel)
+            .await?;
+        Ok(list.reporting_webhooks.unwrap_or_default())
+    }
+
+    /// Creates the webhook, or updates the one already posting to the same endpoint (`GET`,
+    /// then `PUT /v1/reporting_webhooks/{id}` or `POST /v1/reporting_webhooks`), so running
+    /// `register` twice leaves one webhook.
+    pub(crate) async fn register_reporting_webhook(
+        &self,
+        spec: &ReportingWebhookSpec,
+        counters: &Arc<RunCounters>,
+        cancel: &CancellationToken,
+    ) -> Result<(Registered, ReportingWebhook), AppError> {
+        let existing = self
+            .reporting_webhooks(counters, cancel)
+            .await?
+            .into_iter()
+            .find(|w| w.endpoint == spec.endpoint);
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(spec).map_err(|e| AppError::Client(e.to_string()))?,
+        );
+        let (how, path) = match &existing {
+            Some(w) => (
+                Registered::Updated,
+                format!("/v1/reporting_webhooks/{}", w.id),
+            ),
+            None => (Registered::Created, "/v1/reporting_webhooks".to_string()),
+        };
+        let req = match how {
+            Registered::Updated => Request::put(&path),
+            Registered::Created => Request::post(&path),
+        };
+        let what = format!(
+            "{} {path}",
+            if how == Registered::Updated {
+                "PUT"
+            } else {
+                "POST"
+            }
+        );
+        let resp = self
+            .api
+            .send(&req.json_body(body), counters, cancel)
+            .await
+            .map_err(|error| AppError::Failed {
+                what: what.clone(),
+                error,
+            })?;
+        let answer: ReportingWebhookAnswer = decode(resp, what)?;
+        let hook = match answer {
+            ReportingWebhookAnswer::Wrapped { reporting_webhook } => reporting_webhook,
+            ReportingWebhookAnswer::Plain(w) => w,
+        };
+        Ok((how, hook))
+    }
+}
+
+/// A final answer read as `T` (2xx), or the [`AppError`] its status means.
+fn decode<T: DeserializeOwned>(resp: crate::http::Response, what: String) -> Result<T, AppError> {
+    match resp.status {
+        200..=299 => serde_json::from_slice(&resp.body).map_err(|e| AppError::Decode {
+            what,
+            message: e.to_string(),
+            body: resp.body_excerpt(),
+        }),
+        300..=399 => Err(AppError::WrongRegion {
+            status: resp.status,
+            what,
+            location: resp.redirect_to,
+        }),
+        401 | 403 => Err(AppError::Unauthorized {
+            status: resp.status,
+            what,
+        }),
+        404 => Err(AppError::NotFound { what }),
+        status => Err(AppError::Status {
+            what,
+            status,
+            body: resp.body_excerpt(),
+        }),
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) enum DemoError {
     Runner(#[from] RunnerError),
     #[error("demo: {0}")]
     State(#[from] StateError),
+    #[error("demo: reporting webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// Runs every job once against the simulator. `Ok` is the exit code: 0 when every job
@@ -153,6 +155,7 @@ pub(crate) async fn run(config_path: &Path, state: Option<String>) -> Result<u8,
             if n == 1 { "person" } else { "people" }
         );
     }
+    demo_webhooks(&runner).await?;
     let state = runner.state.url().masked();
     say!("\nLook around the demo's state database:");
     say!("  {me} --state {state} status");
@@ -162,9 +165,74 @@ pub(crate) async fn run(config_path: &Path, state: Option<String>) -> Result<u8,
             "  sqlite3 {} 'SELECT id, name, type FROM cio_segments'",
             state.trim_start_matches("sqlite://")
         );
+        say!(
+            "  sqlite3 {} 'SELECT object_type, metric, COUNT(*) FROM cio_message_events GROUP BY 1, 2'",
+            state.trim_start_matches("sqlite://")
+        );
     }
     sim.shutdown().await;
     Ok(code)
+}
+
+/// The reporting-webhook path: a receiver over the demo's state database, and the simulator
+/// playing Customer.io's sender: signed events (some repeated, as retries are), then one badly
+/// signed and one stale request, which must be refused.
+async fn demo_webhooks(runner: &Runner) -> Result<(), DemoError> {
+    use crate::simulator::webhooks::{RetryRule, Signing, WebhookPoster, sample_events};
+    const KEY: &str = "demo-webhook-key";
+    let fail = |e: &dyn std::fmt::Display| DemoError::Webhooks(e.to_string());
+    let settings = config::WebhookSettings {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        path: "/cio/webhook".into(),
+        signing_keys: vec![Secret::new(KEY)],
+        tolerance: std::time::Duration::from_secs(300),
+        max_body_bytes: 8 * 1024 * 1024,
+        database: None,
+    };
+    let state = &runner.state;
+    let store = crate::webhooks::open_store(
+        &settings,
+        state.pool(),
+        state.backend(),
+        state.url().masked(),
+    )
+    .await
+    .map_err(|e| fail(&e))?;
+    let before = store.count().await.map_err(|e| fail(&e))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let receiver = crate::webhooks::start(&settings, store.clone(), stop.clone().cancelled_owned())
+        .await
+        .map_err(|e| fail(&e))?;
+    let url = format!("http://{}/cio/webhook", receiver.addr);
+    let poster = WebhookPoster::new(url.clone(), KEY).map_err(|e| fail(&e))?;
+    // A run of its own each time, so the demo shows new rows whatever the state holds.
+    let prefix = format!("demo-{}", ulid::Ulid::generate());
+    let mut events = sample_events(&prefix, 14);
+    events.extend(events[..4].to_vec());
+    let deliveries = poster.deliver(&events, &RetryRule::default()).await;
+    let delivered = deliveries.iter().filter(|d| d.delivered).count();
+    let body = sample_events(&format!("{prefix}-bad"), 1)[0].to_string();
+    let mut refused = Vec::new();
+    for (what, signing) in [
+        ("a wrong signature", Signing::BadSignature),
+        ("a timestamp an hour old", Signing::Stale { secs: 3600 }),
+    ] {
+        let status = poster
+            .post(body.as_bytes(), signing)
+            .await
+            .map_err(|e| fail(&e))?;
+        refused.push(format!("{what} → {status}"));
+    }
+    let after = store.count().await.map_err(|e| fail(&e))?;
+    stop.cancel();
+    let _ = receiver.task.await;
+    say!(
+        "\nReporting webhooks: the simulator posted {} (4 of them twice, as Customer.io's retries do) to {url}: {delivered} answered 200, {} stored once in cio_message_events; {}: refused, nothing stored",
+        count(events.len() as u64, "signed event"),
+        after - before,
+        refused.join(", ")
+    );
+    Ok(())
 }
 
 /// How to run this binary again from where the user is: `cargo run --release --` when it is

@@ -110,6 +110,8 @@ pub enum Command {
         /// Keep only counts and event-id dedupe, not every operation (for long benchmarks).
         #[arg(long)]
         count_only: bool,
+        #[command(flatten)]
+        post: PostWebhookArgs,
     },
     /// Run every job on its schedule until SIGTERM/SIGINT (the systemd service).
     Daemon,
@@ -130,6 +132,40 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
         /// Print as JSON (times in RFC 3339, like the text).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Customer.io's reporting webhook: register this receiver (App API), or list what is set.
+    #[command(subcommand)]
+    Webhooks(WebhooksAction),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhooksAction {
+    /// Create the reporting webhook posting to --url, or update the one already posting there.
+    Register {
+        /// The public URL of the receiver (the TLS proxy in front of `webhooks.listen`).
+        #[arg(long)]
+        url: String,
+        /// Events to receive, comma-separated (e.g. email_sent,email_opened,email_clicked).
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// The webhook's name in Customer.io.
+        #[arg(long, default_value = "cio-sync")]
+        name: String,
+        /// Include message bodies in `sent` events (large bodies: keep `webhooks.max_body_bytes` generous).
+        #[arg(long)]
+        with_content: bool,
+        /// Send every open and click, not only the first of each.
+        #[arg(long)]
+        full_resolution: bool,
+        /// Create or keep the webhook disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List the workspace's reporting webhooks.
+    List {
+        /// Print as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -154,6 +190,44 @@ pub struct BackfillArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `simulate --post-webhooks URL`: play Customer.io's webhook sender instead of serving.
+#[derive(Args, Debug)]
+pub struct PostWebhookArgs {
+    /// Post sample reporting-webhook events to this receiver URL (e.g.
+    /// http://127.0.0.1:8088/cio/webhook), with Customer.io's retry rule, then exit.
+    #[arg(long, value_name = "URL")]
+    pub post_webhooks: Option<String>,
+    /// The key to sign with (the receiver's `webhooks.signing_key`).
+    #[arg(long, env = "CIO_WEBHOOK_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// How many events to post.
+    #[arg(long, default_value_t = 10)]
+    pub events: usize,
+    /// How to sign them: valid, or wrong on purpose (each then posted once: they must be refused).
+    #[arg(long, value_enum, default_value_t = PostSigning::Valid)]
+    pub signing: PostSigning,
+    /// Post every event twice (Customer.io's retries repeat an event_id).
+    #[arg(long)]
+    pub duplicates: bool,
+    /// The prefix of the events' ids (re-use one to post the same events again).
+    #[arg(long, default_value = "sim")]
+    pub id_prefix: String,
+    /// Milliseconds Customer.io's long wait (one hour, after 400/401/…/500/502) lasts here.
+    #[arg(long, default_value_t = 1000)]
+    pub long_wait_ms: u64,
+    /// Attempts per event before giving up on it.
+    #[arg(long, default_value_t = 10)]
+    pub max_attempts: u32,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostSigning {
+    Valid,
+    BadSignature,
+    Stale,
+    Unsigned,
 }
 
 #[derive(Args, Debug)]
@@ -332,7 +406,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             listen,
             rate_limit_per_sec,
             count_only,
-        } => simulate(listen, rate_limit_per_sec, count_only).await,
+            post,
+        } => match post.post_webhooks.clone() {
+            Some(url) => post_webhooks(url, post).await,
+            None => simulate(listen, rate_limit_per_sec, count_only).await,
+        },
         Command::Daemon => daemon(&cli.global).await,
         Command::Checkpoint(action) => checkpoint::run(&cli.global, action).await,
         Command::Backfill(args) => backfill(&cli.global, args).await,
@@ -344,6 +422,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 demo::DemoError::Config(errors) => anyhow::Error::new(errors),
                 other => anyhow::Error::new(other),
             }),
+        Command::Webhooks(action) => webhooks(&cli.global, action).await,
     }
 }
 
@@ -958,7 +1037,9 @@ async fn daemon(global: &Global) -> Result<u8> {
         }
         Ok(cfg)
     });
+    let hooks = WebhookListener::start(&cfg.settings, &runner, signals.stop.clone()).await?;
     let result = crate::schedule::run_daemon(runner, cfg.jobs, signals, loader, liveness).await;
+    hooks.stop().await;
     http.stop().await;
     result?;
     Ok(exit::OK)
@@ -1013,6 +1094,200 @@ impl HttpListener {
             let _ = task.await;
         }
     }
+}
+
+/// The reporting-webhook receiver of `daemon`, when `webhooks:` is set. It stops on the first
+/// stop signal: it accepts no new connection, answers the requests in flight once their events
+/// are committed, and the daemon waits for that before it exits.
+struct WebhookListener(Option<crate::webhooks::Receiver>);
+
+impl WebhookListener {
+    async fn start(
+        settings: &config::Settings,
+        runner: &Runner,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Self> {
+        let Some(w) = &settings.webhooks else {
+            return Ok(Self(None));
+        };
+        let state = &runner.state;
+        let store =
+            crate::webhooks::open_store(w, state.pool(), state.backend(), state.url().masked())
+                .await
+                .map_err(|e| anyhow!(chain(&e)))?;
+        let receiver = crate::webhooks::start(w, store, stop.cancelled_owned())
+            .await
+            .map_err(|e| anyhow!(chain(&e)))?;
+        Ok(Self(Some(receiver)))
+    }
+
+    async fn stop(self) {
+        if let Some(r) = self.0 {
+            match r.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "The webhook listener stopped."),
+                Err(e) => tracing::error!(error = %e, "The webhook listener panicked."),
+            }
+        }
+    }
+}
+
+async fn webhooks(global: &Global, action: WebhooksAction) -> Result<u8> {
+    use crate::app_api::{AppClient, Registered, ReportingWebhookSpec};
+    let cfg = load(global)?;
+    let gate = std::sync::Arc::new(crate::http::RateGate::per_second(
+        cfg.settings.app.rate_limit_per_sec,
+    ));
+    let app = AppClient::from_settings(&cfg.settings, gate).map_err(|e| anyhow!(chain(&e)))?;
+    let counters = std::sync::Arc::new(crate::http::RunCounters::default());
+    let cancel = crate::shutdown::listen().stop;
+    match action {
+        WebhooksAction::Register {
+            url,
+            events,
+            name,
+            with_content,
+            full_resolution,
+            disabled,
+        } => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(usage(format!(
+                    "--url `{url}` is not an http(s) URL: give the public address Customer.io posts to, e.g. https://hooks.example.com/cio/webhook"
+                )));
+            }
+            let events: Vec<String> = events
+                .into_iter()
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect();
+            if events.is_empty() {
+                return Err(usage(
+                    "--events names no event: list them, e.g. --events email_sent,email_opened"
+                        .into(),
+                ));
+            }
+            let spec = ReportingWebhookSpec {
+                name,
+                endpoint: url,
+                events,
+                disabled,
+                full_resolution,
+                with_content,
+            };
+            let (how, hook) = app
+                .register_reporting_webhook(&spec, &counters, &cancel)
+                .await
+                .map_err(|e| anyhow!(chain(&e)))?;
+            let verb = match how {
+                Registered::Created => "Created",
+                Registered::Updated => "Updated",
+            };
+            say!(
+                "{verb} reporting webhook {} → {} ({})",
+                hook.id,
+                hook.endpoint,
+                hook.events.join(",")
+            );
+            if cfg.settings.webhooks.is_none() {
+                say!(
+                    "  set `webhooks.signing_key` in config.yaml to the webhook's signing key (Customer.io → Reporting Webhooks) before starting the daemon"
+                );
+            }
+        }
+        WebhooksAction::List { json } => {
+            let hooks = app
+                .reporting_webhooks(&counters, &cancel)
+                .await
+                .map_err(|e| anyhow!(chain(&e)))?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&hooks)?);
+            } else if hooks.is_empty() {
+                say!("No reporting webhooks.");
+            } else {
+                for h in &hooks {
+                    say!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        h.id,
+                        h.name.as_deref().unwrap_or("-"),
+                        if h.disabled { "disabled" } else { "enabled" },
+                        h.endpoint,
+                        h.events.join(",")
+                    );
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn post_webhooks(url: String, args: PostWebhookArgs) -> Result<u8> {
+    use crate::simulator::webhooks::{RetryRule, Signing, WebhookPoster, sample_events};
+    let key = args.signing_key.clone().filter(|k| !k.is_empty()).ok_or_else(|| {
+        usage(
+            "--post-webhooks needs the signing key: set CIO_WEBHOOK_SIGNING_KEY (or --signing-key) to the receiver's `webhooks.signing_key`"
+                .into(),
+        )
+    })?;
+    let poster = WebhookPoster::new(url.clone(), key).map_err(|e| anyhow!(e))?;
+    let mut events = sample_events(&args.id_prefix, args.events);
+    if args.duplicates {
+        events = events.into_iter().flat_map(|e| [e.clone(), e]).collect();
+    }
+    let signing = match args.signing {
+        PostSigning::Valid => None,
+        PostSigning::BadSignature => Some(Signing::BadSignature),
+        PostSigning::Stale => Some(Signing::Stale { secs: 3600 }),
+        PostSigning::Unsigned => Some(Signing::Unsigned),
+    };
+    let Some(signing) = signing else {
+        let rule = RetryRule {
+            long_wait: std::time::Duration::from_millis(args.long_wait_ms),
+            max_attempts: args.max_attempts,
+            ..RetryRule::default()
+        };
+        let deliveries = poster.deliver(&events, &rule).await;
+        let delivered = deliveries.iter().filter(|d| d.delivered).count();
+        let retried = deliveries.iter().filter(|d| d.attempts.len() > 1).count();
+        say!(
+            "Posted {} to {url}: {delivered} answered 2xx ({retried} after retries), {} given up",
+            count(deliveries.len() as u64, "event"),
+            deliveries.len() - delivered
+        );
+        for d in deliveries
+            .iter()
+            .filter(|d| d.attempts.len() > 1 || !d.delivered)
+        {
+            say!("  {}: attempts answered {:?}", d.event_id, d.attempts);
+        }
+        return Ok(if delivered == deliveries.len() {
+            exit::OK
+        } else {
+            exit::FAILED
+        });
+    };
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    for e in &events {
+        let answer = match poster.post(e.to_string().as_bytes(), signing).await {
+            Ok(s) => s.to_string(),
+            Err(err) => format!("no answer ({err})"),
+        };
+        *by_status.entry(answer).or_default() += 1;
+    }
+    let summary: Vec<String> = by_status
+        .iter()
+        .map(|(s, n)| format!("{n} × {s}"))
+        .collect();
+    say!(
+        "Posted {} signed {:?} to {url} (each once; Customer.io would retry them): {}",
+        count(events.len() as u64, "event"),
+        args.signing,
+        summary.join(", ")
+    );
+    Ok(if by_status.keys().all(|s| s.starts_with('4')) {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }
 
 #[cfg(test)]

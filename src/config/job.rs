@@ -247,6 +247,26 @@ pub struct Settings {
     pub workspaces: std::collections::BTreeMap<String, Workspace>,
     /// `daemon.heartbeat_secs`: how often a daemon tells the state database it is alive.
     pub heartbeat: Duration,
+    /// `webhooks:`: the reporting-webhook receiver; `None`: not configured.
+    pub webhooks: Option<WebhookSettings>,
+}
+
+/// `webhooks:` in config.yaml, checked: the receiver of Customer.io's reporting webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `webhooks.listen`.
+    pub listen: std::net::SocketAddr,
+    /// `webhooks.path`: starts with `/`.
+    pub path: String,
+    /// `webhooks.signing_key` and `webhooks.signing_keys`, at least one, none empty; any of
+    /// them verifies a request (key rotation).
+    pub signing_keys: Vec<Secret>,
+    /// `webhooks.tolerance_secs`: how far `X-CIO-Timestamp` may be from now.
+    pub tolerance: Duration,
+    /// `webhooks.max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// `webhooks.database`: where `cio_message_events` lives; `None`: the state database.
+    pub database: Option<DatabaseUrl>,
 }
 
 /// A named Customer.io workspace of `workspaces:`, with its own rate limits.

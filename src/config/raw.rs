@@ -37,6 +37,9 @@ pub(super) struct DaemonFile {
     pub daemon: DaemonSection,
     #[serde(default)]
     pub http: HttpSection,
+    /// The reporting-webhook receiver; absent: none.
+    #[serde(default)]
+    pub webhooks: Option<WebhooksSection>,
 }
 
 fn default_jobs_dir() -> PathBuf {
@@ -287,6 +290,40 @@ fn default_grace() -> u64 {
 pub(super) struct HttpSection {
     /// `IP:PORT` to listen on, or a bare port for `127.0.0.1:PORT`; absent: no listener.
     pub listen: Option<String>,
+}
+
+/// `webhooks:`: the optional receiver for Customer.io's reporting webhooks (`webhooks/`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WebhooksSection {
+    /// `IP:PORT` to listen on, or a bare port for `127.0.0.1:PORT`.
+    pub listen: String,
+    /// The URL path Customer.io posts to.
+    #[serde(default = "default_webhooks_path")]
+    pub path: String,
+    /// One signing secret (the usual case).
+    pub signing_key: Option<Secret>,
+    /// Several signing secrets, all accepted: the old and the new one while rotating.
+    #[serde(default)]
+    pub signing_keys: Vec<Secret>,
+    /// How far `X-CIO-Timestamp` may be from now, in seconds.
+    #[serde(default = "default_webhooks_tolerance")]
+    pub tolerance_secs: u64,
+    /// The largest body accepted, in bytes; larger ones get 413 before being read.
+    #[serde(default = "default_webhooks_max_body")]
+    pub max_body_bytes: u64,
+    /// Where `cio_message_events` lives; default the state database.
+    pub database: Option<DatabaseUrl>,
+}
+
+fn default_webhooks_path() -> String {
+    "/cio/webhook".to_string()
+}
+fn default_webhooks_tolerance() -> u64 {
+    300
+}
+fn default_webhooks_max_body() -> u64 {
+    8 * 1024 * 1024
 }
 
 /// One `jobs/<name>.yaml`.

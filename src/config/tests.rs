@@ -513,3 +513,66 @@ fn the_http_listener_is_off_by_default_loopback_for_a_bare_port_and_set_by_overr
         "{msg}"
     );
 }
+
+#[test]
+fn the_webhooks_section_is_off_by_default_and_checked_key_by_key() {
+    let (_dir, path) = folder(CONFIG, &[("people", JOB)]);
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    assert!(cfg.settings.webhooks.is_none(), "off unless configured");
+
+    let (_dir, path) = folder(
+        &format!(
+            "{CONFIG}webhooks:\n  listen: \"8088\"\n  signing_keys: [new-key, old-key]\n  database: sqlite://events.db\n"
+        ),
+        &[("people", JOB)],
+    );
+    let cfg = load_layered(&path, &env, &[]).expect("loads");
+    let w = cfg.settings.webhooks.expect("configured");
+    assert_eq!(w.listen, "127.0.0.1:8088".parse().unwrap());
+    assert_eq!(w.path, "/cio/webhook");
+    assert_eq!(w.tolerance, std::time::Duration::from_secs(300));
+    assert_eq!(w.max_body_bytes, 8 * 1024 * 1024);
+    assert_eq!(w.signing_keys.len(), 2);
+    let db = w.database.expect("database");
+    assert!(
+        db.expose().ends_with("/events.db") && db.expose().len() > "sqlite://events.db".len(),
+        "relative to config.yaml: {}",
+        db.expose()
+    );
+    assert!(
+        !format!("{:?}", w.signing_keys).contains("new-key"),
+        "keys never show in Debug"
+    );
+
+    let (_dir, path) = folder(
+        &format!(
+            "{CONFIG}http: {{ listen: \"9100\" }}\nwebhooks:\n  listen: \"9100\"\n  path: cio\n  tolerance_secs: 0\n  max_body_bytes: 10\n"
+        ),
+        &[("people", JOB)],
+    );
+    let msg = problems(&path, &[])
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for key in [
+        "`webhooks.listen`: is the same address as `http.listen`",
+        "`webhooks.path`",
+        "`webhooks.signing_key`: is missing",
+        "`webhooks.tolerance_secs`: 0 is out of range",
+        "`webhooks.max_body_bytes`: 10 is out of range",
+    ] {
+        assert!(msg.contains(key), "{key} in:\n{msg}");
+    }
+
+    let (_dir, path) = folder(
+        &format!("{CONFIG}webhooks:\n  listen: \"8088\"\n  signing_key: k\n  secret: k\n"),
+        &[("people", JOB)],
+    );
+    let msg = problems(&path, &[])
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(msg.contains("secret"), "an unknown key is named: {msg}");
+}

@@ -142,6 +142,9 @@ pub(super) fn settings(
             None
         }
     };
+    let webhooks = raw
+        .webhooks
+        .and_then(|w| webhook_settings(file, &state_base, w, http_listen, &mut errors));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -174,6 +177,101 @@ pub(super) fn settings(
         workspaces,
         heartbeat: Duration::from_secs(raw.daemon.heartbeat_secs),
         http_listen,
+        webhooks,
+    })
+}
+
+/// `webhooks:` → [`WebhookSettings`], every mistake named by its key.
+fn webhook_settings(
+    file: &Path,
+    state_base: &Path,
+    w: raw::WebhooksSection,
+    http_listen: Option<std::net::SocketAddr>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<WebhookSettings> {
+    let before = errors.len();
+    let listen = match parse_listen(&w.listen) {
+        Ok(addr) => Some(addr),
+        Err(message) => {
+            errors.push(ConfigError::new(file, "webhooks.listen", message));
+            None
+        }
+    };
+    if listen.is_some() && listen == http_listen {
+        errors.push(ConfigError::new(
+            file,
+            "webhooks.listen",
+            "is the same address as `http.listen`: the receiver needs a listener of its own (e.g. \"0.0.0.0:8088\")",
+        ));
+    }
+    if !w.path.starts_with('/') || w.path.contains(['?', '#', ' ']) {
+        errors.push(ConfigError::new(
+            file,
+            "webhooks.path",
+            format!(
+                "`{}` is not a URL path: use one starting with `/`, e.g. \"/cio/webhook\"",
+                w.path
+            ),
+        ));
+    }
+    let mut keys = w.signing_keys;
+    if w.signing_key.is_some() && !keys.is_empty() {
+        errors.push(ConfigError::new(
+            file,
+            "webhooks.signing_key",
+            "set either `signing_key` or `signing_keys`, not both (list every key under `signing_keys` while rotating)",
+        ));
+    }
+    keys.extend(w.signing_key);
+    if keys.is_empty() {
+        errors.push(ConfigError::new(
+            file,
+            "webhooks.signing_key",
+            "is missing: set it to the signing key of Customer.io's reporting webhook (Data & Integrations → Reporting Webhooks), e.g. `signing_key: ${CIO_WEBHOOK_SIGNING_KEY}`",
+        ));
+    } else if keys.iter().any(Secret::is_empty) {
+        errors.push(ConfigError::new(
+            file,
+            "webhooks.signing_keys",
+            "holds an empty key: check that every ${VAR} it uses is set to the signing key",
+        ));
+    }
+    for (key, v, lo, hi) in [
+        ("webhooks.tolerance_secs", w.tolerance_secs, 1, 7 * 86_400),
+        (
+            "webhooks.max_body_bytes",
+            w.max_body_bytes,
+            1024,
+            256 * 1024 * 1024,
+        ),
+    ] {
+        if v < lo || v > hi {
+            errors.push(ConfigError::new(
+                file,
+                key,
+                format!("{v} is out of range: use {lo}..={hi}"),
+            ));
+        }
+    }
+    if let Some(url) = &w.database
+        && !matches!(url.scheme().as_str(), "sqlite" | "postgres" | "postgresql")
+    {
+        errors.push(ConfigError::new(
+            file,
+            "webhooks.database",
+            format!("`{}` is not a sqlite:// or postgres:// URL", url.masked()),
+        ));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(WebhookSettings {
+        listen: listen?,
+        path: w.path,
+        signing_keys: keys,
+        tolerance: Duration::from_secs(w.tolerance_secs),
+        max_body_bytes: usize::try_from(w.max_body_bytes).unwrap_or(usize::MAX),
+        database: w.database.map(|u| resolve_sqlite_url(&u, state_base)),
     })
 }
 

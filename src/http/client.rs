@@ -59,6 +59,14 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// `PUT path`, answered with JSON.
+    pub fn put(path: &'a str) -> Self {
+        Self {
+            method: reqwest::Method::PUT,
+            ..Self::get(path)
+        }
+    }
+
     pub fn query(mut self, query: &'a [(&'a str, String)]) -> Self {
         self.query = query;
         self

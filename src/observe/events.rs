@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::metrics::{Api, Metrics, RequestLabels, RunLabels, api, global, job};
+use super::metrics::{
+    Api, Metrics, RequestLabels, RunLabels, WebhookReasonLabels, api, global, job,
+};
 
 /// A fact worth logging and counting.
 pub trait InternalEvent {
@@ -310,6 +312,97 @@ impl InternalEvent for CheckpointLag<'_> {
     }
 }
 
+/// The webhook receiver committed one transaction of events.
+#[derive(Debug)]
+pub struct WebhookBatchCommitted {
+    /// Requests answered by this transaction.
+    pub events: u64,
+    /// Of which newly stored.
+    pub stored: u64,
+    /// Of which already stored (Customer.io retries), acknowledged again.
+    pub duplicates: u64,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for WebhookBatchCommitted {
+    fn emit_to(self, m: &Metrics) {
+        tracing::debug!(
+            events = self.events,
+            stored = self.stored,
+            duplicates = self.duplicates,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "Webhook events committed."
+        );
+        m.webhook_events_stored.inc_by(self.stored);
+        m.webhook_events_duplicate.inc_by(self.duplicates);
+        m.webhook_batch_events.observe(self.events as f64);
+        m.webhook_commit_seconds.observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// The webhook receiver refused a request (401, 413, 400). Customer.io holds back every later
+/// event behind a refused one, so each refusal is a warning.
+#[derive(Debug)]
+pub struct WebhookRefused<'a> {
+    pub status: u16,
+    /// `bad_signature`, `stale_timestamp`, `too_large`, …
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+
+impl InternalEvent for WebhookRefused<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::warn!(
+            status = self.status,
+            reason = self.reason,
+            detail = %self.detail,
+            "Webhook request refused; Customer.io holds back later events until this one is accepted."
+        );
+        m.webhook_requests_refused
+            .get_or_create(&WebhookReasonLabels {
+                reason: self.reason,
+            })
+            .inc();
+    }
+}
+
+/// The webhook receiver answered 503: the event was not committed in time (Customer.io sends
+/// it again).
+#[derive(Debug)]
+pub struct WebhookUnavailable {
+    /// `store_failed`, `timeout` or `stopping`.
+    pub reason: &'static str,
+}
+
+impl InternalEvent for WebhookUnavailable {
+    fn emit_to(self, m: &Metrics) {
+        tracing::debug!(reason = self.reason, "Webhook answered 503.");
+        m.webhook_unavailable
+            .get_or_create(&WebhookReasonLabels {
+                reason: self.reason,
+            })
+            .inc();
+    }
+}
+
+/// A transaction of webhook events failed; its requests are answered 503.
+#[derive(Debug)]
+pub struct WebhookStoreFailed<'a> {
+    pub events: u64,
+    pub error: &'a str,
+}
+
+impl InternalEvent for WebhookStoreFailed<'_> {
+    fn emit_to(self, m: &Metrics) {
+        tracing::error!(
+            events = self.events,
+            error = %self.error,
+            "Could not store webhook events; answered 503 so Customer.io sends them again."
+        );
+        m.webhook_store_failures.inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +497,44 @@ mod tests {
             text.contains("cio_sync_retry_after_wait_seconds_total{api=\"app\"} 2.0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn webhook_events_count_stored_duplicates_refusals_and_503s() {
+        let m = Metrics::new();
+        WebhookBatchCommitted {
+            events: 5,
+            stored: 3,
+            duplicates: 2,
+            elapsed: Duration::from_millis(4),
+        }
+        .emit_to(&m);
+        WebhookRefused {
+            status: 401,
+            reason: "bad_signature",
+            detail: "X-CIO-Signature matches no configured key",
+        }
+        .emit_to(&m);
+        WebhookUnavailable {
+            reason: "store_failed",
+        }
+        .emit_to(&m);
+        WebhookStoreFailed {
+            events: 5,
+            error: "database is locked",
+        }
+        .emit_to(&m);
+        let text = m.encode();
+        for line in [
+            "cio_sync_webhook_events_stored_total 3\n",
+            "cio_sync_webhook_events_duplicate_total 2\n",
+            "cio_sync_webhook_requests_refused_total{reason=\"bad_signature\"} 1\n",
+            "cio_sync_webhook_unavailable_total{reason=\"store_failed\"} 1\n",
+            "cio_sync_webhook_store_failures_total 1\n",
+            "cio_sync_webhook_batch_events_count 1\n",
+            "cio_sync_webhook_commit_seconds_count 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -55,6 +55,11 @@ pub(crate) struct RunLabels {
     pub(crate) outcome: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct WebhookReasonLabels {
+    pub(crate) reason: &'static str,
+}
+
 type FloatCounter = Counter<f64, AtomicU64>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -101,6 +106,13 @@ pub struct Metrics {
     pub(crate) consecutive_failures: Family<JobLabels, Gauge>,
     pub(crate) checkpoint_lag_seconds: Family<JobLabels, FloatGauge>,
     pub(crate) checkpoint_lag_bytes: Family<JobLabels, Gauge>,
+    pub(crate) webhook_events_stored: Counter,
+    pub(crate) webhook_events_duplicate: Counter,
+    pub(crate) webhook_requests_refused: Family<WebhookReasonLabels, Counter>,
+    pub(crate) webhook_unavailable: Family<WebhookReasonLabels, Counter>,
+    pub(crate) webhook_store_failures: Counter,
+    pub(crate) webhook_batch_events: Histogram,
+    pub(crate) webhook_commit_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,6 +150,13 @@ impl Metrics {
             consecutive_failures: Family::default(),
             checkpoint_lag_seconds: Family::default(),
             checkpoint_lag_bytes: Family::default(),
+            webhook_events_stored: Counter::default(),
+            webhook_events_duplicate: Counter::default(),
+            webhook_requests_refused: Family::default(),
+            webhook_unavailable: Family::default(),
+            webhook_store_failures: Counter::default(),
+            webhook_batch_events: items_histogram(),
+            webhook_commit_seconds: seconds_histogram(),
         };
         // Counters get their `_total` suffix from the encoder, help texts their final period.
         let r = &mut registry;
@@ -226,6 +245,41 @@ impl Metrics {
             "checkpoint_lag_bytes",
             "Bytes of the CSV file past the checkpoint, left for the next run",
             m.checkpoint_lag_bytes.clone(),
+        );
+        r.register(
+            "webhook_events_stored",
+            "Reporting-webhook events newly stored in cio_message_events",
+            m.webhook_events_stored.clone(),
+        );
+        r.register(
+            "webhook_events_duplicate",
+            "Reporting-webhook events acknowledged again because their event_id was already stored",
+            m.webhook_events_duplicate.clone(),
+        );
+        r.register(
+            "webhook_requests_refused",
+            "Reporting-webhook requests refused (401, 413, 400), by reason; each holds back later events",
+            m.webhook_requests_refused.clone(),
+        );
+        r.register(
+            "webhook_unavailable",
+            "Reporting-webhook requests answered 503 (not committed in time), by reason",
+            m.webhook_unavailable.clone(),
+        );
+        r.register(
+            "webhook_store_failures",
+            "Transactions of webhook events that failed",
+            m.webhook_store_failures.clone(),
+        );
+        r.register(
+            "webhook_batch_events",
+            "Webhook events per committed transaction (group commit)",
+            m.webhook_batch_events.clone(),
+        );
+        r.register(
+            "webhook_commit_seconds",
+            "Time to commit one transaction of webhook events",
+            m.webhook_commit_seconds.clone(),
         );
         Self { registry, ..m }
     }

@@ -1,4 +1,5 @@
-//! Simulated App API routes (`/v1/segments…`, `/v1/campaigns…`, `/v1/object_types`) answering from the fixtures set
+//! Simulated App API routes (`/v1/segments…`, `/v1/campaigns…`, `/v1/object_types`,
+//! `/v1/reporting_webhooks…`) answering from the fixtures set
 //! on the `Simulator`, including the quirks customerio-api.md §9 warns about: empty lists as
 //! `null`, opaque string `next` tokens ending in `""` or `null`, null identifier fields.
 //!
@@ -30,6 +31,133 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/campaigns/{id}", get(get_campaign))
         .route("/v1/campaigns/{id}/metrics", get(campaign_metrics))
         .route("/v1/object_types", get(list_object_types))
+        .route(
+            "/v1/reporting_webhooks",
+            get(list_reporting_webhooks).post(create_reporting_webhook),
+        )
+        .route(
+            "/v1/reporting_webhooks/{id}",
+            get(get_reporting_webhook).put(update_reporting_webhook),
+        )
+}
+
+/// The fields a reporting webhook takes (createWebhook's body); anything else is a 400, as a
+/// strict API would, so the client is checked for sending only these.
+const WEBHOOK_FIELDS: [&str; 6] = [
+    "name",
+    "endpoint",
+    "events",
+    "disabled",
+    "full_resolution",
+    "with_content",
+];
+
+/// Checks a create or update body; `Err` is the message of the 400 answer.
+fn webhook_body(body: &[u8], create: bool) -> Result<serde_json::Map<String, Value>, String> {
+    let bad = |m: String| Err(m);
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return bad("the body is not a JSON object".into());
+    };
+    if let Some(k) = obj.keys().find(|k| !WEBHOOK_FIELDS.contains(&k.as_str())) {
+        return bad(format!("unknown field `{k}`"));
+    }
+    if create {
+        for k in ["name", "endpoint", "events"] {
+            if !obj.contains_key(k) {
+                return bad(format!("`{k}` is required"));
+            }
+        }
+    }
+    if let Some(e) = obj.get("endpoint")
+        && !e
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return bad("`endpoint` must be an http(s) URL".into());
+    }
+    if let Some(ev) = obj.get("events")
+        && !ev
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string))
+    {
+        return bad("`events` must be a non-empty list of event names".into());
+    }
+    Ok(obj)
+}
+
+/// `GET /v1/reporting_webhooks`: `{"reporting_webhooks":[…]}`.
+async fn list_reporting_webhooks(State(sim): State<Arc<Shared>>) -> Response {
+    let hooks = sim.lock().reporting_webhooks.clone();
+    respond::json(200, json!({ "reporting_webhooks": hooks }))
+}
+
+async fn get_reporting_webhook(
+    State(sim): State<Arc<Shared>>,
+    Path(raw): Path<String>,
+) -> Response {
+    let Ok(id) = raw.parse::<i64>() else {
+        return not_found("reporting webhook", &raw);
+    };
+    let st = sim.lock();
+    match find_by_id(&st.reporting_webhooks, id) {
+        Some(w) => respond::json(200, w.clone()),
+        None => not_found("reporting webhook", &raw),
+    }
+}
+
+/// `POST /v1/reporting_webhooks`: the new webhook object, with its `id`.
+async fn create_reporting_webhook(
+    State(sim): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut obj = match webhook_body(&body, true) {
+        Ok(o) => o,
+        Err(m) => return respond::app_error(400, m),
+    };
+    let mut st = sim.lock();
+    let id = st
+        .reporting_webhooks
+        .iter()
+        .filter_map(|w| w.get("id").and_then(Value::as_i64))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    obj.insert("id".into(), json!(id));
+    for k in ["disabled", "full_resolution", "with_content"] {
+        obj.entry(k).or_insert(json!(false));
+    }
+    let hook = Value::Object(obj);
+    st.reporting_webhooks.push(hook.clone());
+    respond::json(200, hook)
+}
+
+/// `PUT /v1/reporting_webhooks/{id}`: the updated webhook object.
+async fn update_reporting_webhook(
+    State(sim): State<Arc<Shared>>,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(id) = raw.parse::<i64>() else {
+        return not_found("reporting webhook", &raw);
+    };
+    let obj = match webhook_body(&body, false) {
+        Ok(o) => o,
+        Err(m) => return respond::app_error(400, m),
+    };
+    let mut st = sim.lock();
+    let Some(hook) = st
+        .reporting_webhooks
+        .iter_mut()
+        .find(|w| w.get("id").and_then(Value::as_i64) == Some(id))
+    else {
+        return not_found("reporting webhook", &raw);
+    };
+    if let Value::Object(existing) = hook {
+        for (k, v) in obj {
+            existing.insert(k, v);
+        }
+    }
+    respond::json(200, hook.clone())
 }
 
 /// `GET /v1/object_types`: `{"types":[…]}` (the envelope third-party clients read).

@@ -1,7 +1,8 @@
 //! Local Customer.io simulator: the Track API (v1 + v2) and the App API (`/v1`) on one port.
 //!
 //! Owns the public handle ([`Simulator`]), its configuration and fault knobs, the record types
-//! tests assert on, and the accept loop that can really drop a TCP connection. It stands in for
+//! tests assert on, and the accept loop that can really drop a TCP connection. It also posts
+//! reporting webhooks ([`webhooks::WebhookPoster`]). It stands in for
 //! Customer.io in unit and integration tests, the demo and `cio-sync simulate --listen`.
 //!
 //! It must not depend on any other cio-sync module (the simulator checks the daemon, so it may not
@@ -15,13 +16,16 @@
 //!   records).
 //! - `respond.rs`: canned response bodies in Customer.io's shapes.
 //! - `track.rs`: Track routes, validation and normalisation into [`RecordedOp`].
-//! - `app.rs`: App routes over the fixtures.
+//! - `app.rs`: App routes over the fixtures (and the reporting webhooks created through them).
+//! - `webhooks.rs`: playing Customer.io's reporting-webhook sender: signed (or badly signed,
+//!   stale, repeated) events posted to a URL, with Customer.io's retry rule.
 
 mod app;
 mod gate;
 mod respond;
 mod state;
 mod track;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;
@@ -482,6 +486,11 @@ impl Simulator {
     /// `(segment_id, id_type, identifier)` for every manual-segment removal, in arrival order.
     pub fn segment_members_removed(&self) -> Vec<(i64, String, String)> {
         self.shared.lock().segment_removes.clone()
+    }
+
+    /// The reporting webhooks created or updated through the App API, in creation order.
+    pub fn reporting_webhooks(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().reporting_webhooks.clone()
     }
 
     /// Stops accepting, closes idle connections, and waits (at most about a second) for

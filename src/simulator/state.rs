@@ -183,6 +183,8 @@ pub(crate) struct State {
     pub(crate) membership: HashMap<i64, Vec<Member>>,
     pub(crate) campaigns: Vec<serde_json::Value>,
     pub(crate) metrics: HashMap<i64, BTreeMap<String, Vec<i64>>>,
+    /// Reporting webhooks created through `POST /v1/reporting_webhooks`, in creation order.
+    pub(crate) reporting_webhooks: Vec<serde_json::Value>,
 
     /// The instant the clock stands still at, when a test paused it (`None`: real time).
     /// Rate buckets and request times read [`State::now`], so a paused clock makes them
@@ -230,6 +232,7 @@ impl State {
             membership: HashMap::new(),
             campaigns: Vec::new(),
             metrics: HashMap::new(),
+            reporting_webhooks: Vec::new(),
             paused_at: None,
             hold_from: None,
             held: 0,

@@ -23,3 +23,4 @@ mod push;
 mod resume;
 mod signals;
 mod sql;
+mod webhooks;
