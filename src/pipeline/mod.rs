@@ -392,7 +392,11 @@ impl<'a> Run<'a> {
         );
 
         loop {
-            let window_full = self.ledger.tracker.pending() >= window;
+            // Rows settled early (unchanged) behind an unsettled one cost no re-send after a
+            // crash, so the window counts unsettled rows; the bound on all rows past the
+            // checkpoint only caps the tracker's memory.
+            let window_full = self.ledger.tracker.unsettled() >= window
+                || self.ledger.tracker.pending() >= window.saturating_mul(64);
             // Rows waiting in the change filter are decided a chunk at a time, and at once
             // when reading stops or the window is full (they hold the checkpoint back).
             if self.phase.sends()

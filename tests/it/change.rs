@@ -681,3 +681,29 @@ async fn validation_refuses_mirror_on_removals_and_objects_cannot_be_suppressed(
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_one_percent_changed_export_sends_full_batches_not_near_empty_ones() {
+    let env = TestEnv::with_state(StateDb::Sqlite).await;
+    env.write_config("track: { concurrency: 2, batch: { max_items: 20, max_bytes: 480000 } }\n");
+    env.write_data("people.csv", &people(1..=4000, |_| "free"));
+    env.write_job("people", JOB);
+    assert_eq!(env.run("people").await.counts.rows_delivered, 4000);
+    env.sim.reset_records();
+    // 40 changed rows spread over the file: two full batches of 20.
+    env.write_data(
+        "people.csv",
+        &people(
+            (1..=4000).rev(),
+            |i| if i % 100 == 0 { "pro" } else { "free" },
+        ),
+    );
+    let run = env.run("people").await;
+    assert_eq!(run.counts.rows_delivered, 40, "{run:?}");
+    assert_eq!(
+        env.sim.requests().len(),
+        2,
+        "{:?}",
+        env.sim.requests().len()
+    );
+}
