@@ -3,7 +3,7 @@
 //!
 //! Owns: wiring the stages together for one job run as one loop over explicit phases
 //! (reading, draining, grace, forced), the requests in flight, and committing progress
-//! (checkpoint + counters + dead letters in one transaction) when the commit policy says.
+//! (checkpoint + counters + dead letters + fingerprints of acknowledged rows in one transaction), and starting the mirror phase after a complete full read when the commit policy says.
 //! Must not: parse files, build HTTP requests, decide the wire plan, read answers row by row
 //! or write SQL itself; each stage's module does (`track::plan`, `settle`, `state`).
 //!
