@@ -625,7 +625,7 @@ async fn change_detection_figures() {
         let first = env.run("people").await;
         let cold = t.elapsed();
         assert_eq!(first.counts.rows_delivered, n as u64);
-        let changed = |i: usize| if i % 100 == 0 { "pro" } else { "free" };
+        let changed = |i: usize| if i.is_multiple_of(100) { "pro" } else { "free" };
         env.write_data("people.csv", &people((1..=n).rev(), changed));
         let before = env.sim.requests().len();
         let t = std::time::Instant::now();
@@ -693,10 +693,9 @@ async fn a_one_percent_changed_export_sends_full_batches_not_near_empty_ones() {
     // 40 changed rows spread over the file: two full batches of 20.
     env.write_data(
         "people.csv",
-        &people(
-            (1..=4000).rev(),
-            |i| if i % 100 == 0 { "pro" } else { "free" },
-        ),
+        &people((1..=4000).rev(), |i| {
+            if i.is_multiple_of(100) { "pro" } else { "free" }
+        }),
     );
     let run = env.run("people").await;
     assert_eq!(run.counts.rows_delivered, 40, "{run:?}");
