@@ -706,3 +706,30 @@ async fn a_one_percent_changed_export_sends_full_batches_not_near_empty_ones() {
         env.sim.requests().len()
     );
 }
+
+#[tokio::test]
+async fn object_mirror_deletes_exactly_the_vanished_objects() {
+    let env = env_on(StateDb::Sqlite).await;
+    env.write_job(
+        "accounts",
+        "transport: v2\nsource: { csv: { path: data/accounts.csv } }\nobject: { type_id: 1, id: account_id, attributes: { name: name }, on_missing: delete }\nguard: { max_missing_share: 0.5 }\n",
+    );
+    env.write_data(
+        "accounts.csv",
+        "account_id,name\nacme,Acme\nglobex,Globex\ninitech,Initech\n",
+    );
+    assert_eq!(env.run("accounts").await.outcome, Outcome::Succeeded);
+    env.sim.reset_records();
+    env.write_data(
+        "accounts.csv",
+        "account_id,name\ninitech,Initech\nacme,Acme\n",
+    );
+    let run = env.run("accounts").await;
+    assert_eq!(run.outcome, Outcome::Succeeded, "{run:?}");
+    assert_eq!(
+        env.sim.v2_items(),
+        vec![
+            json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"globex"},"action":"delete"})
+        ]
+    );
+}
