@@ -3,7 +3,10 @@
 //! Owns: the settled-prefix rule. Rows are numbered in read order; a row is settled once
 //! Customer.io acknowledged its batch or it was dead-lettered. The checkpoint may advance only
 //! to the end of the longest prefix of settled rows, whatever order batches finish in.
-//! Must not: do I/O or know what a row contains; it keeps one small entry per unsettled row.
+//! It also counts the rows still unsettled: rows settled early (unchanged rows the change
+//! filter skipped) wait behind an unsettled one without costing a re-send after a crash.
+//! Must not: do I/O or know what a row contains; it keeps one small entry per row from the
+//! first unsettled one on.
 
 use std::collections::VecDeque;
 
@@ -17,6 +20,8 @@ pub struct Tracker {
     /// Where to resume after the settled prefix (None until the first row settles).
     settled_point: Option<ResumePoint>,
     advanced: bool,
+    /// Entries not yet settled.
+    unsettled: usize,
 }
 
 #[derive(Debug)]
@@ -36,6 +41,7 @@ impl Tracker {
             resume,
             settled: false,
         });
+        self.unsettled += 1;
         self.base + self.entries.len() as u64 - 1
     }
 
@@ -45,8 +51,11 @@ impl Tracker {
         if seq < self.base {
             return;
         }
-        if let Some(e) = self.entries.get_mut((seq - self.base) as usize) {
+        if let Some(e) = self.entries.get_mut((seq - self.base) as usize)
+            && !e.settled
+        {
             e.settled = true;
+            self.unsettled -= 1;
         }
         while self.entries.front().is_some_and(|e| e.settled) {
             if let Some(e) = self.entries.pop_front() {
@@ -73,6 +82,11 @@ impl Tracker {
     /// Rows read but not yet part of the settled prefix.
     pub fn pending(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Rows read and not settled: what a crash would make the next run send again.
+    pub fn unsettled(&self) -> usize {
+        self.unsettled
     }
 }
 
@@ -105,6 +119,7 @@ mod tests {
         t.settle(1);
         assert_eq!(t.take_advance(), Some(p(5)));
         assert_eq!(t.pending(), 1);
+        assert_eq!(t.unsettled(), 1);
         t.settle(1);
         t.settle(99);
         assert_eq!(t.take_advance(), None);

@@ -3,7 +3,7 @@
 //!
 //! Owns: wiring the stages together for one job run as one loop over explicit phases
 //! (reading, draining, grace, forced), the requests in flight, and committing progress
-//! (checkpoint + counters + dead letters in one transaction) when the commit policy says.
+//! (checkpoint + counters + dead letters + fingerprints of acknowledged rows in one transaction), and starting the mirror phase after a complete full read when the commit policy says.
 //! Must not: parse files, build HTTP requests, decide the wire plan, read answers row by row
 //! or write SQL itself; each stage's module does (`track::plan`, `settle`, `state`).
 //!
@@ -473,7 +473,11 @@ impl<'a> Run<'a> {
         };
 
         loop {
-            let window_full = self.ledger.tracker.pending() >= window;
+            // Rows settled early (unchanged) behind an unsettled one cost no re-send after a
+            // crash, so the window counts unsettled rows; the bound on all rows past the
+            // checkpoint only caps the tracker's memory.
+            let window_full = self.ledger.tracker.unsettled() >= window
+                || self.ledger.tracker.pending() >= window.saturating_mul(64);
             // Rows waiting in the change filter are decided a chunk at a time, and at once
             // when reading stops or the window is full (they hold the checkpoint back).
             if self.phase.sends()

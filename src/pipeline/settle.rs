@@ -2,7 +2,7 @@
 //!
 //! Owns: the run's ledger of what is settled but not yet committed (the acknowledgement
 //! tracker, the counts, the dead letters waiting for the next commit, the row refs a
-//! dead-letter retry resolved), turning a [`BatchOutcome`] into entries of it, and the log
+//! dead-letter retry resolved, the fingerprints waiting for their rows' acknowledgement and those acknowledged, the identities of the job's dead letters a delivered row removes), turning a [`BatchOutcome`] into entries of it, and the log
 //! lines that say so (one per batch, per row at DEBUG only). Must not: do I/O, or decide when
 //! to commit or stop; it says what the answer means and the run loop acts on it.
 

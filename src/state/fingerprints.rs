@@ -101,7 +101,11 @@ impl StateStore {
                 "SELECT identity, fingerprint, attributes FROM fingerprints WHERE job = $1 AND identity IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(job.as_ref());
+            // Not kept prepared: a plan cached while the table was small (a seq scan) would
+            // stay in use as it grows, making every lookup scan the whole table.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .persistent(false)
+                .bind(job.as_ref());
             for k in chunk {
                 query = query.bind(storable(k).into_owned());
             }

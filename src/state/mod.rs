@@ -1,8 +1,8 @@
 //! The state database: run history, checkpoints, dead letters and job leases.
 //!
 //! Owns: the error type, the store type and the one atomic step of a run ([`Commit`]): a
-//! checkpoint is written in the same transaction as the run's counters and the dead letters
-//! it passes, so they can never disagree after a crash. Connecting and migrating live in
+//! checkpoint is written in the same transaction as the run's counters, the dead letters
+//! it passes and the fingerprints of the rows Customer.io acknowledged, so they can never disagree after a crash. Connecting and migrating live in
 //! `connect.rs`; each table's queries in its own file (`runs.rs`, `checkpoints.rs`,
 //! `dead_letters.rs`, `leases.rs`, `replicas.rs`, `fingerprints.rs`). Every text that reaches a column passes [`storable`].
 //! Must not: make HTTP calls or decide when a row is settled (the pipeline does); this module

@@ -625,7 +625,7 @@ async fn change_detection_figures() {
         let first = env.run("people").await;
         let cold = t.elapsed();
         assert_eq!(first.counts.rows_delivered, n as u64);
-        let changed = |i: usize| if i % 100 == 0 { "pro" } else { "free" };
+        let changed = |i: usize| if i.is_multiple_of(100) { "pro" } else { "free" };
         env.write_data("people.csv", &people((1..=n).rev(), changed));
         let before = env.sim.requests().len();
         let t = std::time::Instant::now();
@@ -680,4 +680,56 @@ async fn validation_refuses_mirror_on_removals_and_objects_cannot_be_suppressed(
     ] {
         assert!(err.contains(needle), "{needle}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_one_percent_changed_export_sends_full_batches_not_near_empty_ones() {
+    let env = TestEnv::with_state(StateDb::Sqlite).await;
+    env.write_config("track: { concurrency: 2, batch: { max_items: 20, max_bytes: 480000 } }\n");
+    env.write_data("people.csv", &people(1..=4000, |_| "free"));
+    env.write_job("people", JOB);
+    assert_eq!(env.run("people").await.counts.rows_delivered, 4000);
+    env.sim.reset_records();
+    // 40 changed rows spread over the file: two full batches of 20.
+    env.write_data(
+        "people.csv",
+        &people((1..=4000).rev(), |i| {
+            if i.is_multiple_of(100) { "pro" } else { "free" }
+        }),
+    );
+    let run = env.run("people").await;
+    assert_eq!(run.counts.rows_delivered, 40, "{run:?}");
+    assert_eq!(
+        env.sim.requests().len(),
+        2,
+        "{:?}",
+        env.sim.requests().len()
+    );
+}
+
+#[tokio::test]
+async fn object_mirror_deletes_exactly_the_vanished_objects() {
+    let env = env_on(StateDb::Sqlite).await;
+    env.write_job(
+        "accounts",
+        "transport: v2\nsource: { csv: { path: data/accounts.csv } }\nobject: { type_id: 1, id: account_id, attributes: { name: name }, on_missing: delete }\nguard: { max_missing_share: 0.5 }\n",
+    );
+    env.write_data(
+        "accounts.csv",
+        "account_id,name\nacme,Acme\nglobex,Globex\ninitech,Initech\n",
+    );
+    assert_eq!(env.run("accounts").await.outcome, Outcome::Succeeded);
+    env.sim.reset_records();
+    env.write_data(
+        "accounts.csv",
+        "account_id,name\ninitech,Initech\nacme,Acme\n",
+    );
+    let run = env.run("accounts").await;
+    assert_eq!(run.outcome, Outcome::Succeeded, "{run:?}");
+    assert_eq!(
+        env.sim.v2_items(),
+        vec![
+            json!({"type":"object","identifiers":{"object_type_id":"1","object_id":"globex"},"action":"delete"})
+        ]
+    );
 }
