@@ -9,7 +9,11 @@
 //! workspaces or a burst after a backlog). It prints accepted events/s, p50/p99/max answer
 //! latency, and events per transaction (group commit).
 //!
-//! Figures, not assertions.
+//! Figures, not assertions. Measured 2026-12-03 on the 2-core project machine shared with other
+//! builds (`CIO_SYNC_TEST_PG=postgres://postgres@127.0.0.1:5432/test cargo bench --bench
+//! webhook_receive`, defaults): SQLite 6193 events/s, p50 5.9 ms, p99 29.7 ms, 18.9 events per
+//! transaction; PostgreSQL (local server) 884 events/s, p50 58.9 ms, p99 78.7 ms, 25.0 events
+//! per transaction.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
