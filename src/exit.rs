@@ -13,5 +13,9 @@ pub(crate) const CONFIG: u8 = 2;
 pub(crate) const FAILED: u8 = 3;
 /// Another replica holds a job's lease; the job was not run.
 pub(crate) const BUSY: u8 = 4;
+/// A mirror phase refused to remove what vanished from the source (more than
+/// `guard.max_missing_share` of the known identities, or fewer than `guard.min_rows` rows):
+/// the rows read were sent, nothing was removed; `run --force` overrides.
+pub(crate) const GUARDED: u8 = 5;
 /// Stopped by SIGINT or SIGTERM; checkpoints were written.
 pub(crate) const INTERRUPTED: u8 = 130;

@@ -7,6 +7,7 @@
 //! - [`config`]: reading and validating `config.yaml` and `jobs/*.yaml` (never writes).
 //! - [`source`]: CSV files and SQL queries, streamed, each row with its resume position.
 //! - [`mapping`]: a row → one Customer.io operation, every limit checked before sending.
+//! - [`change`]: change detection: identity keys, fingerprints, which attributes changed.
 //! - [`batch`]: packing operations into v2 batches under the byte and item limits.
 //! - [`http`]: the shared HTTP client, rate gate and retry policy.
 //! - [`track`]: the Track API client (v2 batch, v1, segments) and its outcomes per row.
@@ -29,6 +30,7 @@
 
 pub(crate) mod app_api;
 pub mod batch;
+pub mod change;
 pub mod cli;
 pub mod config;
 pub(crate) mod exit;

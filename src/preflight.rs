@@ -135,21 +135,33 @@ pub(crate) async fn check_connected(cfg: &Config) -> PreflightReport {
         report.problems.push(p);
     }
     let cancel = CancellationToken::new();
-    if cfg.jobs.iter().any(|j| matches!(j.kind, JobKind::Push(_))) {
-        let gate = Arc::new(RateGate::per_second(settings.track.rate_limit_per_sec));
+    // Each workspace the jobs use is checked with its own credentials and hosts.
+    let used = |push: bool| -> std::collections::BTreeSet<Option<&str>> {
+        cfg.jobs
+            .iter()
+            .filter(|j| matches!(j.kind, JobKind::Push(_)) == push)
+            .map(|j| j.workspace.as_deref())
+            .collect()
+    };
+    for workspace in used(true) {
+        let Some(ws) = settings.for_workspace(workspace) else {
+            continue; // an unknown `workspace:` is already a config error
+        };
+        let label = api_label("Track API", workspace);
+        let gate = Arc::new(RateGate::per_second(ws.track.rate_limit_per_sec));
         // One attempt: a pre-flight answers now, it does not wait out the retry budget.
-        let mut once = settings.clone();
+        let mut once = ws.clone();
         once.retry.max_attempts = 1;
         match crate::runner::check_region(&once, gate, "validate", &cancel).await {
             Ok(info) => report.passed.push(format!(
-                "Track API: credentials accepted; workspace {} in region {}",
+                "{label}: credentials accepted; workspace {} in region {}",
                 info.environment_id
                     .map(|i| i.to_string())
                     .unwrap_or_else(|| "(id not given)".into()),
                 info.region
             )),
             Err(e) => report.problems.push(PreflightError::Track {
-                url: settings.customerio.track_url.masked(),
+                url: ws.customerio.track_url.masked(),
                 reason: match e {
                     RunnerError::Track { source, .. } => source.to_string(),
                     RunnerError::Job { message, .. } => message,
@@ -158,11 +170,16 @@ pub(crate) async fn check_connected(cfg: &Config) -> PreflightReport {
             }),
         }
     }
-    if cfg.jobs.iter().any(|j| matches!(j.kind, JobKind::Pull(_))) {
-        match check_app_key(settings).await {
-            Ok(()) => report.passed.push("App API: key accepted".into()),
+    for workspace in used(false) {
+        let Some(ws) = settings.for_workspace(workspace) else {
+            continue;
+        };
+        match check_app_key(&ws).await {
+            Ok(()) => report
+                .passed
+                .push(format!("{}: key accepted", api_label("App API", workspace))),
             Err(reason) => report.problems.push(PreflightError::App {
-                url: settings.customerio.app_url.masked(),
+                url: ws.customerio.app_url.masked(),
                 reason,
             }),
         }
@@ -177,6 +194,14 @@ pub(crate) async fn check_connected(cfg: &Config) -> PreflightReport {
         }
     }
     report
+}
+
+/// `Track API`, or `Track API (workspace eu)` for a named workspace.
+fn api_label(api: &str, workspace: Option<&str>) -> String {
+    match workspace {
+        None => api.to_string(),
+        Some(w) => format!("{api} (workspace {w})"),
+    }
 }
 
 /// The `type_id` of each object or relationship job, with its key.

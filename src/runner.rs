@@ -405,7 +405,7 @@ pub fn job_health(runs: &[crate::state::RunRecord]) -> (Option<f64>, i64) {
 /// it dead-lettered rows; an interrupted run says nothing.
 fn run_health(outcome: Outcome) -> RunHealth {
     match outcome {
-        Outcome::Succeeded | Outcome::RejectedRows => RunHealth::Completed,
+        Outcome::Succeeded | Outcome::RejectedRows | Outcome::Guarded => RunHealth::Completed,
         Outcome::Interrupted => RunHealth::Interrupted,
         Outcome::Failed | Outcome::Aborted => RunHealth::Failed,
     }
@@ -465,8 +465,10 @@ pub async fn check_region(
         return Err(RunnerError::Job {
             job: job.to_string(),
             message: format!(
-                "the Track credentials belong to a workspace in the `{}` region, but config.yaml says `customerio.region: {configured}`; set `customerio.region: {}`",
-                info.region, info.region
+                "the Track credentials belong to a workspace in the `{}` region, but config.yaml says `{key}.region: {configured}`; set `{key}.region: {}`",
+                info.region,
+                info.region,
+                key = settings.customerio.key,
             ),
         });
     }

@@ -6,6 +6,7 @@
 //! Must not: hold pipeline logic or I/O checks; it calls `runner`, `preflight`, `state`,
 //! `simulator`.
 
+mod checkpoint;
 mod demo;
 pub mod output;
 mod progress;
@@ -115,6 +116,9 @@ pub enum Command {
     /// Run the example jobs against an in-process simulator, with embedded SQLite state
     /// (state/demo.db next to config.yaml unless --state is given).
     Demo,
+    /// Show or reset a job's checkpoint (reset also forgets its fingerprints).
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointAction),
     /// Send a track job's events of one time window [--from, --to), in time order, with their
     /// own checkpoint: stop and run the same command again to resume.
     Backfill(BackfillArgs),
@@ -171,6 +175,9 @@ pub struct RunArgs {
     /// With --dry-run: how many operations and rejections to show.
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
+    /// Mirror mode removes what vanished even when its guard refuses (see `guard:`).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -329,6 +336,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Daemon => daemon(&cli.global).await,
         Command::Backfill(args) => backfill(&cli.global, args).await,
         Command::Runs { job, limit, json } => runs(&cli.global, &job, limit, json).await,
+        Command::Checkpoint(action) => checkpoint::run(&cli.global, action).await,
         Command::Demo => demo::run(&cli.global.config, cli.global.state.clone())
             .await
             .map_err(|e| match e {
@@ -402,12 +410,41 @@ fn names_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// The state database for a dry run's fingerprint lookups: only one that already exists (a
+/// dry run creates nothing); without it the dry run shows every row as sent.
+async fn dry_run_state(settings: &config::Settings) -> Option<StateStore> {
+    let url = settings.state_url.expose();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let file = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(file).exists() {
+            return None;
+        }
+    }
+    match StateStore::open_with(&settings.state_url, settings.state_connect_timeout).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "The dry run cannot read fingerprints; it shows every row as sent.");
+            None
+        }
+    }
+}
+
+/// `run`'s mode: `--force` lets mirror mode act past its guard.
+fn run_mode(args: &RunArgs) -> RunMode {
+    if args.force {
+        RunMode::Forced { full: args.full }
+    } else {
+        RunMode::Normal { full: args.full }
+    }
+}
+
 /// The exit code a finished run earns.
 fn outcome_code(outcome: Outcome) -> u8 {
     match outcome {
         Outcome::Succeeded => exit::OK,
         Outcome::RejectedRows => exit::REJECTED_ROWS,
         Outcome::Interrupted => exit::INTERRUPTED,
+        Outcome::Guarded => exit::GUARDED,
         _ => exit::FAILED,
     }
 }
@@ -442,10 +479,7 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
             break;
         }
         let stop = stop.clone();
-        match runner
-            .run(job, RunMode::Normal { full: args.full }, stop)
-            .await
-        {
+        match runner.run(job, run_mode(&args), stop).await {
             Ok(report) => {
                 code = code.max(outcome_code(report.outcome));
                 if !args.json {
@@ -473,12 +507,19 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
 async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> {
     let mut reports = Vec::new();
     let mut code = exit::OK;
+    let state = dry_run_state(&cfg.settings).await;
     for job in jobs {
         match &job.kind {
             JobKind::Push(push) => {
-                let r = crate::pipeline::dry_run::dry_run(&cfg.settings, job, push, args.limit)
-                    .await
-                    .map_err(|e| anyhow!(e))?;
+                let r = crate::pipeline::dry_run::dry_run(
+                    &cfg.settings,
+                    job,
+                    push,
+                    args.limit,
+                    state.as_ref(),
+                )
+                .await
+                .map_err(|e| anyhow!(e))?;
                 if r.rejected > 0 {
                     code = code.max(exit::REJECTED_ROWS);
                 }
@@ -492,6 +533,12 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
                         count(r.requests, "request"),
                         r.rejected
                     );
+                    if r.unchanged > 0 {
+                        say!(
+                            "  {} unchanged since Customer.io acknowledged them: not sent",
+                            count(r.unchanged, "row")
+                        );
+                    }
                     for op in &r.sample_operations {
                         say!("  would send: {op}");
                     }

@@ -93,6 +93,12 @@ pub fn print_report_as(r: &RunReport, me: &str) {
         r.counts.retries,
         secs
     );
+    if r.counts.rows_unchanged > 0 {
+        line.push_str(&format!(
+            " ({} unchanged, not sent)",
+            r.counts.rows_unchanged
+        ));
+    }
     if r.resumed_after_rows > 0 {
         line.push_str(&format!(" (resumed after row {})", r.resumed_after_rows));
     }
@@ -213,12 +219,17 @@ impl StatusView<'_> {
                     self.job_cell(&r.job),
                     r.outcome.clone(),
                     format!(
-                        "read {} delivered {} rejected {} requests {} retries {}",
+                        "read {} delivered {} rejected {} requests {} retries {}{}",
                         r.counts.rows_read,
                         r.counts.rows_delivered,
                         r.counts.rows_rejected,
                         r.counts.requests,
-                        r.counts.retries
+                        r.counts.retries,
+                        if r.counts.rows_unchanged > 0 {
+                            format!(" unchanged {}", r.counts.rows_unchanged)
+                        } else {
+                            String::new()
+                        }
                     ),
                 ]
             })

@@ -278,6 +278,9 @@ impl Settings {
 
 #[derive(Debug, Clone)]
 pub struct CustomerIo {
+    /// Where this block is in config.yaml (`customerio`, or `workspaces.eu`), so messages
+    /// name the key to change.
+    pub key: String,
     pub region: Region,
     pub site_id: Option<Secret>,
     pub track_api_key: Option<Secret>,
@@ -347,6 +350,33 @@ pub struct PushJob {
     pub transport: Option<Transport>,
     pub batch: Option<BatchLimits>,
     pub concurrency: Option<usize>,
+    /// `send` / `diff`: change detection (identify, object, relationship and segment jobs).
+    pub change: crate::change::ChangePolicy,
+    /// Mirror mode, when the job has it.
+    pub mirror: Option<MirrorSpec>,
+}
+
+/// Mirror mode: what a complete full read does to the identities it no longer has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorSpec {
+    pub on_missing: OnMissing,
+    /// Refuse when more than this share (0..=1) of the known identities vanished.
+    pub max_missing_share: f64,
+    /// Refuse when the read returned fewer rows than this.
+    pub min_rows: u64,
+}
+
+/// What happens to a vanished identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnMissing {
+    /// Delete the person or object.
+    Delete,
+    /// Suppress the person.
+    Suppress,
+    /// Clear these attributes.
+    Unset(Vec<String>),
+    /// Remove the segment membership or the relationship (`mirror: true`).
+    Remove,
 }
 
 #[derive(Debug, Clone)]

@@ -320,6 +320,8 @@ pub(super) struct JobFile {
     pub transport: Option<Transport>,
     pub batch: Option<BatchSection>,
     pub concurrency: Option<usize>,
+    /// Limits of mirror mode (`on_missing`, `segment.mirror`, `relationship.mirror`).
+    pub guard: Option<GuardSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,6 +537,12 @@ pub(super) struct IdentifySection {
     /// `true`: never create people, only update existing ones (`_update`).
     #[serde(default)]
     pub update_only: bool,
+    /// `changed` (default): skip rows Customer.io already has; `all`: send every row.
+    pub send: Option<SendSpec>,
+    /// `attributes` (default): a changed row sends only its changed attributes; `row`: all.
+    pub diff: Option<DiffSpec>,
+    /// Mirror mode: what happens to people gone from a complete full read.
+    pub on_missing: Option<OnMissingSpec>,
 }
 
 /// `timestamp: col` or `timestamp: { column: col, format: unix_ms }`.
@@ -628,6 +636,9 @@ pub(super) struct SegmentSection {
     /// `add` (default) or `remove`.
     #[serde(default)]
     pub action: SegmentAction,
+    /// Membership becomes exactly the rows of the last complete full read.
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -680,6 +691,12 @@ pub(super) struct ObjectSection {
     pub empty: EmptyPolicy,
     #[serde(default)]
     pub action: ObjectAction,
+    /// As `identify.send`.
+    pub send: Option<SendSpec>,
+    /// As `identify.diff`.
+    pub diff: Option<DiffSpec>,
+    /// Mirror mode: `delete`, `unset: [attr…]` or `ignore` for objects gone from a full read.
+    pub on_missing: Option<OnMissingSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -712,6 +729,9 @@ pub(super) struct RelationshipSection {
     pub empty: EmptyPolicy,
     #[serde(default)]
     pub action: AddOrDelete,
+    /// Pairs gone from the last complete full read are removed.
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -929,4 +949,55 @@ impl<'de> Deserialize<'de> for EventKeySpec {
         }
         d.deserialize_any(V)
     }
+}
+
+/// `send: changed | all`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum SendSpec {
+    Changed,
+    All,
+}
+
+/// `diff: attributes | row`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum DiffSpec {
+    Attributes,
+    Row,
+}
+
+/// `on_missing: delete | suppress | ignore` or `on_missing: { unset: [attr…] }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(
+    untagged,
+    expecting = "`delete`, `suppress`, `ignore` or `{ unset: [attribute, …] }`"
+)]
+pub(super) enum OnMissingSpec {
+    Word(OnMissingWord),
+    Unset(UnsetSection),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum OnMissingWord {
+    Delete,
+    Suppress,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UnsetSection {
+    pub unset: Vec<String>,
+}
+
+/// `guard:`: when mirror mode refuses to remove anything.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GuardSection {
+    /// Refuse when more than this share (0..=1) of the known identities vanished.
+    pub max_missing_share: Option<f64>,
+    /// Refuse when the read returned fewer rows than this.
+    pub min_rows: Option<u64>,
 }

@@ -227,6 +227,7 @@ fn customer_io(
         }
     }
     CustomerIo {
+        key: key.to_string(),
         region: c.region.into(),
         site_id: c.site_id,
         track_api_key: c.track_api_key,
@@ -502,6 +503,7 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
         }
         JobKind::Pull(pull.into())
     } else {
+        let (change, mirror) = change_and_mirror(file, &raw, &mut errors);
         let source = match raw.source {
             None => {
                 errors.push(ConfigError::new(
@@ -638,6 +640,8 @@ pub(super) fn job(file: &Path, raw: raw::JobFile) -> Result<JobSpec, Vec<ConfigE
                 transport: raw.transport.map(Into::into),
                 batch: raw.batch.map(Into::into),
                 concurrency: raw.concurrency,
+                change,
+                mirror,
             })),
             _ => return Err(errors),
         }
@@ -1092,4 +1096,119 @@ fn field_set(
             FieldSet::Explicit(fields)
         }
     }
+}
+
+/// `send`, `diff`, `on_missing` / `mirror` and `guard` of a push job.
+fn change_and_mirror(
+    file: &Path,
+    raw: &raw::JobFile,
+    errors: &mut Vec<ConfigError>,
+) -> (crate::change::ChangePolicy, Option<MirrorSpec>) {
+    use crate::change::{ChangePolicy, DiffPolicy, SendPolicy};
+    let (kind, send, diff, on_missing) = if let Some(i) = &raw.identify {
+        ("identify", i.send, i.diff, i.on_missing.clone())
+    } else if let Some(o) = &raw.object {
+        ("object", o.send, o.diff, o.on_missing.clone())
+    } else if let Some(s) = &raw.segment {
+        if s.mirror && s.action == raw::SegmentAction::Remove {
+            errors.push(ConfigError::new(
+                file,
+                "segment.mirror",
+                "mirrors the people a job adds: use it with `action: add` (the default)",
+            ));
+        }
+        let remove = s
+            .mirror
+            .then_some(raw::OnMissingSpec::Word(raw::OnMissingWord::Delete));
+        ("segment", None, None, remove)
+    } else if let Some(r) = &raw.relationship {
+        if r.mirror && r.action == raw::AddOrDelete::Delete {
+            errors.push(ConfigError::new(
+                file,
+                "relationship.mirror",
+                "mirrors the pairs a job adds: use it with `action: add` (the default)",
+            ));
+        }
+        let remove = r
+            .mirror
+            .then_some(raw::OnMissingSpec::Word(raw::OnMissingWord::Delete));
+        ("relationship", None, None, remove)
+    } else {
+        ("", None, None, None)
+    };
+    let change = ChangePolicy {
+        send: match send {
+            Some(raw::SendSpec::All) => SendPolicy::All,
+            _ => SendPolicy::Changed,
+        },
+        diff: match diff {
+            Some(raw::DiffSpec::Row) => DiffPolicy::Row,
+            _ => DiffPolicy::Attributes,
+        },
+    };
+    let mirror_key = match kind {
+        "segment" | "relationship" => format!("{kind}.mirror"),
+        _ => format!("{kind}.on_missing"),
+    };
+    let on_missing = match (kind, on_missing) {
+        (_, None) | (_, Some(raw::OnMissingSpec::Word(raw::OnMissingWord::Ignore))) => None,
+        ("segment" | "relationship", Some(_)) => Some(OnMissing::Remove),
+        (_, Some(raw::OnMissingSpec::Word(raw::OnMissingWord::Delete))) => Some(OnMissing::Delete),
+        ("object", Some(raw::OnMissingSpec::Word(raw::OnMissingWord::Suppress))) => {
+            errors.push(ConfigError::new(
+                file,
+                "object.on_missing",
+                "objects cannot be suppressed: use `delete`, `unset: [attribute, …]` or `ignore`",
+            ));
+            None
+        }
+        (_, Some(raw::OnMissingSpec::Word(raw::OnMissingWord::Suppress))) => {
+            Some(OnMissing::Suppress)
+        }
+        (_, Some(raw::OnMissingSpec::Unset(u))) => {
+            if u.unset.is_empty() || u.unset.iter().any(|a| a.trim().is_empty()) {
+                errors.push(ConfigError::new(
+                    file,
+                    &mirror_key,
+                    "`unset` lists the attributes to clear: give at least one non-empty name",
+                ));
+            }
+            Some(OnMissing::Unset(u.unset))
+        }
+    };
+    if on_missing.is_some()
+        && let Some(raw::SourceSection { sql: Some(sql), .. }) = &raw.source
+        && sql.cursor.is_some()
+    {
+        errors.push(ConfigError::new(
+            file,
+            &mirror_key,
+            "an incremental SQL job (`source.sql.cursor`) reads only rows changed since its last run, so it cannot see which rows were deleted: remove the cursor to read the whole table every run, or remove mirror mode",
+        ));
+    }
+    let guard = raw.guard.clone();
+    if guard.is_some() && on_missing.is_none() {
+        errors.push(ConfigError::new(
+            file,
+            "guard",
+            format!("only limits mirror mode: set `{mirror_key}` or remove `guard`"),
+        ));
+    }
+    let max_missing_share = guard
+        .as_ref()
+        .and_then(|g| g.max_missing_share)
+        .unwrap_or(0.10);
+    if !(0.0..=1.0).contains(&max_missing_share) {
+        errors.push(ConfigError::new(
+            file,
+            "guard.max_missing_share",
+            "is a share between 0 and 1 (0.10 = refuse when more than 10% of the known identities vanished)",
+        ));
+    }
+    let mirror = on_missing.map(|on_missing| MirrorSpec {
+        on_missing,
+        max_missing_share,
+        min_rows: guard.and_then(|g| g.min_rows).unwrap_or(0),
+    });
+    (change, mirror)
 }

@@ -402,6 +402,56 @@ impl Mapper {
         Ok(Mapped { op, encoded })
     }
 
+    /// The row's identity key (see `change/`), for keying its dead letter: from the mapped
+    /// operation when there is one, else from the identifier columns alone (a row that failed
+    /// another rule); `None` when not even those can be read (the row is then keyed by its
+    /// source and line). Events are keyed by their id (`event:<id>`).
+    pub fn identity(&self, values: &[Value], mapped: Option<&Mapped>) -> Option<String> {
+        if let Some(m) = mapped {
+            return crate::change::identity(&m.op);
+        }
+        match &self.plan {
+            Plan::Identify { ident, .. }
+            | Plan::Delete { ident, .. }
+            | Plan::Segment { ident, .. }
+            | Plan::Device { ident, .. } => self
+                .subject(ident, values)
+                .ok()
+                .and_then(|s| crate::change::subject_key(&s)),
+            Plan::Merge { primary, .. } => self
+                .subject(primary, values)
+                .ok()
+                .and_then(|s| crate::change::subject_key(&s)),
+            Plan::Object {
+                object: ObjectCol::Typed { type_id, col },
+                ..
+            } => self
+                .object_id(*col, values, "object id")
+                .ok()
+                .and_then(|id| {
+                    crate::change::subject_key(&Subject::Object {
+                        type_id: type_id.clone(),
+                        id,
+                    })
+                }),
+            Plan::Relationship {
+                type_id,
+                object_col,
+                person,
+                ..
+            } => {
+                let id = self.object_id(*object_col, values, "object id").ok()?;
+                let person = self.person_ref(person, values).ok()?;
+                let object = Subject::Object {
+                    type_id: type_id.clone(),
+                    id,
+                };
+                crate::change::relationship_key(&object, &person)
+            }
+            Plan::Object { .. } | Plan::Track { .. } => None,
+        }
+    }
+
     /// The row as a JSON object (column → value), for dead letters and dry runs.
     pub fn row_json(columns: &[String], values: &[Value]) -> J {
         J::Object(

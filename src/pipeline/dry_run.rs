@@ -1,8 +1,11 @@
 //! `run --dry-run`: read, map and batch everything, send nothing, write nothing.
 //!
 //! Owns: reporting what a run would send (sample operations, request count) and what it would
-//! reject (every rejected row with its reason, up to a limit). Must not: open the state
-//! database or any network connection to Customer.io.
+//! reject (every rejected row with its reason, up to a limit). With the state database it
+//! consults the job's fingerprints (read only), so it shows what a real run would send: only
+//! changed rows, only their changed attributes. Must not: open the state database itself
+//! (the caller hands it over, or none), write to it, or open any network connection to
+//! Customer.io.
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,8 @@ pub struct DryRunReport {
     pub rows_read: u64,
     pub operations: u64,
     pub rejected: u64,
+    /// Rows a real run would not send: Customer.io already has them (fingerprints).
+    pub unchanged: u64,
     /// Requests a real run would make when every one is answered at once: v2 batches, one
     /// per operation for v1, one per segment batch (retries not included).
     pub requests: u64,
@@ -38,6 +43,7 @@ pub async fn dry_run(
     job: &JobSpec,
     push: &PushJob,
     limit: usize,
+    state: Option<&crate::state::StateStore>,
 ) -> Result<DryRunReport, String> {
     let mut stream = source::open(&push.source, &job.name, None, CancellationToken::new())
         .await
@@ -53,12 +59,44 @@ pub async fn dry_run(
         rows_read: 0,
         operations: 0,
         rejected: 0,
+        unchanged: 0,
         requests: 0,
         sample_operations: Vec::new(),
         sample_rejections: Vec::new(),
     };
+    let mut filter = state.and_then(|_| {
+        super::stage::ChangeFilter::for_job(
+            &job.name,
+            &push.mapping,
+            push.change,
+            true,
+            false,
+            super::stage::CHUNK_ROWS,
+        )
+    });
     let mut seq = 0;
-    while let Some(row) = stream.rows.recv().await {
+    let mut ended = false;
+    while !ended {
+        let next = stream.rows.recv().await;
+        ended = next.is_none();
+        if let (Some(f), Some(state)) = (&mut filter, state)
+            && !f.is_empty()
+            && (ended || f.due())
+        {
+            let decided = f
+                .flush(state)
+                .await
+                .map_err(|e| format!("job `{}`: {e}", job.name))?;
+            for d in decided {
+                match d {
+                    super::stage::Filtered::Unchanged { .. } => report.unchanged += 1,
+                    super::stage::Filtered::Send { pending, .. } => {
+                        would_send(&mut report, &mut batcher, pending, limit)
+                    }
+                }
+            }
+        }
+        let Some(row) = next else { break };
         let row = row.map_err(|e| format!("job `{}`: {e}", job.name))?;
         report.rows_read += 1;
         seq += 1;
@@ -77,16 +115,6 @@ pub async fn dry_run(
                 }
             }
             Ok((mapped, values)) => {
-                report.operations += 1;
-                if report.sample_operations.len() < limit {
-                    // The encoding is our own JSON; were it not, show exactly what would be sent.
-                    let sample = serde_json::from_slice(&mapped.encoded).unwrap_or_else(|_| {
-                        serde_json::Value::String(
-                            String::from_utf8_lossy(&mapped.encoded).into_owned(),
-                        )
-                    });
-                    report.sample_operations.push(sample);
-                }
                 let pending = Pending {
                     seq,
                     line: row.line,
@@ -95,8 +123,9 @@ pub async fn dry_run(
                     mapped,
                 };
                 drop(values);
-                if batcher.push(pending).is_some() {
-                    report.requests += 1;
+                match &mut filter {
+                    Some(f) => f.push(pending),
+                    None => would_send(&mut report, &mut batcher, pending, limit),
                 }
             }
         }
@@ -105,4 +134,20 @@ pub async fn dry_run(
         report.requests += 1;
     }
     Ok(report)
+}
+
+/// Counts (and samples) an operation a real run would send.
+fn would_send(report: &mut DryRunReport, batcher: &mut Batcher, pending: Pending, limit: usize) {
+    report.operations += 1;
+    if report.sample_operations.len() < limit {
+        let encoded = &pending.mapped.encoded;
+        // The encoding is our own JSON; were it not, show exactly what would be sent.
+        let sample = serde_json::from_slice(encoded).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(encoded).into_owned())
+        });
+        report.sample_operations.push(sample);
+    }
+    if batcher.push(pending).is_some() {
+        report.requests += 1;
+    }
 }

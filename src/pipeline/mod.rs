@@ -1,5 +1,5 @@
-//! One push run: checkpoint → source → mapping → batcher → [per-batch stage] → sender →
-//! acknowledgement → checkpoint.
+//! One push run: checkpoint → source → mapping → [change filter] → batcher → sender →
+//! acknowledgement → checkpoint (+ fingerprints) → [mirror phase, after a complete full read].
 //!
 //! Owns: wiring the stages together for one job run as one loop over explicit phases
 //! (reading, draining, grace, forced), the requests in flight, and committing progress
@@ -12,7 +12,8 @@
 //! - `phase.rs`: what a run may do at each point, and how stops and failures move it on.
 //! - `settle.rs`: an answered batch → delivered rows and dead letters.
 //! - `commit.rs`: when progress is written.
-//! - `stage.rs`: the slot between a batch closing and its being sent.
+//! - `stage.rs`: the change filter between mapping and the batcher.
+//! - `mirror.rs`: mirror mode: removing what a complete full read no longer has.
 //! - `ack.rs`: how far the checkpoint may move.
 //! - `dry_run.rs`: `run --dry-run`.
 
@@ -22,9 +23,10 @@ mod commit;
 pub mod dry_run;
 pub(crate) mod lag;
 mod lanes;
+pub(crate) mod mirror;
 mod phase;
 mod settle;
-pub mod stage;
+pub(crate) mod stage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +48,7 @@ use commit::{CommitPoint, CommitPolicy};
 use lanes::Lanes;
 use phase::Phase;
 use settle::{Ledger, RowOrigin, Sent, Verdict};
-use stage::{BatchStage, SendAll};
+use stage::{ChangeFilter, Filtered};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -84,8 +86,11 @@ pub struct RunReport {
 /// What the run is for.
 #[derive(Debug, Clone)]
 pub enum RunMode {
-    /// Normal: resume from the checkpoint and advance it.
+    /// Normal: resume from the checkpoint and advance it. `full` also forgets the job's
+    /// fingerprints, so every row is sent again.
     Normal { full: bool },
+    /// Normal, and a mirror phase acts even when its guard would refuse (`run --force`).
+    Forced { full: bool },
     /// Re-send dead letters: no checkpoint; delivered rows leave the dead-letter table.
     RetryDeadLetters,
     /// `backfill`: the events of one window, in time order, on lanes by person, with the
@@ -97,7 +102,7 @@ impl RunMode {
     /// The checkpoint the run resumes from and advances, if any.
     fn scope(&self) -> Option<Scope> {
         match self {
-            RunMode::Normal { .. } => Some(Scope::Job),
+            RunMode::Normal { .. } | RunMode::Forced { .. } => Some(Scope::Job),
             RunMode::Backfill(w) => Some(w.scope()),
             RunMode::RetryDeadLetters => None,
         }
@@ -179,10 +184,18 @@ pub async fn run_push(
         source,
     };
     let started = Instant::now();
+    let (mode, force) = match mode {
+        RunMode::Forced { full } => (RunMode::Normal { full }, true),
+        m => (m, false),
+    };
     let checkpoint = match (&mode, mode.scope()) {
         (RunMode::Normal { full: true }, _) => {
             ctx.state
                 .reset_checkpoint(&job.name, &Scope::Job)
+                .await
+                .map_err(state_err)?;
+            ctx.state
+                .forget_fingerprints(&job.name)
                 .await
                 .map_err(state_err)?;
             None
@@ -209,7 +222,7 @@ pub async fn run_push(
         RunMode::RetryDeadLetters => {
             dead_letter_stream(&ctx.state, job, push, reader_stop.clone()).await
         }
-        RunMode::Normal { .. } | RunMode::Backfill(_) => source::open(
+        RunMode::Normal { .. } | RunMode::Forced { .. } | RunMode::Backfill(_) => source::open(
             &push.source,
             &job.name,
             checkpoint.as_ref(),
@@ -243,7 +256,16 @@ pub async fn run_push(
         }
     };
     let reads_source = matches!(mode, RunMode::Normal { .. });
-    let run = Run::new(ctx, job, push, mode, stop, run_id.clone(), reader_stop);
+    let mut run = Run::new(ctx, job, push, mode, stop, run_id.clone(), reader_stop);
+    run.force = force;
+    if reads_source {
+        // Usually empty or small: only rows whose dead letter is keyed by identity.
+        run.ledger.dead_identities = ctx
+            .state
+            .dead_letter_identities(&job.name)
+            .await
+            .map_err(state_err)?;
+    }
     let result = run.go(stream, started).instrument(span).await;
     if result.is_ok() && reads_source {
         report_checkpoint_lag(ctx, job, push).await;
@@ -325,8 +347,14 @@ struct Run<'a> {
     counters: Arc<RunCounters>,
     /// Settled but not yet committed.
     ledger: Ledger,
-    /// Between a batch closing and its being sent.
-    stage: Box<dyn BatchStage + 'a>,
+    /// Between mapping and the batcher (jobs that keep fingerprints).
+    filter: Option<ChangeFilter>,
+    /// Rows the filter passed, waiting for a free sending slot.
+    ready: std::collections::VecDeque<crate::batch::Pending>,
+    /// `run --force`: a mirror phase acts even when its guard would refuse.
+    force: bool,
+    /// Rows whose identity could not be read (mirror mode cannot tell whether they vanished).
+    rows_without_identity: u64,
     commit_policy: CommitPolicy,
     phase: Phase,
     error: Option<String>,
@@ -376,7 +404,10 @@ impl<'a> Run<'a> {
             send_stop: CancellationToken::new(),
             counters: Arc::new(RunCounters::default()),
             ledger: Ledger::new(&job.name, resolving),
-            stage: Box::new(SendAll),
+            filter: None,
+            ready: std::collections::VecDeque::new(),
+            force: false,
+            rows_without_identity: 0,
             commit_policy: CommitPolicy::DEFAULT,
             phase: Phase::Reading,
             error: None,
@@ -431,8 +462,35 @@ impl<'a> Run<'a> {
         } else {
             PROGRESS_LOG_EVERY
         };
+        let normal = matches!(self.mode, RunMode::Normal { .. });
+        self.filter = ChangeFilter::for_job(
+            &self.job.name,
+            &self.push.mapping,
+            self.push.change,
+            normal,
+            normal && self.push.mirror.is_some() && resumed_after_rows == 0,
+            (window / 2).max(1),
+        );
 
         loop {
+            let window_full = self.ledger.tracker.pending() >= window;
+            // Rows waiting in the change filter are decided a chunk at a time, and at once
+            // when reading stops or the window is full (they hold the checkpoint back).
+            if self.phase.sends()
+                && self.filter.as_ref().is_some_and(|f| {
+                    !f.is_empty() && (f.due() || self.phase == Phase::Draining || window_full)
+                })
+            {
+                self.flush_filter().await?;
+                self.maybe_commit(&identity, CommitPoint::RowRead).await?;
+                continue;
+            }
+            if self.phase.sends() && lanes.slot_free() && !self.ready.is_empty() {
+                // The lanes queue what closes; their sending below keeps to each lane's slots.
+                while let Some(p) = self.ready.pop_front() {
+                    lanes.push(p);
+                }
+            }
             // Batches that close are sent at once; reading pauses while all slots are busy, and
             // while the rows past the checkpoint fill the window (a slow early batch holds the
             // checkpoint back; without the window later batches would pile up behind it, and a
@@ -455,7 +513,8 @@ impl<'a> Run<'a> {
                     continue;
                 }
             }
-            let can_read = self.phase.reads() && lanes.slot_free() && !window_full;
+            let can_read =
+                self.phase.reads() && lanes.slot_free() && !window_full && self.ready.is_empty();
             if !can_read && in_flight.is_empty() {
                 break;
             }
@@ -522,10 +581,11 @@ impl<'a> Run<'a> {
                                 self.bytes_read = *byte;
                             }
                             let seq = self.ledger.tracker.read(row.resume.clone());
-                            let from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line };
+                            let mut from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line, identity: None };
                             let values = match row.values {
                                 Ok(v) => v,
                                 Err(reason) => {
+                                    self.rows_without_identity += 1;
                                     let data = serde_json::json!({ "raw": row.raw.unwrap_or_default() }).to_string();
                                     self.ledger.reject(seq, from, data, format!("line {}: {reason}", row.line), "source");
                                     continue;
@@ -533,12 +593,22 @@ impl<'a> Run<'a> {
                             };
                             match mapper.map(&values) {
                                 Err(reason) => {
+                                    from.identity = mapper.identity(&values, None);
+                                    match (&from.identity, &mut self.filter) {
+                                        (Some(key), Some(f)) => f.saw(key),
+                                        (None, _) => self.rows_without_identity += 1,
+                                        _ => {}
+                                    }
                                     let data = Mapper::row_json(&columns, &values).to_string();
                                     self.ledger.reject(seq, from, data, reason.0, "mapping");
                                 }
                                 Ok(mapped) => {
                                     let pending = Pending { seq, line: row.line, row_ref: row.row_ref, values, mapped };
-                                    lanes.push(pending);
+                                    if let Some(f) = &mut self.filter {
+                                        f.push(pending);
+                                    } else {
+                                        lanes.push(pending);
+                                    }
                                 }
                             }
                             if last_progress.elapsed() >= progress_every {
@@ -557,17 +627,71 @@ impl<'a> Run<'a> {
         if complete && self.scope.is_some() {
             self.commit_complete(&identity).await?;
         }
+        let mut guarded = None;
+        let mut mirror_summary = None;
+        if complete
+            && let Some(spec) = &self.push.mirror
+            && let Some(seen) = self.filter.as_mut().and_then(ChangeFilter::take_seen)
+        {
+            let input = mirror::MirrorInput {
+                job: &self.job.name,
+                mapping: &self.push.mapping,
+                spec,
+                seen: &seen,
+                rows_read: self.ledger.counts.rows_read,
+                rows_without_identity: self.rows_without_identity,
+                force: self.force,
+                wire: plan.wire,
+                max_items: plan.max_items,
+                max_bytes: plan.max_bytes,
+            };
+            match mirror::run(
+                &self.ctx.state,
+                &self.ctx.track,
+                &self.counters,
+                &self.send_stop,
+                input,
+            )
+            .await
+            {
+                Ok(mirror::MirrorOutcome::Guarded(reason)) => guarded = Some(reason),
+                Ok(mirror::MirrorOutcome::Done(summary)) => {
+                    mirror_summary = serde_json::to_value(&summary).ok();
+                    if let Some(e) = summary.error {
+                        self.error = Some(e);
+                    }
+                }
+                Err(e) => {
+                    self.error = Some(
+                        PipelineError::State {
+                            job: self.job.name.clone(),
+                            source: e,
+                        }
+                        .to_string(),
+                    );
+                }
+            }
+        } else if self.push.mirror.is_some() && matches!(self.mode, RunMode::Normal { .. }) {
+            tracing::info!(
+                complete,
+                resumed_after_rows,
+                "No mirror phase: it runs only after a complete read from the start of the source."
+            );
+        }
         let outcome = if self.error.is_some() {
             Outcome::Failed
         } else if stopped_early {
             Outcome::Interrupted
+        } else if guarded.is_some() {
+            Outcome::Guarded
         } else if self.ledger.counts.rows_rejected > 0 {
             Outcome::RejectedRows
         } else {
             Outcome::Succeeded
         };
-        let error = self.error.clone();
-        self.finish(outcome, error, resumed_after_rows, started, None)
+        let error = self.error.clone().or(guarded);
+        let summary = mirror_summary.map(|m| serde_json::json!({ "mirror": m }));
+        self.finish(outcome, error, resumed_after_rows, started, summary)
             .await
     }
 
@@ -602,6 +726,37 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Decides the rows waiting in the change filter: unchanged ones settle now, the others
+    /// queue for the batcher.
+    async fn flush_filter(&mut self) -> Result<(), PipelineError> {
+        let Some(filter) = &mut self.filter else {
+            return Ok(());
+        };
+        let decided =
+            filter
+                .flush(&self.ctx.state)
+                .await
+                .map_err(|source| PipelineError::State {
+                    job: self.job.name.clone(),
+                    source,
+                })?;
+        for row in decided {
+            match row {
+                Filtered::Send { pending, note } => {
+                    if let Some(note) = note {
+                        self.ledger.note(pending.seq, note);
+                    }
+                    self.ready.push_back(pending);
+                }
+                Filtered::Unchanged { pending, store } => {
+                    let key = crate::change::identity(&pending.mapped.op);
+                    self.ledger.skip(&pending, key.as_deref(), store);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A failure: read no more, send no more, let what is in flight finish.
     fn fail(&mut self) {
         self.phase = self.phase.failed();
@@ -616,8 +771,7 @@ impl<'a> Run<'a> {
         in_flight.abort_all();
     }
 
-    /// Passes a closed batch through the per-batch stage and sends what it leaves; `false`
-    /// when the stage left nothing to send (the lane is free again).
+    /// Sends a closed batch; `false` when it has nothing to send (the lane is free again).
     fn spawn(
         &mut self,
         set: &mut JoinSet<(usize, Sent)>,
@@ -625,13 +779,9 @@ impl<'a> Run<'a> {
         batch: Batch,
         wire: Wire,
     ) -> bool {
-        let staged = self.stage.stage(batch);
-        for p in &staged.skipped {
-            self.ledger.skip(p);
-        }
-        let Some(batch) = staged.send.filter(|b| !b.items.is_empty()) else {
+        if batch.items.is_empty() {
             return false;
-        };
+        }
         crate::observe::emit(crate::observe::BatchSent {
             job: &self.job.name,
             items: batch.items.len(),
@@ -678,6 +828,7 @@ impl<'a> Run<'a> {
             && advance.is_none()
             && self.ledger.dead.is_empty()
             && self.ledger.resolved.is_empty()
+            && self.ledger.fingerprints.is_empty()
         {
             return Ok(());
         }
@@ -692,6 +843,7 @@ impl<'a> Run<'a> {
         let counts = self.snapshot_counts();
         let dead = std::mem::take(&mut self.ledger.dead);
         let resolved = std::mem::take(&mut self.ledger.resolved);
+        let fingerprints = std::mem::take(&mut self.ledger.fingerprints);
         self.ctx
             .state
             .commit(Commit {
@@ -699,6 +851,7 @@ impl<'a> Run<'a> {
                 dead: &dead,
                 resolved: &resolved,
                 scope: self.scope.as_ref().unwrap_or(&Scope::Job),
+                fingerprints: &fingerprints,
                 ..Commit::new(&self.job.name, &self.run_id, counts)
             })
             .await

@@ -6,7 +6,10 @@
 //! lines that say so (one per batch, per row at DEBUG only). Must not: do I/O, or decide when
 //! to commit or stop; it says what the answer means and the run loop acts on it.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::batch::{Batch, Pending};
+use crate::change::Fingerprint;
 use crate::http::HttpError;
 use crate::mapping::Mapper;
 use crate::observe::JobRowEvents;
@@ -37,6 +40,9 @@ pub(crate) struct RowOrigin<'a> {
     pub(crate) source: &'a str,
     pub(crate) row_ref: &'a str,
     pub(crate) line: u64,
+    /// The row's identity key, when it can be read: the dead letter is keyed by it, so a
+    /// re-read row replaces its dead letter (else by source and line).
+    pub(crate) identity: Option<String>,
 }
 
 /// What the run has settled since its last commit.
@@ -52,6 +58,13 @@ pub(crate) struct Ledger {
     pub(crate) dead: Vec<DeadLetter>,
     /// Row refs of re-sent dead letters now delivered, not yet committed.
     pub(crate) resolved: Vec<String>,
+    /// Per unsettled row (by sequence number): the fingerprint to store once acknowledged.
+    pub(crate) notes: HashMap<u64, (String, Fingerprint)>,
+    /// Fingerprints of acknowledged rows, not yet committed.
+    pub(crate) fingerprints: Vec<(String, Fingerprint)>,
+    /// Identity keys of the job's dead letters: a row delivered (or unchanged) now removes
+    /// its dead letter.
+    pub(crate) dead_identities: HashSet<String>,
 }
 
 impl Ledger {
@@ -64,6 +77,9 @@ impl Ledger {
             counts: RunCounts::default(),
             dead: Vec::new(),
             resolved: Vec::new(),
+            notes: HashMap::new(),
+            fingerprints: Vec::new(),
+            dead_identities: HashSet::new(),
         }
     }
 
@@ -78,14 +94,23 @@ impl Ledger {
     ) {
         self.events.dead_lettered(from.line, &reason);
         self.counts.rows_rejected += 1;
+        self.notes.remove(&seq);
+        if let Some(key) = &from.identity {
+            // Replaced, not resolved: the new dead letter takes its place.
+            self.dead_identities.remove(key);
+        }
         self.dead.push(DeadLetter {
             job: self.job.clone(),
             source: from.source.to_string(),
-            row_ref: from.row_ref.to_string(),
+            row_ref: from
+                .identity
+                .clone()
+                .unwrap_or_else(|| from.row_ref.to_string()),
             line: Some(from.line as i64),
             row_data,
             reason,
             stage,
+            identity: from.identity,
         });
         self.tracker.settle(seq);
     }
@@ -93,15 +118,49 @@ impl Ledger {
     fn deliver(&mut self, p: Pending) {
         self.events.delivered(1);
         self.counts.rows_delivered += 1;
+        if let Some(note) = self.notes.remove(&p.seq) {
+            self.acknowledged(note);
+        }
         if self.resolving {
             self.resolved.push(p.row_ref);
         }
         self.tracker.settle(p.seq);
     }
 
-    /// Settles a row a per-batch stage took out: neither sent nor counted as delivered.
-    pub(crate) fn skip(&mut self, p: &Pending) {
+    /// Notes a row Customer.io has: its fingerprint is stored, its dead letter leaves.
+    fn acknowledged(&mut self, (key, fp): (String, Fingerprint)) {
+        if !self.resolving && self.dead_identities.remove(&key) {
+            self.resolved.push(key.clone());
+        }
+        self.fingerprints.push((key, fp));
+    }
+
+    /// Notes what to store for `seq` once Customer.io acknowledges it.
+    pub(crate) fn note(&mut self, seq: u64, note: (String, Fingerprint)) {
+        self.notes.insert(seq, note);
+    }
+
+    /// Settles a row the change filter found unchanged: neither sent nor counted as
+    /// delivered; its dead letter, if any, leaves (Customer.io has the row).
+    pub(crate) fn skip(
+        &mut self,
+        p: &Pending,
+        key: Option<&str>,
+        store: Option<(String, Fingerprint)>,
+    ) {
         self.events.skipped_unchanged(p.line);
+        self.counts.rows_unchanged += 1;
+        if let Some(store) = store {
+            self.acknowledged(store);
+        } else if let Some(key) = key
+            && !self.resolving
+            && self.dead_identities.remove(key)
+        {
+            self.resolved.push(key.to_string());
+        }
+        if self.resolving {
+            self.resolved.push(p.row_ref.clone());
+        }
         self.tracker.settle(p.seq);
     }
 
@@ -184,6 +243,7 @@ impl Ledger {
             source: describe,
             row_ref: &p.row_ref,
             line: p.line,
+            identity: crate::change::identity(&p.mapped.op),
         };
         self.reject(p.seq, from, data, reason, "customerio");
     }

@@ -163,6 +163,7 @@ pub async fn run(
             rows_rejected: 0,
             requests,
             retries,
+            rows_unchanged: 0,
         };
         let summary_json = serde_json::to_value(&summary).ok();
         ctx.state

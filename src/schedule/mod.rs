@@ -590,6 +590,8 @@ mod tests {
                 transport: None,
                 batch: None,
                 concurrency: None,
+                change: Default::default(),
+                mirror: None,
             })),
         }
     }

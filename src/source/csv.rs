@@ -33,6 +33,11 @@ pub struct FileFingerprint {
     pub mtime_ns: i128,
     /// SHA-256 (hex) of the first 64 KiB.
     pub head_sha256: String,
+    /// SHA-256 (hex) of the last 4 KiB (uncompressed files): with the head, it tells a file
+    /// that only grew (rows appended) from one rewritten, so a grown file resumes where the
+    /// checkpoint stands instead of being read again. Absent in checkpoints from before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_sha256: Option<String>,
 }
 
 impl FileFingerprint {
@@ -44,12 +49,39 @@ impl FileFingerprint {
         File::open(path)?
             .take((HEAD_BYTES as u64).min(meta.len()))
             .read_to_end(&mut head)?;
+        let tail_sha256 = if is_gzip(path) {
+            None
+        } else {
+            Some(range_sha256(
+                path,
+                meta.len().saturating_sub(TAIL_BYTES),
+                meta.len(),
+            )?)
+        };
         Ok(Self {
             path: path.display().to_string(),
             size: meta.len(),
             mtime_ns,
             head_sha256: hex(&Sha256::digest(&head)),
+            tail_sha256,
         })
+    }
+
+    /// Whether `self` (the file now) is `old` with bytes appended: larger, and the same
+    /// bytes where `old` took its head and tail hashes. Cheap (two short reads); a file
+    /// rewritten with other content in between is not caught, but a re-export is (its tail
+    /// moves).
+    fn grew_from(&self, old: &FileFingerprint, path: &Path) -> bool {
+        let Some(old_tail) = &old.tail_sha256 else {
+            return false;
+        };
+        if old.path != self.path || self.size <= old.size || self.tail_sha256.is_none() {
+            return false;
+        }
+        let head_len = (HEAD_BYTES as u64).min(old.size);
+        let head = range_sha256(path, 0, head_len);
+        let tail = range_sha256(path, old.size.saturating_sub(TAIL_BYTES), old.size);
+        matches!((head, tail), (Ok(h), Ok(t)) if h == old.head_sha256 && &t == old_tail)
     }
 
     /// The fingerprint as a checkpoint stores it. A JSON number holds at most `u64`, so a
@@ -71,6 +103,18 @@ impl FileFingerprint {
         );
         hex(&d[..8])
     }
+}
+
+/// Bytes at the end of a file its tail hash covers.
+const TAIL_BYTES: u64 = 4096;
+
+/// SHA-256 (hex) of bytes `from..to` of a file.
+fn range_sha256(path: &Path, from: u64, to: u64) -> std::io::Result<String> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity(to.saturating_sub(from) as usize);
+    f.take(to.saturating_sub(from)).read_to_end(&mut buf)?;
+    Ok(hex(&Sha256::digest(&buf)))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -431,6 +475,21 @@ fn prepare(
             .as_ref()
             == Some(&fingerprint) =>
         {
+            Start {
+                byte: *byte,
+                line: *line,
+                row: *row,
+            }
+        }
+        Some(Checkpoint {
+            source,
+            resume: ResumePoint::Csv { byte, line, row },
+            ..
+        }) if serde_json::from_value::<FileFingerprint>(source.clone())
+            .ok()
+            .is_some_and(|old| fingerprint.grew_from(&old, path)) =>
+        {
+            tracing::info!(file = %shown, "The file grew since the last checkpoint; reading only what was appended.");
             Start {
                 byte: *byte,
                 line: *line,
@@ -800,6 +859,7 @@ mod tests {
             size: 5,
             mtime_ns: i128::MAX,
             head_sha256: String::new(),
+            tail_sha256: None,
         };
         let err = fp.identity().expect_err("an identity error");
         assert!(matches!(err, SourceError::Identity { .. }), "{err}");

@@ -23,6 +23,9 @@ pub struct DeadLetter {
     pub reason: String,
     /// `source` (unreadable), `mapping` (failed a rule or limit), `customerio` (refused).
     pub stage: &'static str,
+    /// The row's identity key (`id:42`, `event:<id>`), when it could be read: then it is
+    /// also the `row_ref`, so a re-read row replaces its dead letter.
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,13 +38,14 @@ pub struct StoredDeadLetter {
     pub row_data: serde_json::Value,
     pub reason: String,
     pub stage: String,
+    pub identity: Option<String>,
     pub run_id: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 /// Bound parameters per dead letter, and per statement besides them (`run_id`, `now`).
-const BINDS_PER_ROW: usize = 7;
+const BINDS_PER_ROW: usize = 8;
 const SHARED_BINDS: usize = 2;
 
 /// The most bound parameters one statement may carry: SQLite's default
@@ -62,7 +66,7 @@ pub(super) fn rows_per_statement(backend: Backend) -> usize {
 /// `$2` the time, shared by every row.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO dead_letters (job, source, row_ref, line, row_data, reason, stage, run_id, created_at, updated_at) VALUES ",
+        "INSERT INTO dead_letters (job, source, row_ref, line, row_data, reason, stage, identity, run_id, created_at, updated_at) VALUES ",
     );
     for i in 0..rows {
         let b = SHARED_BINDS + i * BINDS_PER_ROW;
@@ -77,7 +81,7 @@ fn insert_sql(rows: usize) -> String {
     }
     sql.push_str(
         " ON CONFLICT (job, row_ref) DO UPDATE SET source = excluded.source, line = excluded.line, \
-         row_data = excluded.row_data, reason = excluded.reason, stage = excluded.stage, \
+         row_data = excluded.row_data, reason = excluded.reason, stage = excluded.stage, identity = excluded.identity, \
          run_id = excluded.run_id, updated_at = excluded.updated_at",
     );
     sql
@@ -119,7 +123,8 @@ pub(super) async fn insert(
                 .bind(d.line)
                 .bind(storable(&d.row_data).into_owned())
                 .bind(storable(&d.reason).into_owned())
-                .bind(storable(d.stage).into_owned());
+                .bind(storable(d.stage).into_owned())
+                .bind(d.identity.as_deref().map(|i| storable(i).into_owned()));
         }
         query
             .execute(&mut **tx)
@@ -154,7 +159,7 @@ impl StateStore {
         limit: i64,
     ) -> Result<Vec<StoredDeadLetter>, StateError> {
         let rows = sqlx::query(
-            "SELECT id, job, source, row_ref, line, row_data, reason, stage, run_id, created_at, updated_at \
+            "SELECT id, job, source, row_ref, line, row_data, reason, stage, run_id, created_at, updated_at, identity \
              FROM dead_letters WHERE job = $1 ORDER BY id LIMIT $2",
         )
         .bind(storable(job).as_ref())
@@ -181,9 +186,28 @@ impl StateStore {
                     run_id: r.try_get(8)?,
                     created_at: r.try_get(9)?,
                     updated_at: r.try_get(10)?,
+                    identity: r.try_get(11)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
+            .map_err(q("reading dead letters", "dead_letters"))
+    }
+
+    /// The `row_ref`s of the job's dead letters keyed by identity: a run that delivers (or
+    /// finds unchanged) one of these rows removes its dead letter.
+    pub async fn dead_letter_identities(
+        &self,
+        job: &str,
+    ) -> Result<std::collections::HashSet<String>, StateError> {
+        let rows =
+            sqlx::query("SELECT row_ref FROM dead_letters WHERE job = $1 AND identity IS NOT NULL")
+                .bind(storable(job).as_ref())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("listing dead letters", "dead_letters"))?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
             .map_err(q("reading dead letters", "dead_letters"))
     }
 

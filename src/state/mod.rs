@@ -4,7 +4,7 @@
 //! checkpoint is written in the same transaction as the run's counters and the dead letters
 //! it passes, so they can never disagree after a crash. Connecting and migrating live in
 //! `connect.rs`; each table's queries in its own file (`runs.rs`, `checkpoints.rs`,
-//! `dead_letters.rs`, `leases.rs`, `replicas.rs`). Every text that reaches a column passes [`storable`].
+//! `dead_letters.rs`, `leases.rs`, `replicas.rs`, `fingerprints.rs`). Every text that reaches a column passes [`storable`].
 //! Must not: make HTTP calls or decide when a row is settled (the pipeline does); this module
 //! only records what it is told. `From<sqlx::Error>` conversions live here and nowhere else.
 
@@ -18,6 +18,7 @@ use crate::source::Checkpoint;
 mod checkpoints;
 mod connect;
 mod dead_letters;
+mod fingerprints;
 pub mod leases;
 mod replicas;
 mod runs;
@@ -179,6 +180,8 @@ pub struct Commit<'a> {
     /// `row_ref`s of dead letters that were delivered now and leave the table.
     pub resolved: &'a [String],
     pub counts: RunCounts,
+    /// Fingerprints of rows Customer.io acknowledged (identity key, fingerprint).
+    pub fingerprints: &'a [(String, crate::change::Fingerprint)],
 }
 
 impl<'a> Commit<'a> {
@@ -193,6 +196,7 @@ impl<'a> Commit<'a> {
             dead: &[],
             resolved: &[],
             counts,
+            fingerprints: &[],
         }
     }
 }
@@ -256,6 +260,7 @@ impl StateStore {
         dead_letters::resolve(&mut tx, step.job, step.resolved).await?;
         dead_letters::insert(&mut tx, self.backend, step.run_id, now, step.dead).await?;
         runs::update_counts(&mut tx, step.run_id, step.counts).await?;
+        fingerprints::write(&mut tx, self.backend, step.job, step.fingerprints).await?;
         if let Some(text) = checkpoint {
             let written = checkpoints::write(
                 &mut tx,

@@ -24,6 +24,10 @@ pub enum Outcome {
     Failed,
     /// Stopped by a signal; the checkpoint holds what was settled.
     Interrupted,
+    /// Read and sent, but the mirror phase refused to remove what vanished: more than
+    /// `guard.max_missing_share` of the known identities, or fewer than `guard.min_rows` rows
+    /// read (`run --force` overrides).
+    Guarded,
     /// Found still "running" by a later run: the process died (killed, power loss).
     Aborted,
 }
@@ -35,6 +39,7 @@ impl Outcome {
             Outcome::RejectedRows => "rejected_rows",
             Outcome::Failed => "failed",
             Outcome::Interrupted => "interrupted",
+            Outcome::Guarded => "guarded",
             Outcome::Aborted => "aborted",
         }
     }
@@ -48,6 +53,8 @@ pub struct RunCounts {
     pub rows_rejected: u64,
     pub requests: u64,
     pub retries: u64,
+    /// Rows settled without sending: Customer.io already had their attributes.
+    pub rows_unchanged: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,7 +131,7 @@ impl StateStore {
     pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRecord>, StateError> {
         // One static statement serves "one job" and "every job" (`$2` true).
         let rows = sqlx::query(
-            "SELECT id, job, kind, started_at, finished_at, outcome, error, rows_read, rows_delivered, rows_rejected, requests, retries, summary \
+            "SELECT id, job, kind, started_at, finished_at, outcome, error, rows_read, rows_delivered, rows_rejected, requests, retries, summary, rows_unchanged \
              FROM runs WHERE job = $1 OR $2 ORDER BY started_at DESC, id DESC LIMIT $3",
         )
         .bind(storable(job.unwrap_or("")).as_ref())
@@ -145,13 +152,14 @@ pub(super) async fn update_counts(
     run_id: &str,
     c: RunCounts,
 ) -> Result<(), StateError> {
-    sqlx::query("UPDATE runs SET rows_read = $1, rows_delivered = $2, rows_rejected = $3, requests = $4, retries = $5 WHERE id = $6")
+    sqlx::query("UPDATE runs SET rows_read = $1, rows_delivered = $2, rows_rejected = $3, requests = $4, retries = $5, rows_unchanged = $7 WHERE id = $6")
         .bind(c.rows_read as i64)
         .bind(c.rows_delivered as i64)
         .bind(c.rows_rejected as i64)
         .bind(c.requests as i64)
         .bind(c.retries as i64)
         .bind(run_id)
+        .bind(c.rows_unchanged as i64)
         .execute(&mut **tx)
         .await
         .map_err(q("updating run counters", "runs"))?;
@@ -175,6 +183,7 @@ fn run_record(r: &AnyRow) -> Result<RunRecord, sqlx::Error> {
             rows_rejected: n(9)?,
             requests: n(10)?,
             retries: n(11)?,
+            rows_unchanged: n(13)?,
         },
         // Kept on purpose: the summary is informational (`status`), written by this program
         // as JSON; a summary that does not parse is shown as absent rather than failing

@@ -37,6 +37,7 @@ fn letter(row_ref: &str, reason: &str) -> DeadLetter {
         row_data: "{\"id\":\"1\"}".into(),
         reason: reason.into(),
         stage: "mapping",
+        identity: None,
     }
 }
 
@@ -59,6 +60,7 @@ async fn commits_are_atomic_idempotent_and_readable() {
         rows_rejected: 1,
         requests: 1,
         retries: 0,
+        rows_unchanged: 0,
     };
     s.commit(step(
         "j",
@@ -203,6 +205,7 @@ async fn the_same_state_semantics_hold_on_postgresql() {
         rows_rejected: 1,
         requests: 1,
         retries: 2,
+        rows_unchanged: 0,
     };
     s.commit(step(
         "j",
@@ -411,6 +414,7 @@ async fn text_with_nul_from_outside_is_stored_in_every_column_on_postgresql() {
         row_data: format!("{{\"raw\": \"{}\"}}", nul("data")),
         reason: nul("Customer.io said"),
         stage: "customerio",
+        identity: Some(nul("id:1")),
     };
     let cp = Checkpoint {
         source: serde_json::json!({ "path": nul("file") }),

@@ -169,4 +169,29 @@ async fn validate_connect_checks_credentials_region_and_columns() {
         err.contains("column `customer_id`"),
         "the missing column is reported too: {err}"
     );
+
+    // A job of a named workspace: the message names that workspace's key.
+    let env = TestEnv::new().await;
+    let eu = cio_sync::simulator::Simulator::start(cio_sync::simulator::SimConfig {
+        region: cio_sync::simulator::Region::Eu,
+        site_id: "eu-site".into(),
+        track_api_key: "eu-key".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("second simulator");
+    env.write_config(&format!(
+        "workspaces:\n  emea:\n    site_id: eu-site\n    track_api_key: eu-key\n    track_url: {}\n",
+        eu.url()
+    ));
+    env.write_data("people.csv", &people_csv(3));
+    env.write_job("people", &format!("workspace: emea\n{PEOPLE_JOB}"));
+    let out = env.cli_output(&["validate", "--connect"]).await;
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("says `workspaces.emea.region: us`")
+            && err.contains("set `workspaces.emea.region: eu`"),
+        "{err}"
+    );
 }

@@ -90,6 +90,10 @@ async fn wait_async(child: &mut Child, what: &str, mut done: impl AsyncFnMut() -
     let deadline = std::time::Instant::now() + WAIT;
     while !done().await {
         if let Some(status) = child.try_wait().expect("try_wait") {
+            // What it did just before exiting counts: look once more before failing.
+            if done().await {
+                return;
+            }
             panic!("cio-sync exited ({status}) while waiting for {what}");
         }
         assert!(

@@ -226,6 +226,8 @@ pub async fn wait_for(
     let deadline = Instant::now() + WAIT;
     while !done() {
         match child.try_wait() {
+            // What it said just before exiting counts: look once more before failing.
+            Ok(Some(_)) if done() => return,
             Ok(Some(status)) => panic!("cio-sync exited ({status}) while waiting for {what}"),
             Ok(None) => {}
             Err(e) => panic!("cannot check on cio-sync while waiting for {what}: {e}"),

@@ -4,6 +4,7 @@
 
 mod answers;
 mod backfill;
+mod change;
 mod cli;
 mod cli_output;
 mod config;

@@ -290,7 +290,7 @@ async fn anonymous_events_go_through_the_v1_events_endpoint() {
 }
 
 #[tokio::test]
-async fn an_unchanged_finished_file_sends_nothing_and_a_changed_one_starts_over() {
+async fn an_unchanged_finished_file_sends_nothing_and_a_grown_one_sends_only_its_new_rows() {
     let env = TestEnv::new().await;
     env.write_data("people.csv", &people_csv(20));
     env.write_job("people", PEOPLE_JOB);
@@ -301,7 +301,12 @@ async fn an_unchanged_finished_file_sends_nothing_and_a_changed_one_starts_over(
         (0, Outcome::Succeeded)
     );
     env.write_data("people.csv", &people_csv(25));
-    assert_eq!(env.run("people").await.counts.rows_delivered, 25);
+    let grown = env.run("people").await;
+    assert_eq!(
+        (grown.counts.rows_read, grown.counts.rows_delivered),
+        (5, 5),
+        "only the appended rows are read and sent"
+    );
 }
 
 #[tokio::test]
