@@ -340,11 +340,15 @@ impl<'a> Run<'a> {
         };
         let plan = WirePlan::for_job(&self.ctx.settings.track, self.push);
         let mut batcher = Batcher::new(plan.max_items, plan.max_bytes);
-        // Rows read but not yet covered by the checkpoint: what a crash may re-send.
+        // Rows read but not yet covered by the checkpoint: what a crash may re-send. Room
+        // for the batches in flight, one closed batch waiting for a slot and the open one.
         let window = plan
             .concurrency
-            .saturating_add(1)
+            .saturating_add(2)
             .saturating_mul(plan.max_items);
+        // A closed batch waiting for a free slot: built while every slot is busy, so the
+        // next request goes the moment one frees (the rate limiter never waits on mapping).
+        let mut waiting: Option<Batch> = None;
         let mut in_flight: JoinSet<Sent> = JoinSet::new();
         let columns = stream.columns.clone();
         let describe = stream.describe.clone();
@@ -359,6 +363,13 @@ impl<'a> Run<'a> {
             let window_full = self.ledger.tracker.pending() >= window;
             let slot_free = in_flight.len() < plan.concurrency;
             if self.phase.sends()
+                && slot_free
+                && let Some(b) = waiting.take()
+            {
+                self.spawn(&mut in_flight, b, plan.wire);
+                continue;
+            }
+            if self.phase.sends()
                 && (self.phase == Phase::Draining || window_full)
                 && slot_free
                 && !batcher.is_empty()
@@ -368,7 +379,7 @@ impl<'a> Run<'a> {
                 }
                 continue;
             }
-            let can_read = self.phase.reads() && slot_free && !window_full;
+            let can_read = self.phase.reads() && waiting.is_none() && !window_full;
             if !can_read && in_flight.is_empty() {
                 break;
             }
@@ -417,46 +428,52 @@ impl<'a> Run<'a> {
                     self.abandon_in_flight(&mut in_flight);
                 }
                 row = stream.rows.recv(), if can_read => {
-                    match row {
-                        None => self.phase = self.phase.input_ended(),
-                        Some(Err(e)) => {
-                            let msg = PipelineError::Source { job: self.job.name.clone(), source: e }.to_string();
-                            tracing::error!(error = %msg, "Reading the source failed; finishing what is in flight.");
-                            self.error = Some(msg);
-                            self.phase = self.phase.failed();
-                        }
-                        Some(Ok(row)) => {
-                            self.ledger.events.read(1);
-                            self.ledger.counts.rows_read += 1;
-                            let seq = self.ledger.tracker.read(row.resume.clone());
-                            let from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line };
-                            let values = match row.values {
-                                Ok(v) => v,
-                                Err(reason) => {
-                                    let data = serde_json::json!({ "raw": row.raw.unwrap_or_default() }).to_string();
-                                    self.ledger.reject(seq, from, data, format!("line {}: {reason}", row.line), "source");
-                                    continue;
-                                }
-                            };
-                            match mapper.map(&values) {
-                                Err(reason) => {
-                                    let data = Mapper::row_json(&columns, &values).to_string();
-                                    self.ledger.reject(seq, from, data, reason.0, "mapping");
-                                }
-                                Ok(mapped) => {
-                                    let pending = Pending { seq, line: row.line, row_ref: row.row_ref, values, mapped };
-                                    if let Some(b) = batcher.push(pending) {
+                    let mut next = row;
+                    loop {
+                        match next {
+                            None => {
+                                self.phase = self.phase.input_ended();
+                                break;
+                            }
+                            Some(Err(e)) => {
+                                let msg = PipelineError::Source { job: self.job.name.clone(), source: e }.to_string();
+                                tracing::error!(error = %msg, "Reading the source failed; finishing what is in flight.");
+                                self.error = Some(msg);
+                                self.phase = self.phase.failed();
+                                break;
+                            }
+                            Some(Ok(row)) => {
+                                let sent = self.take_row(row, &mapper, &mut batcher, &columns, &describe);
+                                if let Some(b) = sent {
+                                    if in_flight.len() < plan.concurrency {
                                         self.spawn(&mut in_flight, b, plan.wire);
+                                    } else {
+                                        waiting = Some(b);
                                     }
                                 }
+                                if last_progress.elapsed() >= Duration::from_secs(10) {
+                                    last_progress = Instant::now();
+                                    let (requests, retries) = self.counters.snapshot();
+                                    let c = &self.ledger.counts;
+                                    tracing::info!(read = c.rows_read, delivered = c.rows_delivered, rejected = c.rows_rejected, requests, retries, "Progress.");
+                                }
+                                self.maybe_commit(&identity, CommitPoint::RowRead).await?;
                             }
-                            if last_progress.elapsed() >= Duration::from_secs(10) {
-                                last_progress = Instant::now();
-                                let (requests, retries) = self.counters.snapshot();
-                                let c = &self.ledger.counts;
-                                tracing::info!(read = c.rows_read, delivered = c.rows_delivered, rejected = c.rows_rejected, requests, retries, "Progress.");
-                            }
-                            self.maybe_commit(&identity, CommitPoint::RowRead).await?;
+                        }
+                        // The rest of a received chunk is taken here, one wake-up per chunk
+                        // instead of per row, while the run could read it anyway; anything
+                        // else (an answer, a stop) goes back to the select first.
+                        let could_read = self.phase.reads()
+                            && waiting.is_none()
+                            && self.ledger.tracker.pending() < window
+                            && !self.stop.stop.is_cancelled()
+                            && !self.stop.force.is_cancelled();
+                        if !could_read {
+                            break;
+                        }
+                        match stream.rows.try_recv() {
+                            Some(row) => next = Some(row),
+                            None => break,
                         }
                     }
                 }
@@ -480,6 +497,54 @@ impl<'a> Run<'a> {
         let error = self.error.clone();
         self.finish(outcome, error, resumed_after_rows, started, None)
             .await
+    }
+
+    /// One row read: counted, mapped and batched, or dead-lettered. Returns the batch it
+    /// closed, if any.
+    fn take_row(
+        &mut self,
+        row: source::SourceRow,
+        mapper: &Mapper,
+        batcher: &mut Batcher,
+        columns: &[String],
+        describe: &str,
+    ) -> Option<Batch> {
+        self.ledger.events.read(1);
+        self.ledger.counts.rows_read += 1;
+        let seq = self.ledger.tracker.read(row.resume);
+        let from = RowOrigin {
+            source: describe,
+            row_ref: &row.row_ref,
+            line: row.line,
+        };
+        let values = match row.values {
+            Ok(v) => v,
+            Err(reason) => {
+                let data = serde_json::json!({ "raw": row.raw.unwrap_or_default() }).to_string();
+                self.ledger.reject(
+                    seq,
+                    from,
+                    data,
+                    format!("line {}: {reason}", row.line),
+                    "source",
+                );
+                return None;
+            }
+        };
+        match mapper.map(&values) {
+            Err(reason) => {
+                let data = Mapper::row_json(columns, &values).to_string();
+                self.ledger.reject(seq, from, data, reason.0, "mapping");
+                None
+            }
+            Ok(mapped) => batcher.push(Pending {
+                seq,
+                line: row.line,
+                row_ref: row.row_ref,
+                values,
+                mapped,
+            }),
+        }
     }
 
     /// A failure: read no more, send no more, let what is in flight finish.
