@@ -342,10 +342,11 @@ impl<'a> Run<'a> {
         let mut batcher = Batcher::new(plan.max_items, plan.max_bytes);
         // Rows read but not yet covered by the checkpoint: what a crash may re-send. Room
         // for the batches in flight, one closed batch waiting for a slot and the open one.
-        let window = plan
-            .concurrency
-            .saturating_add(2)
-            .saturating_mul(plan.max_items);
+        // Batches close by bytes long before `max_items` for most rows, so once one has
+        // closed the window counts in its real size, not in the item cap.
+        let batches_in_window = plan.concurrency.saturating_add(2);
+        let mut window = batches_in_window.saturating_mul(plan.max_items);
+        let mut largest_batch = 0usize;
         // A closed batch waiting for a free slot: built while every slot is busy, so the
         // next request goes the moment one frees (the rate limiter never waits on mapping).
         let mut waiting: Option<Batch> = None;
@@ -428,6 +429,9 @@ impl<'a> Run<'a> {
                     self.abandon_in_flight(&mut in_flight);
                 }
                 row = stream.rows.recv(), if can_read => {
+                    // A stop seen now ends the chunk; checked once per chunk, as the token
+                    // takes a lock.
+                    let stop_seen = self.stop.stop.is_cancelled() || self.stop.force.is_cancelled();
                     let mut next = row;
                     loop {
                         match next {
@@ -443,31 +447,26 @@ impl<'a> Run<'a> {
                                 break;
                             }
                             Some(Ok(row)) => {
-                                let sent = self.take_row(row, &mapper, &mut batcher, &columns, &describe);
-                                if let Some(b) = sent {
+                                if let Some(b) = self.take_row(row, &mapper, &mut batcher, &columns, &describe) {
+                                    if b.items.len() > largest_batch {
+                                        largest_batch = b.items.len();
+                                        window = batches_in_window.saturating_mul(largest_batch);
+                                    }
                                     if in_flight.len() < plan.concurrency {
                                         self.spawn(&mut in_flight, b, plan.wire);
                                     } else {
                                         waiting = Some(b);
                                     }
                                 }
-                                if last_progress.elapsed() >= Duration::from_secs(10) {
-                                    last_progress = Instant::now();
-                                    let (requests, retries) = self.counters.snapshot();
-                                    let c = &self.ledger.counts;
-                                    tracing::info!(read = c.rows_read, delivered = c.rows_delivered, rejected = c.rows_rejected, requests, retries, "Progress.");
-                                }
-                                self.maybe_commit(&identity, CommitPoint::RowRead).await?;
                             }
                         }
                         // The rest of a received chunk is taken here, one wake-up per chunk
                         // instead of per row, while the run could read it anyway; anything
                         // else (an answer, a stop) goes back to the select first.
-                        let could_read = self.phase.reads()
+                        let could_read = !stop_seen
+                            && self.phase.reads()
                             && waiting.is_none()
-                            && self.ledger.tracker.pending() < window
-                            && !self.stop.stop.is_cancelled()
-                            && !self.stop.force.is_cancelled();
+                            && self.ledger.tracker.pending() < window;
                         if !could_read {
                             break;
                         }
@@ -476,6 +475,13 @@ impl<'a> Run<'a> {
                             None => break,
                         }
                     }
+                    if last_progress.elapsed() >= Duration::from_secs(10) {
+                        last_progress = Instant::now();
+                        let (requests, retries) = self.counters.snapshot();
+                        let c = &self.ledger.counts;
+                        tracing::info!(read = c.rows_read, delivered = c.rows_delivered, rejected = c.rows_rejected, requests, retries, "Progress.");
+                    }
+                    self.maybe_commit(&identity, CommitPoint::RowRead).await?;
                 }
             }
         }

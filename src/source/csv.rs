@@ -252,9 +252,15 @@ impl Prepared {
         let mut record = csv::ByteRecord::new();
         let mut row = start.row;
         let short = self.fingerprint.short();
+        let mut since_check = 63u32;
         loop {
-            if cancel.is_cancelled() {
-                return;
+            // The token takes a lock: asked every 64 records, not every record.
+            since_check += 1;
+            if since_check >= 64 {
+                since_check = 0;
+                if cancel.is_cancelled() {
+                    return;
+                }
             }
             match self.reader.read_byte_record(&mut record) {
                 Ok(false) => return,

@@ -57,6 +57,18 @@ impl Value {
         }
     }
 
+    /// The value as text, borrowed when it already is text (CSV cells, SQL text columns):
+    /// identifiers, event names, row keys and timestamps read it without a copy.
+    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match self {
+            Value::Text(s) | Value::Json(serde_json::Value::String(s)) => {
+                Some(Cow::Borrowed(s.as_str()))
+            }
+            other => other.to_text().map(Cow::Owned),
+        }
+    }
+
     /// The value as text, for identifiers, event names and row keys.
     pub fn to_text(&self) -> Option<String> {
         match self {
