@@ -45,6 +45,10 @@ fn tv(t: libc::timeval) -> Duration {
 
 /// Runs `cio-sync --quiet --config config.yaml ARGS…` in `dir` and waits for it with
 /// `wait4`, which reports the child's own CPU time and peak RSS.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which std cannot see"
+)]
 fn cio_sync(dir: &Path, args: &[&str]) -> ChildRun {
     let started = Instant::now();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_cio-sync"))

@@ -371,7 +371,10 @@ mod tests {
     fn person(seq: u64) -> Pending {
         let mut attributes = serde_json::Map::new();
         attributes.insert("email".into(), format!("user{seq}@example.com").into());
-        attributes.insert("plan".into(), ["free", "pro", "team"][seq as usize % 3].into());
+        attributes.insert(
+            "plan".into(),
+            ["free", "pro", "team"][seq as usize % 3].into(),
+        );
         attributes.insert("seats".into(), (seq % 50).into());
         attributes.insert("created_at".into(), (1_600_000_000 + seq).into());
         attributes.insert("company".into(), format!("Company {}", seq % 1000).into());
@@ -406,7 +409,10 @@ mod tests {
                 closed.push((batch.items.len(), v2_body(&batch).len(), batch.bytes));
             }
         }
-        assert!(closed.len() >= 3, "20,000 rows of ~180 bytes make several batches: {closed:?}");
+        assert!(
+            closed.len() >= 3,
+            "20,000 rows of ~180 bytes make several batches: {closed:?}"
+        );
         for (items, body, counted) in &closed {
             assert_eq!(body, counted, "the size arithmetic is the body's real size");
             assert!(
