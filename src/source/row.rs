@@ -218,13 +218,18 @@ impl RowSender {
         }
     }
 
-    /// Hands the rows queued so far to the pipeline.
+    /// Hands the rows queued so far to the pipeline. Cancel-safe: the rows stay queued until
+    /// the channel has room, so a flush given up on (a stop request) loses nothing.
     pub async fn flush(&mut self) -> Result<(), Closed> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let chunk = self.take();
-        self.tx.send(chunk).await.map_err(|_| Closed)
+        let permit = self.tx.reserve().await.map_err(|_| Closed)?;
+        permit.send(std::mem::replace(
+            &mut self.chunk,
+            Vec::with_capacity(ROW_CHUNK),
+        ));
+        Ok(())
     }
 
     /// [`send`](Self::send) for sources on a blocking thread (never inside the runtime).
@@ -300,5 +305,97 @@ impl RowReceiver {
     /// received chunk in one go instead of one wake-up per row.
     pub fn try_recv(&mut self) -> Option<RowItem> {
         self.buffered.next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: u64) -> RowItem {
+        Ok(SourceRow {
+            line: n,
+            row_ref: format!("r{n}"),
+            resume: ResumePoint::Csv {
+                byte: n,
+                line: n,
+                row: n,
+            },
+            values: Ok(vec![Value::Text(n.to_string())]),
+            raw: None,
+        })
+    }
+
+    async fn drain(rx: &mut RowReceiver) -> (Vec<u64>, Option<String>) {
+        let mut lines = Vec::new();
+        let mut error = None;
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok(r) => lines.push(r.line),
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        (lines, error)
+    }
+
+    #[tokio::test]
+    async fn rows_arrive_in_order_across_chunks_and_the_last_partial_chunk_goes_on_drop() {
+        let (mut tx, mut rx) = row_channel();
+        let n = (ROW_CHUNK * 3 + 7) as u64;
+        let sender = tokio::spawn(async move {
+            for i in 1..=n {
+                tx.send(row(i)).await.expect("the receiver is open");
+            }
+            // No flush: dropping the sender hands over the 7 rows still queued.
+        });
+        let (lines, error) = drain(&mut rx).await;
+        sender.await.expect("sender");
+        assert_eq!(lines, (1..=n).collect::<Vec<_>>());
+        assert_eq!(error, None);
+    }
+
+    #[tokio::test]
+    async fn rows_and_an_error_queued_while_the_channel_is_full_arrive_in_order_when_the_sender_drops()
+     {
+        let (mut tx, mut rx) = row_channel();
+        // Fill every slot of the channel with full chunks, then queue rows and an error
+        // while nobody reads: the sender must not lose them when it is dropped.
+        let full = (ROW_CHANNEL / ROW_CHUNK * ROW_CHUNK) as u64;
+        let producer = tokio::task::spawn_blocking(move || {
+            for i in 1..=full {
+                tx.blocking_send(row(i)).expect("room for full chunks");
+            }
+            for i in full + 1..=full + 3 {
+                tx.blocking_send(row(i)).expect("queued");
+            }
+            tx
+        });
+        let mut tx = producer.await.expect("producer");
+        // The channel is full: the error's chunk cannot go now, so it goes from a task when
+        // the sender is dropped.
+        let pending = tx.send(Err(SourceError::Read {
+            path: "people.csv".into(),
+            line: 9,
+            message: "bad quote".into(),
+        }));
+        assert!(
+            futures::FutureExt::now_or_never(pending).is_none(),
+            "the channel should be full, so sending the error waits"
+        );
+        drop(tx);
+        let (lines, error) = drain(&mut rx).await;
+        assert_eq!(lines, (1..=full + 3).collect::<Vec<_>>());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("bad quote")),
+            "the error arrives after every row: {error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sender_learns_that_the_pipeline_stopped_listening() {
+        let (mut tx, rx) = row_channel();
+        drop(rx);
+        assert_eq!(tx.send(row(1)).await, Err(Closed));
+        assert_eq!(tx.flush().await, Err(Closed));
     }
 }
