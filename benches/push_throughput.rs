@@ -59,6 +59,8 @@ fn cio_sync(dir: &Path, args: &[&str]) -> ChildRun {
         .env("CIO_TRACK_API_KEY", "demo-track-key")
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
+        // Its retry warnings (fault mix) would bury the figures; they go to cio-sync.log.
+        .stderr(std::fs::File::create(dir.join("cio-sync.log")).expect("log file"))
         .spawn()
         .expect("spawn cio-sync");
     let pid = child.id() as libc::pid_t;
