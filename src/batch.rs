@@ -127,9 +127,74 @@ pub fn wire_items(batch: &Batch, live: &[usize]) -> Vec<Vec<usize>> {
     items
 }
 
+/// Which rows each item of a v2 body carries, in item order (an answer's `batch_index` →
+/// rows). Flat, so a batch of thousands of one-row items costs two allocations, not one per
+/// item.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WireItems {
+    rows: Vec<usize>,
+    /// End of each item's rows in `rows`.
+    ends: Vec<usize>,
+}
+
+impl WireItems {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(n),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, rows: &[usize]) {
+        self.rows.extend_from_slice(rows);
+        self.ends.push(self.rows.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The rows of item `i`.
+    pub fn get(&self, i: usize) -> Option<&[usize]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.rows.get(start..end)
+    }
+}
+
 /// The v2 request body for the `live` rows of a batch, and which rows each of its items
 /// carries (`batch_index` of an answer → rows).
-pub fn v2_wire(batch: &Batch, live: &[usize]) -> (Vec<u8>, Vec<Vec<usize>>) {
+pub fn v2_wire(batch: &Batch, live: &[usize]) -> (Vec<u8>, WireItems) {
+    let mut body = Vec::with_capacity(batch.bytes);
+    body.extend_from_slice(b"{\"batch\":[");
+    let grouping = live.iter().any(|&r| {
+        batch.items.get(r).is_some_and(|p| {
+            matches!(
+                p.mapped.op.action,
+                crate::mapping::Action::Relationship { .. }
+            )
+        })
+    });
+    if !grouping {
+        // One item per row (every job but relationships): the encoded rows, end to end.
+        let mut items = WireItems::with_capacity(live.len());
+        for &row in live {
+            let Some(p) = batch.items.get(row) else {
+                continue;
+            };
+            if !items.is_empty() {
+                body.push(b',');
+            }
+            body.extend_from_slice(&p.mapped.encoded);
+            items.push(&[row]);
+        }
+        body.extend_from_slice(b"]}");
+        return (body, items);
+    }
     let mut encoded: Vec<(Vec<usize>, Option<Vec<u8>>)> = Vec::new();
     for rows in wire_items(batch, live) {
         if rows.len() == 1 {
@@ -145,9 +210,7 @@ pub fn v2_wire(batch: &Batch, live: &[usize]) -> (Vec<u8>, Vec<Vec<usize>>) {
             None => encoded.extend(rows.into_iter().map(|r| (vec![r], None))),
         }
     }
-    let mut body = Vec::with_capacity(batch.bytes);
-    body.extend_from_slice(b"{\"batch\":[");
-    let mut items = Vec::with_capacity(encoded.len());
+    let mut items = WireItems::with_capacity(live.len());
     for (i, (rows, grouped)) in encoded.into_iter().enumerate() {
         if i > 0 {
             body.push(b',');
@@ -156,7 +219,7 @@ pub fn v2_wire(batch: &Batch, live: &[usize]) -> (Vec<u8>, Vec<Vec<usize>>) {
             Some(g) => body.extend_from_slice(g),
             None => body.extend_from_slice(&batch.items[rows[0]].mapped.encoded),
         }
-        items.push(rows);
+        items.push(&rows);
     }
     body.extend_from_slice(b"]}");
     (body, items)
@@ -268,7 +331,11 @@ mod tests {
             vec![vec![0, 3], vec![1], vec![2], vec![4], vec![5]]
         );
         let (body, items) = v2_wire(&batch, &[0, 2, 3]);
-        assert_eq!(items, vec![vec![0, 3], vec![2]]);
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            (items.get(0), items.get(1), items.get(2)),
+            (Some(&[0, 3][..]), Some(&[2][..]), None)
+        );
         let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(
             body["batch"][0],
@@ -298,5 +365,61 @@ mod tests {
             sizes.iter().all(|&s| s <= 480_000 && s > 470_000),
             "{sizes:?}"
         );
+    }
+
+    /// An identify row as the benchmark's people export maps it (~180 bytes encoded).
+    fn person(seq: u64) -> Pending {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("email".into(), format!("user{seq}@example.com").into());
+        attributes.insert(
+            "plan".into(),
+            ["free", "pro", "team"][seq as usize % 3].into(),
+        );
+        attributes.insert("seats".into(), (seq % 50).into());
+        attributes.insert("created_at".into(), (1_600_000_000 + seq).into());
+        attributes.insert("company".into(), format!("Company {}", seq % 1000).into());
+        let op = Operation {
+            subject: Subject::Person {
+                kind: IdentifierKind::Id,
+                value: format!("u-{seq:08}"),
+            },
+            action: Action::Identify {
+                attributes,
+                timestamp: None,
+                update_only: false,
+            },
+        };
+        let encoded = op.encode_v2();
+        Pending {
+            seq,
+            line: seq,
+            row_ref: String::new(),
+            values: Vec::new(),
+            mapped: Mapped { op, encoded },
+        }
+    }
+
+    #[test]
+    fn with_the_default_limits_a_batch_of_real_identify_rows_closes_by_bytes_near_max_bytes() {
+        let limits = crate::config::BatchLimits::default();
+        let mut b = Batcher::new(limits.max_items, limits.max_bytes);
+        let mut closed = Vec::new();
+        for seq in 1..=20_000 {
+            if let Some(batch) = b.push(person(seq)) {
+                closed.push((batch.items.len(), v2_body(&batch).len(), batch.bytes));
+            }
+        }
+        assert!(
+            closed.len() >= 3,
+            "20,000 rows of ~180 bytes make several batches: {closed:?}"
+        );
+        for (items, body, counted) in &closed {
+            assert_eq!(body, counted, "the size arithmetic is the body's real size");
+            assert!(
+                *body <= limits.max_bytes && *body as f64 >= limits.max_bytes as f64 * 0.97,
+                "a batch of {items} rows is {body} bytes: it should close within 3% of max_bytes ({}) rather than at an item count",
+                limits.max_bytes
+            );
+        }
     }
 }

@@ -37,6 +37,17 @@ pub struct BatchLimits {
     pub max_bytes: usize,
 }
 
+impl Default for BatchLimits {
+    /// `track.batch` as it is when config.yaml leaves it out.
+    fn default() -> Self {
+        let raw = super::raw::BatchSection::default();
+        Self {
+            max_items: raw.max_items,
+            max_bytes: raw.max_bytes,
+        }
+    }
+}
+
 /// What an empty cell means for an attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EmptyPolicy {

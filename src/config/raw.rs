@@ -173,7 +173,8 @@ pub enum Transport {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSection {
-    /// Operations per v2 batch at most.
+    /// Operations per v2 batch at most. Customer.io documents no item limit for v2 batches,
+    /// so the default only bounds memory: batches close by `max_bytes` for any real row.
     #[serde(default = "default_batch_items")]
     pub max_items: usize,
     /// Bytes per v2 batch body at most, envelope included (Customer.io's limit is 500 KB).
@@ -191,7 +192,7 @@ impl Default for BatchSection {
 }
 
 fn default_batch_items() -> usize {
-    1000
+    10_000
 }
 fn default_batch_bytes() -> usize {
     480_000

@@ -87,7 +87,7 @@ fn boolean(v: &Value) -> Result<J, String> {
         Value::Bool(b) => Ok(J::Bool(*b)),
         Value::Int(i) if *i == 0 || *i == 1 => Ok(J::Bool(*i == 1)),
         other => {
-            let t = other.to_text().unwrap_or_default();
+            let t = other.text().unwrap_or_default();
             match t.trim().to_ascii_lowercase().as_str() {
                 "true" | "t" | "yes" | "y" | "1" => Ok(J::Bool(true)),
                 "false" | "f" | "no" | "n" | "0" => Ok(J::Bool(false)),
@@ -117,7 +117,7 @@ pub fn timestamp(v: &Value, time: &TimeFormat) -> Result<i64, String> {
             format,
         )?,
         other => {
-            let text = other.to_text().unwrap_or_default();
+            let text = other.text().unwrap_or_default();
             text_ts(text.trim(), time)?
         }
     };

@@ -180,8 +180,13 @@ impl Operation {
             }
             _ => {}
         }
-        // Serialising maps of JSON values into a Vec cannot fail.
-        serde_json::to_vec(&item).unwrap_or_default()
+        // Serialising maps of JSON values into a Vec cannot fail. Sized for a typical item
+        // so the buffer does not grow four times on the way.
+        let mut out = Vec::with_capacity(256);
+        match serde_json::to_writer(&mut out, &item) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 }
 

@@ -10,11 +10,10 @@
 //! [`RunMode::Backfill`](super::RunMode::Backfill) (its own checkpoint scope, lanes by person).
 
 use chrono::{DateTime, NaiveDate, Utc};
-use tokio::sync::mpsc;
 
 use crate::config::{JobKind, JobSpec, MappingSpec, PushJob, Settings};
 use crate::mapping::convert::{TimeFormat, timestamp};
-use crate::source::{ROW_CHANNEL, SourceError, SourceStream};
+use crate::source::{SourceError, SourceStream};
 use crate::state::Scope;
 
 /// Within this much of now, backfilled events can still trigger campaigns.
@@ -204,14 +203,27 @@ pub(super) fn windowed(
         // The mapper reports the missing column for the whole run.
         return stream;
     };
-    let (tx, rx) = mpsc::channel(ROW_CHANNEL);
+    let (mut tx, rx) = crate::source::row_channel();
     let mut inner = std::mem::replace(&mut stream.rows, rx);
     let describe = stream.describe.clone();
     let (from, to) = (window.from.timestamp(), window.to.timestamp());
     tokio::spawn(async move {
         // The latest time read so far, and its line.
         let mut latest: Option<(i64, u64)> = None;
-        while let Some(item) = inner.recv().await {
+        loop {
+            // Rows go on in the source's chunks: what is queued goes before waiting for more.
+            let item = match inner.try_recv() {
+                Some(item) => item,
+                None => {
+                    if tx.flush().await.is_err() {
+                        return;
+                    }
+                    match inner.recv().await {
+                        Some(item) => item,
+                        None => return,
+                    }
+                }
+            };
             let row = match item {
                 Ok(row) => row,
                 Err(e) => {

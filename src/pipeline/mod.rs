@@ -447,11 +447,13 @@ impl<'a> Run<'a> {
             RunMode::Backfill(w) => Lanes::by_person(w.lanes, plan.max_items, plan.max_bytes),
             _ => Lanes::unordered(plan.max_items, plan.max_bytes, plan.concurrency),
         };
-        // Rows read but not yet covered by the checkpoint: what a crash may re-send.
-        let window = lanes
-            .capacity()
-            .saturating_add(1)
-            .saturating_mul(plan.max_items);
+        // Rows read but not yet covered by the checkpoint: what a crash may re-send. Room
+        // for the batches in flight, one closed batch waiting for a slot and the open one.
+        // Batches close by bytes long before `max_items` for most rows, so once one has
+        // closed the window counts in its real size, not in the item cap.
+        let batches_in_window = lanes.capacity().saturating_add(2);
+        let mut window = batches_in_window.saturating_mul(plan.max_items);
+        let mut largest_batch = 0usize;
         let mut in_flight: JoinSet<(usize, Sent)> = JoinSet::new();
         let columns = stream.columns.clone();
         let describe = stream.describe.clone();
@@ -504,6 +506,10 @@ impl<'a> Run<'a> {
                 && self.error.is_none();
             if self.phase.sends() || stop_drains {
                 while let Some((lane, b)) = lanes.next_ready() {
+                    if b.items.len() > largest_batch {
+                        largest_batch = b.items.len();
+                        window = batches_in_window.saturating_mul(largest_batch);
+                    }
                     if !self.spawn(&mut in_flight, lane, b, plan.wire) {
                         lanes.done(lane);
                     }
@@ -567,58 +573,48 @@ impl<'a> Run<'a> {
                     self.abandon_in_flight(&mut in_flight);
                 }
                 row = stream.rows.recv(), if can_read => {
-                    match row {
-                        None => self.phase = self.phase.input_ended(),
-                        Some(Err(e)) => {
-                            let msg = PipelineError::Source { job: self.job.name.clone(), source: e }.to_string();
-                            tracing::error!(error = %msg, "Reading the source failed; finishing what is in flight.");
-                            self.error = Some(msg);
-                            self.phase = self.phase.failed();
+                    // A stop seen now ends the chunk; checked once per chunk, as the token
+                    // takes a lock.
+                    let stop_seen = self.stop.stop.is_cancelled() || self.stop.force.is_cancelled();
+                    let mut next = row;
+                    loop {
+                        match next {
+                            None => {
+                                self.phase = self.phase.input_ended();
+                                break;
+                            }
+                            Some(Err(e)) => {
+                                let msg = PipelineError::Source { job: self.job.name.clone(), source: e }.to_string();
+                                tracing::error!(error = %msg, "Reading the source failed; finishing what is in flight.");
+                                self.error = Some(msg);
+                                self.phase = self.phase.failed();
+                                break;
+                            }
+                            Some(Ok(row)) => self.take_row(row, &mapper, &mut lanes, &columns, &describe),
                         }
-                        Some(Ok(row)) => {
-                            self.ledger.events.read(1);
-                            self.ledger.counts.rows_read += 1;
-                            if let source::ResumePoint::Csv { byte, .. } = &row.resume {
-                                self.bytes_read = *byte;
-                            }
-                            let seq = self.ledger.tracker.read(row.resume.clone());
-                            let mut from = RowOrigin { source: &describe, row_ref: &row.row_ref, line: row.line, identity: None };
-                            let values = match row.values {
-                                Ok(v) => v,
-                                Err(reason) => {
-                                    self.rows_without_identity += 1;
-                                    let data = serde_json::json!({ "raw": row.raw.unwrap_or_default() }).to_string();
-                                    self.ledger.reject(seq, from, data, format!("line {}: {reason}", row.line), "source");
-                                    continue;
-                                }
-                            };
-                            match mapper.map(&values) {
-                                Err(reason) => {
-                                    from.identity = mapper.identity(&values, None);
-                                    match (&from.identity, &mut self.filter) {
-                                        (Some(key), Some(f)) => f.saw(key),
-                                        (None, _) => self.rows_without_identity += 1,
-                                        _ => {}
-                                    }
-                                    let data = Mapper::row_json(&columns, &values).to_string();
-                                    self.ledger.reject(seq, from, data, reason.0, "mapping");
-                                }
-                                Ok(mapped) => {
-                                    let pending = Pending { seq, line: row.line, row_ref: row.row_ref, values, mapped };
-                                    if let Some(f) = &mut self.filter {
-                                        f.push(pending);
-                                    } else {
-                                        lanes.push(pending);
-                                    }
-                                }
-                            }
-                            if last_progress.elapsed() >= progress_every {
-                                last_progress = Instant::now();
-                                self.report_progress(false);
-                            }
-                            self.maybe_commit(&identity, CommitPoint::RowRead).await?;
+                        // The rest of a received chunk is taken here, one wake-up per chunk
+                        // instead of per row, while the run could read it anyway; anything
+                        // else (an answer, a stop, a filter chunk to decide) goes back to the
+                        // loop first.
+                        let could_read = !stop_seen
+                            && self.phase.reads()
+                            && lanes.slot_free()
+                            && self.ledger.tracker.unsettled() < window
+                            && self.ledger.tracker.pending() < window.saturating_mul(64)
+                            && !self.filter.as_ref().is_some_and(ChangeFilter::due);
+                        if !could_read {
+                            break;
+                        }
+                        match stream.rows.try_recv() {
+                            Some(row) => next = Some(row),
+                            None => break,
                         }
                     }
+                    if last_progress.elapsed() >= progress_every {
+                        last_progress = Instant::now();
+                        self.report_progress(false);
+                    }
+                    self.maybe_commit(&identity, CommitPoint::RowRead).await?;
                 }
             }
         }
@@ -694,6 +690,71 @@ impl<'a> Run<'a> {
         let summary = mirror_summary.map(|m| serde_json::json!({ "mirror": m }));
         self.finish(outcome, error, resumed_after_rows, started, summary)
             .await
+    }
+
+    /// One row read: counted, mapped and queued (the change filter or a lane), or
+    /// dead-lettered.
+    fn take_row(
+        &mut self,
+        row: source::SourceRow,
+        mapper: &Mapper,
+        lanes: &mut Lanes,
+        columns: &[String],
+        describe: &str,
+    ) {
+        self.ledger.events.read(1);
+        self.ledger.counts.rows_read += 1;
+        if let source::ResumePoint::Csv { byte, .. } = &row.resume {
+            self.bytes_read = *byte;
+        }
+        let seq = self.ledger.tracker.read(row.resume);
+        let mut from = RowOrigin {
+            source: describe,
+            row_ref: &row.row_ref,
+            line: row.line,
+            identity: None,
+        };
+        let values = match row.values {
+            Ok(v) => v,
+            Err(reason) => {
+                self.rows_without_identity += 1;
+                let data = serde_json::json!({ "raw": row.raw.unwrap_or_default() }).to_string();
+                self.ledger.reject(
+                    seq,
+                    from,
+                    data,
+                    format!("line {}: {reason}", row.line),
+                    "source",
+                );
+                return;
+            }
+        };
+        match mapper.map(&values) {
+            Err(reason) => {
+                from.identity = mapper.identity(&values, None);
+                match (&from.identity, &mut self.filter) {
+                    (Some(key), Some(f)) => f.saw(key),
+                    (None, _) => self.rows_without_identity += 1,
+                    _ => {}
+                }
+                let data = Mapper::row_json(columns, &values).to_string();
+                self.ledger.reject(seq, from, data, reason.0, "mapping");
+            }
+            Ok(mapped) => {
+                let pending = Pending {
+                    seq,
+                    line: row.line,
+                    row_ref: row.row_ref,
+                    values,
+                    mapped,
+                };
+                if let Some(f) = &mut self.filter {
+                    f.push(pending);
+                } else {
+                    lanes.push(pending);
+                }
+            }
+        }
     }
 
     /// Decides the rows waiting in the change filter: unchanged ones settle now, the others

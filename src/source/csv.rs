@@ -14,11 +14,10 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::error::SourceError;
-use super::row::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Value};
+use super::row::{Checkpoint, ResumePoint, RowSender, SourceRow, SourceStream, Value, row_channel};
 use crate::config::CsvSource as CsvSection;
 
 /// Bytes of the file's head hashed into its fingerprint.
@@ -267,7 +266,7 @@ struct Prepared {
 impl Prepared {
     /// Starts reading on a blocking thread.
     fn stream(self, cancel: CancellationToken) -> SourceStream {
-        let (tx, rx) = mpsc::channel(ROW_CHANNEL);
+        let (mut tx, rx) = row_channel();
         let resumed_at = (self.start.row > 0).then(|| ResumePoint::Csv {
             byte: self.start.byte,
             line: self.start.line,
@@ -276,7 +275,11 @@ impl Prepared {
         let columns = Arc::new(self.columns.clone());
         let identity = self.identity.clone();
         let describe = self.cfg_path.display().to_string();
-        tokio::task::spawn_blocking(move || self.read_rows(&tx, &cancel));
+        tokio::task::spawn_blocking(move || {
+            self.read_rows(&mut tx, &cancel);
+            // Whatever ended the read, the rows read so far still go.
+            let _ = tx.blocking_flush();
+        });
         SourceStream {
             columns,
             identity,
@@ -286,20 +289,22 @@ impl Prepared {
         }
     }
 
-    fn read_rows(
-        mut self,
-        tx: &mpsc::Sender<Result<SourceRow, SourceError>>,
-        cancel: &CancellationToken,
-    ) {
+    fn read_rows(mut self, tx: &mut RowSender, cancel: &CancellationToken) {
         let shown = self.cfg_path.display().to_string();
         let ncols = self.columns.len();
         let start = self.start;
         let mut record = csv::ByteRecord::new();
         let mut row = start.row;
         let short = self.fingerprint.short();
+        let mut since_check = 63u32;
         loop {
-            if cancel.is_cancelled() {
-                return;
+            // The token takes a lock: asked every 64 records, not every record.
+            since_check += 1;
+            if since_check >= 64 {
+                since_check = 0;
+                if cancel.is_cancelled() {
+                    return;
+                }
             }
             match self.reader.read_byte_record(&mut record) {
                 Ok(false) => return,

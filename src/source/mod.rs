@@ -15,7 +15,10 @@ pub mod sql;
 use tokio_util::sync::CancellationToken;
 
 pub use error::SourceError;
-pub use row::{Checkpoint, ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Value};
+pub use row::{
+    Checkpoint, Closed, ROW_CHANNEL, ROW_CHUNK, ResumePoint, RowItem, RowReceiver, RowSender,
+    SourceRow, SourceStream, Value, row_channel,
+};
 
 use crate::config::SourceSpec;
 

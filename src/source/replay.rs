@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::row::{ROW_CHANNEL, ResumePoint, SourceRow, SourceStream, Value};
+use super::row::{ResumePoint, SourceRow, SourceStream, Value, row_channel};
 
 /// A stored row to replay, as plain data: the caller turns whatever its store holds into
 /// these, so sources stay ignorant of the state database.
@@ -42,7 +41,7 @@ pub fn from_dead_letters(
             }
         }
     }
-    let (tx, rx) = mpsc::channel(ROW_CHANNEL);
+    let (mut tx, rx) = row_channel();
     let cols = columns.clone();
     tokio::spawn(async move {
         for (i, l) in letters.into_iter().enumerate() {

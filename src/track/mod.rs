@@ -210,8 +210,8 @@ impl TrackClient {
                     .flat_map(|(item, reason)| {
                         items
                             .get(item)
-                            .into_iter()
-                            .flatten()
+                            .unwrap_or_default()
+                            .iter()
                             .map(move |row| (*row, reason.clone()))
                     })
                     .collect()

@@ -104,7 +104,6 @@ mod sqlite;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -113,7 +112,7 @@ use self::pool::Db;
 use self::read::{ColumnInfo, Conn, Reader};
 use crate::config::SqlSource as SqlSection;
 use crate::source::error::SourceError;
-use crate::source::row::{Checkpoint, ROW_CHANNEL, SourceStream};
+use crate::source::row::{Checkpoint, SourceStream, row_channel};
 
 /// Opens the job's query, continuing after `checkpoint` when it belongs to this query
 /// (see the module documentation for what that means in each mode).
@@ -142,7 +141,7 @@ pub async fn open(
         tracing::info!(job, source = %cfg.url.masked(), "The checkpoint belongs to another query or cursor; reading from the first row.");
     }
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-    let (tx, rx) = mpsc::channel(ROW_CHANNEL);
+    let (tx, rx) = row_channel();
     let reader = Reader {
         db,
         conn: Some(conn),

@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Connection, Executor, MySql, Postgres, SqlSafeStr, Sqlite, Statement};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub(super) use super::decode::ColumnInfo;
@@ -22,7 +21,7 @@ use super::plan::{Backend, CursorPlan, clean_query};
 use super::pool::{self, Db};
 use super::sqlite::LiteDecoder;
 use crate::source::error::SourceError;
-use crate::source::row::{ResumePoint, SourceRow};
+use crate::source::row::{ResumePoint, RowSender, SourceRow};
 
 /// The one connection a read uses, from its probe to its last chunk.
 pub(super) enum Conn {
@@ -149,7 +148,7 @@ pub(super) struct Reader {
     pub cursor: Option<CursorPlan>,
     /// Columns the probe found; a result with another count is an error.
     pub ncols: usize,
-    pub tx: mpsc::Sender<Result<SourceRow, SourceError>>,
+    pub tx: RowSender,
     pub cancel: CancellationToken,
 }
 
@@ -367,6 +366,9 @@ impl Reader {
                 Ended::Done => {
                     failures = 0;
                     held = Some(conn);
+                    if !self.hand_over().await {
+                        return;
+                    }
                 }
                 Ended::Failed(e) => {
                     conn.discard();
@@ -392,7 +394,10 @@ impl Reader {
     }
 
     /// Hands a row to the pipeline; `false` when the read should stop.
-    async fn hand_out(&self, row: SourceRow) -> bool {
+    async fn hand_out(&mut self, row: SourceRow) -> bool {
+        if self.cancel.is_cancelled() {
+            return false;
+        }
         tokio::select! {
             biased;
             _ = self.cancel.cancelled() => false,
@@ -400,7 +405,17 @@ impl Reader {
         }
     }
 
-    async fn fail(&self, e: SourceError) {
+    /// Hands out the rows queued so far: before the read waits on the database again, so a
+    /// slow query never holds back rows already read.
+    async fn hand_over(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            sent = self.tx.flush() => sent.is_ok(),
+        }
+    }
+
+    async fn fail(&mut self, e: SourceError) {
         tokio::select! {
             biased;
             _ = self.cancel.cancelled() => {}
@@ -416,7 +431,16 @@ impl Reader {
     }
 
     /// Retries a transient failure (after a pause) or reports the error and stops.
-    async fn after_error(&self, error: FetchError, failures: &mut u32, rows_so_far: u64) -> Next {
+    async fn after_error(
+        &mut self,
+        error: FetchError,
+        failures: &mut u32,
+        rows_so_far: u64,
+    ) -> Next {
+        // The rows read before the failure go now, not after the backoff.
+        if !self.hand_over().await {
+            return Next::Stop;
+        }
         let e = match error {
             FetchError::Db(e) if pool::is_transient(&e) && *failures < MAX_RETRIES => {
                 *failures += 1;
