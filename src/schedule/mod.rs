@@ -15,7 +15,7 @@ pub(crate) mod cron;
 mod notify;
 mod reload;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -189,7 +189,21 @@ pub(crate) struct Ticker {
     tracker: TaskTracker,
     /// Jobs with a run going in this process.
     running: Arc<Mutex<HashSet<String>>>,
+    /// How far each running job has read, in percent, where its source tells its size
+    /// (fed by the runs' progress reports; shown in `STATUS=`).
+    percent: Arc<Mutex<HashMap<String, RunProgress>>>,
 }
+
+/// What the daemon keeps of a running job's progress reports.
+struct RunProgress {
+    /// Of the source read, when its size is known.
+    percent: Option<u8>,
+    /// When its last `Progress.` line was logged.
+    logged: std::time::Instant,
+}
+
+/// How often the daemon logs a running job's progress.
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one tick did.
 #[derive(Debug, PartialEq, Eq)]
@@ -203,11 +217,23 @@ pub(crate) enum Tick {
 
 impl Ticker {
     pub(crate) fn new(runner: Runner, signals: Signals) -> Self {
+        let percent: Arc<Mutex<HashMap<String, RunProgress>>> = Arc::default();
+        // A reload keeps the sink (the reloaded runner carries it over).
+        let runner = runner.with_progress(progress_sink(percent.clone()));
         Self {
             runner: Arc::new(RwLock::new(runner)),
             signals,
             tracker: TaskTracker::new(),
             running: Arc::new(Mutex::new(HashSet::new())),
+            percent,
+        }
+    }
+
+    /// How far `job`'s run has read, when its source tells its size.
+    fn percent_of(&self, job: &str) -> Option<u8> {
+        match self.percent.lock() {
+            Ok(m) => m.get(job).and_then(|r| r.percent),
+            Err(poisoned) => poisoned.into_inner().get(job).and_then(|r| r.percent),
         }
     }
 
@@ -256,6 +282,7 @@ impl Ticker {
         self.tracker.spawn(async move {
             // Released even if the run panics, so the job is never stuck "running".
             let _guard = RunningGuard(&this.running, &job.name);
+            let _percent = PercentGuard(&this.percent, &job.name);
             if let Some(tick) = tick {
                 match runner
                     .state
@@ -309,7 +336,57 @@ impl Drop for RunningGuard<'_> {
     }
 }
 
-/// The `STATUS=` line: how many jobs are scheduled, and which run.
+/// Where the daemon's runs report progress: the percentage for `STATUS=`, and (since a run
+/// with a sink does not log its progress itself) a `Progress.` line every interval.
+fn progress_sink(seen: Arc<Mutex<HashMap<String, RunProgress>>>) -> crate::pipeline::ProgressSink {
+    Arc::new(move |p: &crate::pipeline::Progress| {
+        let mut map = match seen.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if p.finished {
+            map.remove(&p.job);
+            return;
+        }
+        let entry = map.entry(p.job.clone()).or_insert_with(|| RunProgress {
+            percent: None,
+            logged: std::time::Instant::now(),
+        });
+        entry.percent = match p.bytes {
+            Some((done, total)) if total > 0 => {
+                Some((done.saturating_mul(100) / total).min(100) as u8)
+            }
+            _ => None,
+        };
+        if entry.logged.elapsed() >= PROGRESS_LOG_EVERY {
+            entry.logged = std::time::Instant::now();
+            tracing::info!(
+                job = %p.job,
+                read = p.rows_read,
+                delivered = p.rows_delivered,
+                rejected = p.rows_rejected,
+                requests = p.requests,
+                percent = entry.percent,
+                "Progress."
+            );
+        }
+    })
+}
+
+/// Forgets a run's percentage when it ends, however it ends.
+struct PercentGuard<'a>(&'a Mutex<HashMap<String, RunProgress>>, &'a str);
+
+impl Drop for PercentGuard<'_> {
+    fn drop(&mut self) {
+        match self.0.lock() {
+            Ok(mut m) => m.remove(self.1),
+            Err(poisoned) => poisoned.into_inner().remove(self.1),
+        };
+    }
+}
+
+/// The `STATUS=` line: how many jobs are scheduled, and which run (with how far each has
+/// read, where its source tells its size: "orders running, 40%").
 fn status_line(plan: &Plan, ticker: &Ticker) -> String {
     let n = plan.len();
     let running = ticker.running_jobs();
@@ -323,7 +400,14 @@ fn status_line(plan: &Plan, ticker: &Ticker) -> String {
             None => format!("{jobs}; idle"),
         }
     } else {
-        format!("{jobs}; {} running", running.join(", "))
+        let each: Vec<String> = running
+            .iter()
+            .map(|job| match ticker.percent_of(job) {
+                Some(p) => format!("{job} running, {p}%"),
+                None => format!("{job} running"),
+            })
+            .collect();
+        format!("{jobs}; {}", each.join("; "))
     }
 }
 
@@ -777,6 +861,49 @@ mod tests {
         signals.stop.cancel();
         assert_eq!(ticker.tick(&job, None), Tick::SkippedStopping);
         ticker.drain().await;
+    }
+
+    #[tokio::test]
+    async fn the_status_line_shows_how_far_a_running_job_has_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg_path,
+            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
+        )
+        .unwrap();
+        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
+        let runner = Runner::new(settings).await.unwrap();
+        let ticker = Ticker::new(runner, Signals::new());
+        let jobs = [
+            job_at(dir.path(), "orders", "0 0 2 * * *"),
+            job_at(dir.path(), "people", "0 0 3 * * *"),
+        ];
+        let plan = Plan::new(&jobs, utc("2026-12-03T00:00:00Z")).unwrap();
+        ticker
+            .running
+            .lock()
+            .unwrap()
+            .extend(["orders".to_string(), "people".to_string()]);
+        let sink = progress_sink(ticker.percent.clone());
+        let report = |job: &str, bytes, finished| crate::pipeline::Progress {
+            job: job.into(),
+            bytes,
+            finished,
+            ..Default::default()
+        };
+        sink(&report("orders", Some((400, 1000)), false));
+        sink(&report("people", None, false));
+        assert_eq!(
+            status_line(&plan, &ticker),
+            "2 jobs scheduled; orders running, 40%; people running"
+        );
+        sink(&report("orders", Some((400, 1000)), true));
+        assert_eq!(
+            status_line(&plan, &ticker),
+            "2 jobs scheduled; orders running; people running",
+            "a finished report forgets the figure"
+        );
     }
 
     #[tokio::test]
