@@ -97,18 +97,27 @@ impl StateStore {
         let mut out = HashMap::with_capacity(keys.len());
         let job = storable(job);
         for chunk in keys.chunks(KEYS_PER_QUERY) {
-            let sql = format!(
-                "SELECT identity, fingerprint, attributes FROM fingerprints WHERE job = $1 AND identity IN ({})",
-                placeholders(2, chunk.len())
-            );
-            // Not kept prepared: a plan cached while the table was small (a seq scan) would
-            // stay in use as it grows, making every lookup scan the whole table.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .persistent(false)
-                .bind(job.as_ref());
-            for k in chunk {
-                query = query.bind(storable(k).into_owned());
-            }
+            // The keys travel as one JSON array, unpacked by the database: one statement
+            // whatever the chunk's size (kept prepared), and the planner sees an array it
+            // looks up through the primary key. 1001 bound parameters cost the driver far more
+            // than the lookup (PostgreSQL, 200k identities: 80 µs per row that way).
+            let sql = match self.backend {
+                Backend::Sqlite => {
+                    "SELECT identity, fingerprint, attributes FROM fingerprints \
+                     WHERE job = $1 AND identity IN (SELECT value FROM json_each($2))"
+                }
+                Backend::Postgres => {
+                    "SELECT identity, fingerprint, attributes FROM fingerprints \
+                     WHERE job = $1 AND identity = ANY(ARRAY(SELECT jsonb_array_elements_text($2::jsonb)))"
+                }
+            };
+            let list: Vec<std::borrow::Cow<'_, str>> = chunk.iter().map(|k| storable(k)).collect();
+            let list = serde_json::to_string(&list).map_err(|e| StateError::Query {
+                what: "encoding the identities to look up",
+                table: "fingerprints",
+                message: e.to_string(),
+            })?;
+            let query = sqlx::query(sql).bind(job.as_ref()).bind(list);
             let rows = query
                 .fetch_all(&self.pool)
                 .await
