@@ -1,32 +1,30 @@
 //! Change detection: which rows, and which of their attributes, changed since Customer.io
 //! last acknowledged them.
 //!
-//! Owns: the identity key of an operation (`id:…`, `email:…`, `cio_id:…`, `phone:…`,
-//! `object:<type>:<id>`, `rel:<type>:<id>:<person>`) and parsing it back, the 64-bit
+//! Owns: the 64-bit
 //! fingerprint of an operation's mapped attributes (never of its encoded bytes, which hold the
 //! row's timestamp), the per-attribute hashes kept for `diff: attributes` (name hash → value
 //! hash, packed; no values, so nothing secret is stored) and the decision for one row
 //! ([`decide`]). Hashes are SipHash-1-3 with fixed keys over a canonical walk of the JSON
 //! values, so they are the same across runs, machines and versions.
+//! Identity keys are the mapping's (`mapping/identity.rs`), the policies are config's; both
+//! are re-exported here for the pipeline.
 //! Must not: do I/O (the state database keeps fingerprints: `state/fingerprints.rs`) or
 //! decide when a fingerprint is written (only after Customer.io acknowledged the row, in the
 //! commit that moves the checkpoint: the pipeline does that).
 
 use std::hash::Hasher;
 
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde_json::{Map, Value};
 use siphasher::sip::SipHasher13;
 
-use crate::config::IdentifierKind;
-use crate::mapping::{Action, Operation, PersonRef, Subject};
+pub use crate::config::{ChangePolicy, DiffPolicy, SendPolicy};
+pub use crate::mapping::identity::{KeyParts, identity, parse_key, relationship_key, subject_key};
+use crate::mapping::{Action, Operation};
 
 /// Fixed keys: changing them makes every stored fingerprint differ (one full resend).
 const KEY0: u64 = 0x6369_6f2d_7379_6e63; // "cio-sync"
 const KEY1: u64 = 0x6669_6e67_6572_7031; // "fingerp1"
-
-/// `:` separates the parts of a key; `%` escapes. Both are escaped inside a part.
-const PART: &AsciiSet = &CONTROLS.add(b':').add(b'%');
 
 /// What was last acknowledged for one identity.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -101,33 +99,6 @@ impl Fingerprint {
             .ok()
             .map(|i| self.attributes[i].1)
     }
-}
-
-/// `send:` of a job: whether unchanged rows are skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SendPolicy {
-    /// Skip rows whose attributes Customer.io already has (default).
-    #[default]
-    Changed,
-    /// Send every row.
-    All,
-}
-
-/// `diff:` of a job: what a changed row sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DiffPolicy {
-    /// Only the attributes that changed (default).
-    #[default]
-    Attributes,
-    /// The whole row.
-    Row,
-}
-
-/// A job's change-detection settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ChangePolicy {
-    pub send: SendPolicy,
-    pub diff: DiffPolicy,
 }
 
 /// What one row becomes.
@@ -218,97 +189,9 @@ pub fn decide(
     }
 }
 
-/// The identity of any operation, for keying its dead letter: events by their id
-/// (`event:<id>`), relationships by their pair, the rest by their subject.
-pub fn identity(op: &Operation) -> Option<String> {
-    match &op.action {
-        Action::Event { id, .. } => Some(format!("event:{}", part(id))),
-        Action::Relationship { person, .. } => relationship_key(&op.subject, person),
-        _ => subject_key(&op.subject),
-    }
-}
-
 /// A 64-bit hash of an identity key, for sets of identities seen in one run.
 pub fn key_hash(key: &str) -> u64 {
     hash_str(key)
-}
-
-/// The key of a person or object subject.
-pub fn subject_key(subject: &Subject) -> Option<String> {
-    match subject {
-        Subject::Person { kind, value } => Some(format!("{}:{}", kind.as_str(), part(value))),
-        Subject::Object { type_id, id } => Some(format!("object:{}:{}", part(type_id), part(id))),
-        Subject::Anonymous(_) | Subject::CioObject(_) => None,
-    }
-}
-
-/// The key of an object ↔ person pair.
-pub fn relationship_key(object: &Subject, person: &PersonRef) -> Option<String> {
-    let Subject::Object { type_id, id } = object else {
-        return None;
-    };
-    Some(format!(
-        "rel:{}:{}:{}:{}",
-        part(type_id),
-        part(id),
-        person.kind.as_str(),
-        part(&person.value)
-    ))
-}
-
-/// What a stored key names.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KeyParts {
-    Subject(Subject),
-    Relationship { object: Subject, person: PersonRef },
-}
-
-/// Parses a key back (mirror mode turns vanished keys into removals); `None` for a key this
-/// version did not write.
-pub fn parse_key(key: &str) -> Option<KeyParts> {
-    let parts: Vec<String> = key.split(':').map(unpart).collect::<Option<_>>()?;
-    match parts.as_slice() {
-        [kind, value] => Some(KeyParts::Subject(Subject::Person {
-            kind: kind_from(kind)?,
-            value: value.clone(),
-        })),
-        [o, type_id, id] if o == "object" => Some(KeyParts::Subject(Subject::Object {
-            type_id: type_id.clone(),
-            id: id.clone(),
-        })),
-        [r, type_id, id, kind, value] if r == "rel" => Some(KeyParts::Relationship {
-            object: Subject::Object {
-                type_id: type_id.clone(),
-                id: id.clone(),
-            },
-            person: PersonRef {
-                kind: kind_from(kind)?,
-                value: value.clone(),
-            },
-        }),
-        _ => None,
-    }
-}
-
-fn kind_from(s: &str) -> Option<IdentifierKind> {
-    Some(match s {
-        "id" => IdentifierKind::Id,
-        "email" => IdentifierKind::Email,
-        "cio_id" => IdentifierKind::CioId,
-        "phone" => IdentifierKind::Phone,
-        _ => return None,
-    })
-}
-
-fn part(s: &str) -> String {
-    utf8_percent_encode(s, PART).to_string()
-}
-
-fn unpart(s: &str) -> Option<String> {
-    percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
 }
 
 fn hasher() -> SipHasher13 {
@@ -373,6 +256,8 @@ fn walk(h: &mut SipHasher13, v: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::IdentifierKind;
+    use crate::mapping::{PersonRef, Subject};
     use serde_json::json;
 
     fn person(attrs: Value) -> Operation {

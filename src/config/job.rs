@@ -382,7 +382,7 @@ pub struct PushJob {
     pub batch: Option<BatchLimits>,
     pub concurrency: Option<usize>,
     /// `send` / `diff`: change detection (identify, object, relationship and segment jobs).
-    pub change: crate::change::ChangePolicy,
+    pub change: ChangePolicy,
     /// Mirror mode, when the job has it.
     pub mirror: Option<MirrorSpec>,
 }
@@ -611,4 +611,31 @@ pub enum EventSubject {
 pub enum EventName {
     Fixed(String),
     Column(String),
+}
+
+/// `send:` of a job: whether unchanged rows are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendPolicy {
+    /// Skip rows whose attributes Customer.io already has (default).
+    #[default]
+    Changed,
+    /// Send every row.
+    All,
+}
+
+/// `diff:` of a job: what a changed row sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiffPolicy {
+    /// Only the attributes that changed (default).
+    #[default]
+    Attributes,
+    /// The whole row.
+    Row,
+}
+
+/// A job's change-detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChangePolicy {
+    pub send: SendPolicy,
+    pub diff: DiffPolicy,
 }

@@ -1201,8 +1201,8 @@ fn change_and_mirror(
     file: &Path,
     raw: &raw::JobFile,
     errors: &mut Vec<ConfigError>,
-) -> (crate::change::ChangePolicy, Option<MirrorSpec>) {
-    use crate::change::{ChangePolicy, DiffPolicy, SendPolicy};
+) -> (ChangePolicy, Option<MirrorSpec>) {
+    use super::job::{ChangePolicy, DiffPolicy, SendPolicy};
     let (kind, send, diff, on_missing) = if let Some(i) = &raw.identify {
         ("identify", i.send, i.diff, i.on_missing.clone())
     } else if let Some(o) = &raw.object {

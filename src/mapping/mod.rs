@@ -8,6 +8,7 @@
 
 pub mod convert;
 pub mod event_id;
+pub mod identity;
 pub mod operation;
 
 use std::borrow::Cow;
@@ -409,7 +410,7 @@ impl Mapper {
     /// source and line). Events are keyed by their id (`event:<id>`).
     pub fn identity(&self, values: &[Value], mapped: Option<&Mapped>) -> Option<String> {
         if let Some(m) = mapped {
-            return crate::change::identity(&m.op);
+            return identity::identity(&m.op);
         }
         match &self.plan {
             Plan::Identify { ident, .. }
@@ -418,11 +419,11 @@ impl Mapper {
             | Plan::Device { ident, .. } => self
                 .subject(ident, values)
                 .ok()
-                .and_then(|s| crate::change::subject_key(&s)),
+                .and_then(|s| identity::subject_key(&s)),
             Plan::Merge { primary, .. } => self
                 .subject(primary, values)
                 .ok()
-                .and_then(|s| crate::change::subject_key(&s)),
+                .and_then(|s| identity::subject_key(&s)),
             Plan::Object {
                 object: ObjectCol::Typed { type_id, col },
                 ..
@@ -430,7 +431,7 @@ impl Mapper {
                 .object_id(*col, values, "object id")
                 .ok()
                 .and_then(|id| {
-                    crate::change::subject_key(&Subject::Object {
+                    identity::subject_key(&Subject::Object {
                         type_id: type_id.clone(),
                         id,
                     })
@@ -447,7 +448,7 @@ impl Mapper {
                     type_id: type_id.clone(),
                     id,
                 };
-                crate::change::relationship_key(&object, &person)
+                identity::relationship_key(&object, &person)
             }
             Plan::Object { .. } | Plan::Track { .. } => None,
         }
