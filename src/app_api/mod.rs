@@ -213,28 +213,7 @@ impl AppClient {
                 what: what.clone(),
                 error,
             })?;
-        match resp.status {
-            200..=299 => serde_json::from_slice(&resp.body).map_err(|e| AppError::Decode {
-                what,
-                message: e.to_string(),
-                body: resp.body_excerpt(),
-            }),
-            300..=399 => Err(AppError::WrongRegion {
-                status: resp.status,
-                what,
-                location: resp.redirect_to,
-            }),
-            401 | 403 => Err(AppError::Unauthorized {
-                status: resp.status,
-                what,
-            }),
-            404 => Err(AppError::NotFound { what }),
-            status => Err(AppError::Status {
-                what,
-                status,
-                body: resp.body_excerpt(),
-            }),
-        }
+        decode(resp, what)
     }
 
     /// `GET /v1/object_types`: the workspace's custom object types (id, name).

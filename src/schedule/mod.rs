@@ -644,6 +644,18 @@ mod tests {
         IdentifierKind, IdentifierSpec, JobKind, MappingSpec, PushJob, SourceSpec,
     };
 
+    /// A runner on SQLite state in `dir`, its Track API an address nothing answers on.
+    async fn runner_in(dir: &std::path::Path) -> Runner {
+        let cfg_path = dir.join("config.yaml");
+        std::fs::write(
+            &cfg_path,
+            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
+        )
+        .unwrap();
+        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
+        Runner::new(settings).await.unwrap()
+    }
+
     fn job_at(dir: &std::path::Path, name: &str, schedule: &str) -> JobSpec {
         JobSpec {
             name: name.into(),
@@ -773,14 +785,7 @@ mod tests {
     #[tokio::test]
     async fn the_daemon_loop_fires_on_a_controlled_clock_and_catches_up_a_missed_tick() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg_path = dir.path().join("config.yaml");
-        std::fs::write(
-            &cfg_path,
-            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
-        )
-        .unwrap();
-        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
-        let runner = Runner::new(settings).await.unwrap();
+        let runner = runner_in(dir.path()).await;
         let state = runner.state.clone();
         let mut nightly = job_at(dir.path(), "nightly", "0 2 * * *");
         nightly.timezone = Some(chrono_tz::Europe::Paris);
@@ -836,14 +841,7 @@ mod tests {
     #[tokio::test]
     async fn a_tick_never_overlaps_a_running_run_of_the_same_job() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg_path = dir.path().join("config.yaml");
-        std::fs::write(
-            &cfg_path,
-            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
-        )
-        .unwrap();
-        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
-        let runner = Runner::new(settings).await.unwrap();
+        let runner = runner_in(dir.path()).await;
         // A job whose file does not exist fails fast; the guard must still be released.
         let job = job_at(dir.path(), "j", "0 0 2 * * *");
         let signals = Signals::new();
@@ -866,14 +864,7 @@ mod tests {
     #[tokio::test]
     async fn the_status_line_shows_how_far_a_running_job_has_read() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg_path = dir.path().join("config.yaml");
-        std::fs::write(
-            &cfg_path,
-            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
-        )
-        .unwrap();
-        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
-        let runner = Runner::new(settings).await.unwrap();
+        let runner = runner_in(dir.path()).await;
         let ticker = Ticker::new(runner, Signals::new());
         let jobs = [
             job_at(dir.path(), "orders", "0 0 2 * * *"),
@@ -909,14 +900,7 @@ mod tests {
     #[tokio::test]
     async fn the_scheduler_loop_ticks_the_liveness_handle() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg_path = dir.path().join("config.yaml");
-        std::fs::write(
-            &cfg_path,
-            "state: { url: \"sqlite://s.db\" }\ncustomerio: { site_id: s, track_api_key: k, track_url: \"http://127.0.0.1:9\" }\n",
-        )
-        .unwrap();
-        let settings = crate::config::load_settings(&cfg_path, &|_| None).unwrap();
-        let runner = Runner::new(settings).await.unwrap();
+        let runner = runner_in(dir.path()).await;
         // Never due while the test runs: only the loop's own turns tick the handle.
         let job = job_at(dir.path(), "j", "0 0 2 1 1 *");
         let signals = Signals::new();
