@@ -460,11 +460,23 @@ impl<'a> Run<'a> {
         let identity = stream.identity.clone();
         let mut last_progress = Instant::now();
         let normal = matches!(self.mode, RunMode::Normal { .. });
+        // A job Customer.io has acknowledged nothing of yet (its first run, or after
+        // `checkpoint reset`) has nothing to compare with: its rows skip the lookup.
+        let lookup = normal
+            && self
+                .ctx
+                .state
+                .has_fingerprints(&self.job.name)
+                .await
+                .map_err(|source| PipelineError::State {
+                    job: self.job.name.clone(),
+                    source,
+                })?;
         self.filter = ChangeFilter::for_job(
             &self.job.name,
             &self.push.mapping,
             self.push.change,
-            normal,
+            lookup,
             normal && self.push.mirror.is_some() && resumed_after_rows == 0,
             (window / 2).max(1),
         );
@@ -478,18 +490,26 @@ impl<'a> Run<'a> {
             // Rows settled early (unchanged) behind an unsettled one cost no re-send after a
             // crash, so the window counts unsettled rows; the bound on all rows past the
             // checkpoint only caps the tracker's memory.
-            let window_full = self.ledger.tracker.unsettled() >= window
-                || self.ledger.tracker.pending() >= window.saturating_mul(64);
+            let window_full = self.ledger.tracker.full(window);
             // Rows waiting in the change filter are decided a chunk at a time, and at once
             // when reading stops or the window is full (they hold the checkpoint back).
-            if self.phase.sends()
-                && self.filter.as_ref().is_some_and(|f| {
-                    !f.is_empty() && (f.due() || self.phase == Phase::Draining || window_full)
-                })
-            {
-                self.flush_filter().await?;
-                self.maybe_commit(&identity, CommitPoint::RowRead).await?;
-                continue;
+            // A full chunk is handed on and decided while the next one is read.
+            if self.phase.sends() {
+                let settle_all = self.phase == Phase::Draining || window_full;
+                let step = self.filter.as_ref().and_then(|f| {
+                    if !f.is_empty() && settle_all {
+                        Some(true)
+                    } else if f.due() {
+                        Some(false)
+                    } else {
+                        None
+                    }
+                });
+                if let Some(all) = step {
+                    self.take_filtered(all).await?;
+                    self.maybe_commit(&identity, CommitPoint::RowRead).await?;
+                    continue;
+                }
             }
             // Rows the filter let through are cut into batches on their lanes.
             while let Some(p) = self.ready.pop_front() {
@@ -599,8 +619,7 @@ impl<'a> Run<'a> {
                         let could_read = !stop_seen
                             && self.phase.reads()
                             && lanes.slot_free()
-                            && self.ledger.tracker.unsettled() < window
-                            && self.ledger.tracker.pending() < window.saturating_mul(64)
+                            && !self.ledger.tracker.full(window)
                             && !self.filter.as_ref().is_some_and(ChangeFilter::due);
                         if !could_read {
                             break;
@@ -757,20 +776,23 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Decides the rows waiting in the change filter: unchanged ones settle now, the others
-    /// queue for the batcher.
-    async fn flush_filter(&mut self) -> Result<(), PipelineError> {
+    /// Takes what the change filter decided (`all`: every row waiting in it, else the chunk
+    /// decided before the one just handed on): unchanged rows settle now, the others queue
+    /// for the batcher.
+    async fn take_filtered(&mut self, all: bool) -> Result<(), PipelineError> {
         let Some(filter) = &mut self.filter else {
             return Ok(());
         };
-        let decided =
-            filter
-                .flush(&self.ctx.state)
-                .await
-                .map_err(|source| PipelineError::State {
-                    job: self.job.name.clone(),
-                    source,
-                })?;
+        let state = &self.ctx.state;
+        let decided = if all {
+            filter.flush(state).await
+        } else {
+            filter.advance(state).await
+        }
+        .map_err(|source| PipelineError::State {
+            job: self.job.name.clone(),
+            source,
+        })?;
         for row in decided {
             match row {
                 Filtered::Send { pending, note } => {
@@ -779,9 +801,12 @@ impl<'a> Run<'a> {
                     }
                     self.ready.push_back(pending);
                 }
-                Filtered::Unchanged { pending, store } => {
-                    let key = crate::change::identity(&pending.mapped.op);
-                    self.ledger.skip(&pending, key.as_deref(), store);
+                Filtered::Unchanged {
+                    pending,
+                    key,
+                    store,
+                } => {
+                    self.ledger.skip(&pending, Some(&key), store);
                 }
             }
         }

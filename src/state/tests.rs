@@ -568,3 +568,151 @@ async fn an_unopenable_sqlite_state_names_the_file_and_not_a_server() {
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(!text.contains("host") && !text.contains("port"), "{text}");
 }
+
+fn fp(attrs: serde_json::Value) -> crate::change::Fingerprint {
+    crate::change::Fingerprint::of(attrs.as_object().unwrap())
+}
+
+/// The lookup answers only for identities whose stored fingerprint differs (with their
+/// attribute hashes) or that are unknown; an identity given twice in one chunk is compared
+/// once per occurrence; `run --full` forgets every fingerprint but keeps the identities.
+async fn changed_fingerprints_answer_only_for_what_differs(s: &StateStore) {
+    let run = s.start_run("j", "push").await.unwrap();
+    let a = fp(serde_json::json!({"plan": "pro", "n": 1}));
+    let b = fp(serde_json::json!({"plan": "free"}));
+    let bare = crate::change::Fingerprint {
+        whole: 77,
+        attributes: Vec::new(),
+    };
+    let rows = vec![
+        ("id:a".to_string(), a.clone()),
+        ("id:b\0x".to_string(), b.clone()),
+        ("id:bare".to_string(), bare.clone()),
+    ];
+    s.commit(Commit {
+        fingerprints: &rows,
+        ..Commit::new("j", &run, RunCounts::default())
+    })
+    .await
+    .unwrap();
+    assert!(s.has_fingerprints("j").await.unwrap());
+    assert!(!s.has_fingerprints("other").await.unwrap());
+    let changed = fp(serde_json::json!({"plan": "team", "n": 1}));
+    let answer = s
+        .changed_fingerprints(
+            "j",
+            &[
+                ("id:a", a.whole),
+                ("id:b\0x", b.whole),
+                ("id:a", changed.whole),
+                ("id:new", 5),
+                ("id:bare", 78),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut keys: Vec<&String> = answer.keys().collect();
+    keys.sort();
+    assert_eq!(keys, vec!["id:a", "id:bare", "id:new"]);
+    assert_eq!(answer["id:a"], Some(a.clone()), "with its attribute hashes");
+    assert_eq!(answer["id:bare"], Some(bare));
+    assert_eq!(answer["id:new"], None, "unknown");
+    // A fingerprint written again replaces the old one, attribute hashes included.
+    s.commit(Commit {
+        fingerprints: &[("id:a".to_string(), changed.clone())],
+        ..Commit::new("j", &run, RunCounts::default())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.fingerprints("j", &["id:a"]).await.unwrap()["id:a"],
+        changed
+    );
+    // Forgotten: every identity differs (and is still known), with no attribute hashes left.
+    assert_eq!(s.forget_fingerprints("j").await.unwrap(), 3);
+    let answer = s
+        .changed_fingerprints("j", &[("id:a", changed.whole), ("id:b\0x", b.whole)])
+        .await
+        .unwrap();
+    assert_eq!(answer.len(), 2);
+    assert!(
+        answer
+            .values()
+            .all(|f| f.as_ref().is_some_and(|f| f.is_forgotten()))
+    );
+    assert_eq!(s.count_fingerprints("j").await.unwrap(), 3);
+    s.remove_fingerprints("j", &["id:a".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(s.count_fingerprints("j").await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn changed_fingerprints_answer_only_for_what_differs_on_sqlite() {
+    let (_dir, s) = sqlite().await;
+    changed_fingerprints_answer_only_for_what_differs(&s).await;
+}
+
+#[tokio::test]
+async fn changed_fingerprints_answer_only_for_what_differs_on_postgresql() {
+    let (db, s) = postgres().await;
+    changed_fingerprints_answer_only_for_what_differs(&s).await;
+    drop_pg(db, s).await;
+}
+
+/// Fingerprints written before the attribute hashes had their own table survive the
+/// migration: the first night after an upgrade sends only what changed, not every row.
+async fn fingerprints_survive_the_split_into_two_tables(old: sqlx::AnyPool, url: DatabaseUrl) {
+    let a = fp(serde_json::json!({"plan": "pro", "n": 1}));
+    sqlx::query(
+        "INSERT INTO fingerprints (job, identity, fingerprint, attributes) VALUES ('j', 'id:a', $1, $2), ('j', 'id:gone', 0, $3)",
+    )
+    .bind(a.whole as i64)
+    .bind(a.pack())
+    .bind(Vec::<u8>::new())
+    .execute(&old)
+    .await
+    .unwrap();
+    old.close().await;
+    let s = StateStore::open(&url).await.unwrap();
+    let stored = s.fingerprints("j", &["id:a", "id:gone"]).await.unwrap();
+    assert_eq!(stored["id:a"], a);
+    assert!(stored["id:gone"].is_forgotten());
+    assert!(
+        s.changed_fingerprints("j", &[("id:a", a.whole)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.pool().close().await;
+}
+
+#[tokio::test]
+async fn fingerprints_survive_the_split_into_two_tables_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    SQLITE_MIGRATIONS
+        .run_to(20261203120003, &old)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::new(format!("sqlite://{}", path.display()));
+    fingerprints_survive_the_split_into_two_tables(old, url).await;
+}
+
+#[tokio::test]
+async fn fingerprints_survive_the_split_into_two_tables_on_postgresql() {
+    let db = crate::testing::TestDb::create(crate::testing::Server::Postgres).await;
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(db.url()).await.unwrap();
+    POSTGRES_MIGRATIONS
+        .run_to(20261203120003, &old)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::new(db.url().to_string());
+    fingerprints_survive_the_split_into_two_tables(old, url).await;
+    drop(db);
+}
