@@ -41,43 +41,72 @@ fn encoding(what: &'static str) -> impl Fn(serde_json::Error) -> StateError {
     }
 }
 
-/// A JSON text built by appending: keys go through serde_json (escaping), numbers and hex
-/// are written directly.
-struct JsonList(Vec<u8>);
+/// A JSON text built by appending: identities go through serde_json (escaping), numbers
+/// and hex are written directly. `[[identity, value], …]` where one identity may come
+/// twice (lookups compare each row), `{identity: value, …}` where each comes once (writes:
+/// the database reads an object's entries without parsing each element again).
+struct JsonList {
+    out: Vec<u8>,
+    object: bool,
+}
 
 impl JsonList {
-    fn with_capacity(n: usize) -> Self {
-        let mut v = Vec::with_capacity(n);
-        v.push(b'[');
-        Self(v)
+    fn pairs(capacity: usize) -> Self {
+        Self::new(capacity, false)
     }
 
-    /// Opens the next `[identity, …` element.
-    fn element(&mut self, identity: &str) -> Result<(), serde_json::Error> {
-        if self.0.len() > 1 {
-            self.0.push(b',');
+    fn object(capacity: usize) -> Self {
+        Self::new(capacity, true)
+    }
+
+    fn new(capacity: usize, object: bool) -> Self {
+        let mut out = Vec::with_capacity(capacity);
+        out.push(if object { b'{' } else { b'[' });
+        Self { out, object }
+    }
+
+    /// Starts the next entry, for `identity`.
+    fn entry(&mut self, identity: &str) -> Result<(), serde_json::Error> {
+        if self.out.len() > 1 {
+            self.out.push(b',');
         }
-        self.0.push(b'[');
-        serde_json::to_writer(&mut self.0, storable(identity).as_ref())
+        if !self.object {
+            self.out.push(b'[');
+        }
+        serde_json::to_writer(&mut self.out, storable(identity).as_ref())?;
+        self.out.push(if self.object { b':' } else { b',' });
+        Ok(())
+    }
+
+    fn end_entry(&mut self) {
+        if !self.object {
+            self.out.push(b']');
+        }
     }
 
     fn number(&mut self, n: i64) {
         use std::io::Write;
-        let _ = write!(self.0, ",{n}]");
+        let _ = write!(self.out, "{n}");
+        self.end_entry();
     }
 
     fn hex(&mut self, bytes: &[u8]) {
-        let start = self.0.len() + 2;
-        self.0.extend_from_slice(b",\"");
-        self.0.resize(start + bytes.len() * 2, b'0');
+        let start = self.out.len() + 1;
+        self.out.push(b'"');
+        self.out.resize(start + bytes.len() * 2, b'0');
         // The slice is exactly twice the input's length: encoding cannot fail.
-        let _ = hex::encode_to_slice(bytes, &mut self.0[start..]);
-        self.0.extend_from_slice(b"\"]");
+        let _ = hex::encode_to_slice(bytes, &mut self.out[start..]);
+        self.out.push(b'"');
+        self.end_entry();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.out.len() <= 1
     }
 
     fn finish(mut self) -> Result<String, StateError> {
-        self.0.push(b']');
-        String::from_utf8(self.0).map_err(|e| StateError::Query {
+        self.out.push(if self.object { b'}' } else { b']' });
+        String::from_utf8(self.out).map_err(|e| StateError::Query {
             what: "encoding fingerprints",
             table: "fingerprints",
             message: e.to_string(),
@@ -85,25 +114,32 @@ impl JsonList {
     }
 }
 
-/// The two JSON arrays a chunk of fingerprints is written as: `[[identity, fingerprint], …]`
-/// and `[[identity, hex of the packed attribute hashes], …]` (rows without attributes left
-/// out), and whether any row had none.
-fn encode_rows(rows: &[&(String, Fingerprint)]) -> Result<(String, String, bool), StateError> {
+/// What a chunk of fingerprints is written as: `{identity: fingerprint, …}`, `{identity:
+/// hex of the packed attribute hashes, …}` (rows without attributes left out, `None` if
+/// none has), and whether any row had none.
+fn encode_rows(
+    rows: &[&(String, Fingerprint)],
+) -> Result<(String, Option<String>, bool), StateError> {
     let enc = encoding("encoding the fingerprints to record");
-    let mut whole = JsonList::with_capacity(rows.len() * 40);
-    let mut attrs = JsonList::with_capacity(rows.len() * 200);
+    let mut whole = JsonList::object(rows.len() * 32);
+    let mut attrs = JsonList::object(rows.len() * 200);
     let mut bare = false;
     for (k, fp) in rows {
-        whole.element(k).map_err(&enc)?;
+        whole.entry(k).map_err(&enc)?;
         whole.number(fp.whole as i64);
         if fp.attributes.is_empty() {
             bare = true;
             continue;
         }
-        attrs.element(k).map_err(&enc)?;
+        attrs.entry(k).map_err(&enc)?;
         attrs.hex(&fp.pack());
     }
-    Ok((whole.finish()?, attrs.finish()?, bare))
+    let attrs = if attrs.is_empty() {
+        None
+    } else {
+        Some(attrs.finish()?)
+    };
+    Ok((whole.finish()?, attrs, bare))
 }
 
 /// Writes acknowledged fingerprints inside a commit. An identity given twice keeps its last.
@@ -127,29 +163,29 @@ pub(super) async fn write(
         .map(|(_, r)| r)
         .collect();
     let job = storable(job);
-    // The rows travel as JSON arrays that the database unpacks: binding thousands of
+    // The rows travel as JSON objects that the database unpacks: binding thousands of
     // parameters costs the SQLite driver time quadratic in their number (a third of a run's
     // CPU at 2000 rows per statement). A row's old attribute hashes are replaced, or removed
     // when it has none now.
     let (whole_sql, drop_sql, attrs_sql) = match backend {
         Backend::Sqlite => (
             "INSERT INTO fingerprints (job, identity, fingerprint) \
-             SELECT $1, value ->> 0, value ->> 1 FROM json_each($2) WHERE true \
+             SELECT $1, key, value FROM json_each($2) WHERE true \
              ON CONFLICT (job, identity) DO UPDATE SET fingerprint = excluded.fingerprint",
             "DELETE FROM fingerprint_attributes WHERE job = $1 \
-             AND identity IN (SELECT value ->> 0 FROM json_each($2))",
+             AND identity IN (SELECT key FROM json_each($2))",
             "INSERT INTO fingerprint_attributes (job, identity, attributes) \
-             SELECT $1, value ->> 0, unhex(value ->> 1) FROM json_each($2) WHERE true \
+             SELECT $1, key, unhex(value) FROM json_each($2) WHERE true \
              ON CONFLICT (job, identity) DO UPDATE SET attributes = excluded.attributes",
         ),
         Backend::Postgres => (
             "INSERT INTO fingerprints (job, identity, fingerprint) \
-             SELECT $1, e->>0, (e->>1)::bigint FROM jsonb_array_elements($2::jsonb) AS e \
+             SELECT $1, key, value::bigint FROM jsonb_each_text($2::jsonb) \
              ON CONFLICT (job, identity) DO UPDATE SET fingerprint = excluded.fingerprint",
             "DELETE FROM fingerprint_attributes WHERE job = $1 \
-             AND identity = ANY(ARRAY(SELECT e->>0 FROM jsonb_array_elements($2::jsonb) AS e))",
+             AND identity = ANY(ARRAY(SELECT jsonb_object_keys($2::jsonb)))",
             "INSERT INTO fingerprint_attributes (job, identity, attributes) \
-             SELECT $1, e->>0, decode(e->>1, 'hex') FROM jsonb_array_elements($2::jsonb) AS e \
+             SELECT $1, key, decode(value, 'hex') FROM jsonb_each_text($2::jsonb) \
              ON CONFLICT (job, identity) DO UPDATE SET attributes = excluded.attributes",
         ),
     };
@@ -169,7 +205,7 @@ pub(super) async fn write(
                 .await
                 .map_err(q("recording fingerprints", "fingerprint_attributes"))?;
         }
-        if attrs != "[]" {
+        if let Some(attrs) = attrs {
             sqlx::query(attrs_sql)
                 .bind(job.as_ref())
                 .bind(attrs)
@@ -215,9 +251,9 @@ impl StateStore {
         };
         let enc = encoding("encoding the identities to look up");
         for chunk in rows.chunks(KEYS_PER_QUERY) {
-            let mut list = JsonList::with_capacity(chunk.len() * 32);
+            let mut list = JsonList::pairs(chunk.len() * 32);
             for (k, whole) in chunk {
-                list.element(k).map_err(&enc)?;
+                list.entry(k).map_err(&enc)?;
                 list.number(*whole as i64);
             }
             let row = sqlx::query(sql)
