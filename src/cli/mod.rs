@@ -560,7 +560,7 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
         let stop = stop.clone();
         match runner.run(job, run_mode(&args), stop).await {
             Ok(report) => {
-                code = code.max(outcome_code(report.outcome));
+                code = exit::most_severe(code, outcome_code(report.outcome));
                 if !args.json {
                     print_report(&report);
                 }
@@ -568,11 +568,11 @@ async fn run(global: &Global, args: RunArgs) -> Result<u8> {
             }
             Err(RunnerError::Busy { job, holder }) => {
                 eprintln!("cio-sync: job `{job}` is already running ({holder}); skipped");
-                code = code.max(exit::BUSY);
+                code = exit::most_severe(code, exit::BUSY);
             }
             Err(e) => {
                 eprintln!("cio-sync: {}", chain(&e));
-                code = code.max(exit::FAILED);
+                code = exit::most_severe(code, exit::FAILED);
             }
         }
     }
@@ -600,7 +600,7 @@ async fn dry_run(cfg: &Config, jobs: &[&JobSpec], args: &RunArgs) -> Result<u8> 
                 .await
                 .map_err(|e| anyhow!(e))?;
                 if r.rejected > 0 {
-                    code = code.max(exit::REJECTED_ROWS);
+                    code = exit::most_severe(code, exit::REJECTED_ROWS);
                 }
                 if !args.json {
                     say!(

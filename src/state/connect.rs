@@ -151,11 +151,11 @@ pub async fn open_pool_with(
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 conn.execute("PRAGMA synchronous = NORMAL").await?;
                 conn.execute("PRAGMA busy_timeout = 10000").await?;
-                // Up to 64 MiB of page cache (SQLite's default is 2 MiB), filled only as pages
+                // Up to 48 MiB of page cache (SQLite's default is 2 MiB), filled only as pages
                 // are read: the fingerprint lookups of a million-person re-export come in
                 // random order, and the narrow `fingerprints` table (about 40 bytes per
                 // identity) then stays in memory instead of being read again page by page.
-                conn.execute("PRAGMA cache_size = -65536").await?;
+                conn.execute("PRAGMA cache_size = -49152").await?;
                 Ok(())
             })
         });
