@@ -28,12 +28,7 @@ const SEVERITY: [u8; 6] = [INTERRUPTED, FAILED, GUARDED, BUSY, REJECTED_ROWS, OK
 /// The code of several jobs' results together: the most severe. A code outside the list
 /// (none today) counts as a failure.
 pub(crate) fn most_severe(a: u8, b: u8) -> u8 {
-    let rank = |c: u8| {
-        SEVERITY
-            .iter()
-            .position(|s| *s == c)
-            .unwrap_or(1)
-    };
+    let rank = |c: u8| SEVERITY.iter().position(|s| *s == c).unwrap_or(1);
     if rank(b) < rank(a) { b } else { a }
 }
 

@@ -387,3 +387,37 @@ async fn sigterm_stops_a_backfill_with_its_checkpoint_and_the_same_command_resum
     );
     assert_each_event_once(&env.sim.operations(), &ids_for(1..=N));
 }
+
+/// On a terminal, a backfill of a CSV file shows a bar with the share read and an ETA (run
+/// under util-linux `script`, which gives the command a pseudo-terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_backfill_draws_a_bar_with_its_eta() {
+    let env = TestEnv::new().await;
+    env.write_data("orders.csv", &orders_csv(20_000));
+    env.write_job("orders", ORDERS_JOB);
+    let cmd = format!(
+        "{} backfill orders --from {} --to {}",
+        env!("CARGO_BIN_EXE_cio-sync"),
+        rfc3339(ts(1)),
+        rfc3339(ts(20_001))
+    );
+    let base = env.cli();
+    // `script -q -e -c CMD FILE`: CMD on a pty, its exit code passed on; FILE is the typescript.
+    let out = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd])
+        .arg(env.dir.path().join("typescript"))
+        .current_dir(env.dir.path())
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("util-linux `script` runs (Debian package bsdutils)");
+    assert_exit(&out, 0);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("orders [") && shown.contains("%  ETA "),
+        "no bar with an ETA on the terminal: {shown:?}"
+    );
+    assert_each_event_once(&env.sim.operations(), &ids_for(1..=20_000));
+}
