@@ -3,8 +3,9 @@
 //! Owns: the settled-prefix rule. Rows are numbered in read order; a row is settled once
 //! Customer.io acknowledged its batch or it was dead-lettered. The checkpoint may advance only
 //! to the end of the longest prefix of settled rows, whatever order batches finish in.
-//! It also counts the rows still unsettled: rows settled early (unchanged rows the change
-//! filter skipped) wait behind an unsettled one without costing a re-send after a crash.
+//! It also counts the rows a crash would make the next run send again: unsettled ones, and
+//! ones Customer.io acknowledged behind an unsettled one; rows settled without sending
+//! (unchanged rows the change filter skipped, dead letters) wait there at no such cost.
 //! Must not: do I/O or know what a row contains; it keeps one small entry per row from the
 //! first unsettled one on.
 
@@ -26,12 +27,17 @@ pub struct Tracker {
     advanced: bool,
     /// Entries not yet settled.
     unsettled: usize,
+    /// Entries settled by an acknowledgement, waiting behind an unsettled one.
+    sent_ahead: usize,
 }
 
 #[derive(Debug)]
 struct Entry {
     resume: Slot,
     settled: bool,
+    /// Settled by Customer.io's acknowledgement: a crash before the checkpoint passes it
+    /// sends it again.
+    sent: bool,
 }
 
 /// A resume point as the tracker keeps it: a CSV position inline (32 bytes an entry), a SQL
@@ -69,14 +75,24 @@ impl Tracker {
         self.entries.push_back(Entry {
             resume: Slot::new(resume),
             settled: false,
+            sent: false,
         });
         self.unsettled += 1;
         self.base + self.entries.len() as u64 - 1
     }
 
-    /// Marks a row settled (delivered or dead-lettered). Unknown or repeated sequence
-    /// numbers are ignored.
+    /// Marks a row settled without sending it (dead-lettered, or unchanged). Unknown or
+    /// repeated sequence numbers are ignored.
     pub fn settle(&mut self, seq: u64) {
+        self.mark(seq, false);
+    }
+
+    /// Marks a row settled by Customer.io's acknowledgement.
+    pub fn settle_sent(&mut self, seq: u64) {
+        self.mark(seq, true);
+    }
+
+    fn mark(&mut self, seq: u64, sent: bool) {
         if seq < self.base {
             return;
         }
@@ -84,10 +100,17 @@ impl Tracker {
             && !e.settled
         {
             e.settled = true;
+            e.sent = sent;
             self.unsettled -= 1;
+            if sent {
+                self.sent_ahead += 1;
+            }
         }
         while self.entries.front().is_some_and(|e| e.settled) {
             if let Some(e) = self.entries.pop_front() {
+                if e.sent {
+                    self.sent_ahead -= 1;
+                }
                 self.settled_point = Some(e.resume.into_resume());
                 self.base += 1;
                 self.advanced = true;
@@ -113,14 +136,20 @@ impl Tracker {
         self.entries.len()
     }
 
-    /// Whether the rows past the checkpoint reached their bound: `window` unsettled rows
-    /// (what a crash may re-send), or many more settled ones waiting behind them, up to
-    /// [`MAX_PENDING`] (this tracker's memory; the open batches are then sent as they are).
+    /// Whether the rows past the checkpoint reached their bound: `window` rows a crash would
+    /// send again (unsettled, or acknowledged behind an unsettled one), or many more settled
+    /// without sending (unchanged, dead-lettered) waiting behind them, up to [`MAX_PENDING`]
+    /// (this tracker's memory).
     pub fn full(&self, window: usize) -> bool {
-        self.unsettled >= window || self.entries.len() >= window.saturating_mul(64).min(MAX_PENDING)
+        self.at_risk() >= window || self.entries.len() >= window.saturating_mul(64).min(MAX_PENDING)
     }
 
-    /// Rows read and not settled: what a crash would make the next run send again.
+    /// Rows a crash now would make the next run send again.
+    pub fn at_risk(&self) -> usize {
+        self.unsettled + self.sent_ahead
+    }
+
+    /// Rows read and not settled.
     pub fn unsettled(&self) -> usize {
         self.unsettled
     }
@@ -162,5 +191,21 @@ mod tests {
         t.settle(5);
         assert_eq!(t.take_advance(), Some(p(6)));
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn rows_acknowledged_behind_an_unsettled_one_are_at_risk_and_unsent_ones_are_not() {
+        let mut t = Tracker::new();
+        for r in 1..=4 {
+            t.read(p(r));
+        }
+        // Row 0 is still in flight; 1 was acknowledged, 2 found unchanged.
+        t.settle_sent(1);
+        t.settle(2);
+        assert_eq!((t.unsettled(), t.at_risk()), (2, 3));
+        assert!(t.full(3) && !t.full(4));
+        t.settle_sent(0);
+        assert_eq!(t.take_advance(), Some(p(3)));
+        assert_eq!(t.at_risk(), 1, "only row 3 is past the checkpoint");
     }
 }

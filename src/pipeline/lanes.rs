@@ -50,6 +50,11 @@ impl Lanes {
         }
     }
 
+    /// How many lanes there are (each fills its own open batch).
+    pub(super) fn count(&self) -> usize {
+        self.lanes.len()
+    }
+
     /// Requests the lanes may have in flight together.
     pub(super) fn capacity(&self) -> usize {
         self.lanes.len() * self.per_lane

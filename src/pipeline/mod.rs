@@ -448,10 +448,17 @@ impl<'a> Run<'a> {
             _ => Lanes::unordered(plan.max_items, plan.max_bytes, plan.concurrency),
         };
         // Rows read but not yet covered by the checkpoint: what a crash may re-send. Room
-        // for the batches in flight, one closed batch waiting for a slot and the open one.
-        // Batches close by bytes long before `max_items` for most rows, so once one has
-        // closed the window counts in its real size, not in the item cap.
-        let batches_in_window = lanes.capacity().saturating_add(2);
+        // for the batches in flight, the open batch and one closed batch waiting for a slot;
+        // with several lanes (a backfill), each lane's open batch and about one batch per
+        // lane acknowledged behind the slowest lane, so full batches keep the limiter busy
+        // (a re-sent event is deduplicated by its id; it costs only requests). Batches close
+        // by bytes long before `max_items` for most rows, so once one has closed the window
+        // counts in its real size, not in the item cap.
+        let open = match lanes.count() {
+            1 => 1,
+            n => n.saturating_mul(2),
+        };
+        let batches_in_window = lanes.capacity().saturating_add(open).saturating_add(1);
         let mut window = batches_in_window.saturating_mul(plan.max_items);
         let mut largest_batch = 0usize;
         let mut in_flight: JoinSet<(usize, Sent)> = JoinSet::new();
@@ -487,9 +494,9 @@ impl<'a> Run<'a> {
         };
 
         loop {
-            // Rows settled early (unchanged) behind an unsettled one cost no re-send after a
-            // crash, so the window counts unsettled rows; the bound on all rows past the
-            // checkpoint only caps the tracker's memory.
+            // The window counts the rows a crash would send again: unsettled ones and ones
+            // acknowledged behind them. Rows settled without sending (unchanged) cost no
+            // re-send; the bound on all rows past the checkpoint only caps the tracker's memory.
             let window_full = self.ledger.tracker.full(window);
             // Rows waiting in the change filter are decided a chunk at a time, and at once
             // when reading stops or the window is full (they hold the checkpoint back).
@@ -534,9 +541,12 @@ impl<'a> Run<'a> {
                         lanes.done(lane);
                     }
                 }
-                if (self.phase == Phase::Draining || window_full || stop_drains)
-                    && lanes.flush_idle()
-                {
+                // A full window sends the open batches as they are only when no request is
+                // in flight: an answer settles rows and frees the window, and a part-filled
+                // batch sent instead would spend a request of the rate budget on a fraction
+                // of what one carries (a rate-limited backfill sent 70% more requests).
+                let stuck = window_full && in_flight.is_empty();
+                if (self.phase == Phase::Draining || stuck || stop_drains) && lanes.flush_idle() {
                     continue;
                 }
             }

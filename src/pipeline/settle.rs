@@ -124,7 +124,7 @@ impl Ledger {
         if self.resolving {
             self.resolved.push(p.row_ref);
         }
-        self.tracker.settle(p.seq);
+        self.tracker.settle_sent(p.seq);
     }
 
     /// Notes a row Customer.io has: its fingerprint is stored, its dead letter leaves.

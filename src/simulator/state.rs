@@ -84,9 +84,10 @@ fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
 /// of a second's worth (at least one) plus one.
 ///
 /// A whole second's worth let a client burst to twice the limit in a one-second window without
-/// ever seeing a 429, so a client ignoring the limit went unnoticed. A client pacing itself at
-/// the same rate with a burst of a tenth of a second still never gets a 429: the extra token
-/// absorbs network jitter between its clock and ours.
+/// ever seeing a 429, so a client ignoring the limit went unnoticed. A client sending evenly at
+/// the same rate leaves the tenth of a second for the jitter between its clock and ours; one
+/// that bursts a tenth of a second at start leaves a single token, and a request that then
+/// arrives a few milliseconds early is refused (as cio-sync's own did under load).
 pub(crate) struct Bucket {
     tokens: f64,
     last: Instant,
