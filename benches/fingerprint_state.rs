@@ -11,6 +11,8 @@
 //!
 //! Figures, not assertions.
 
+mod common;
+
 use std::time::Instant;
 
 use cio_sync::config::DatabaseUrl;
@@ -103,24 +105,8 @@ async fn sqlite(people: u64) {
 }
 
 async fn postgres(people: u64) {
-    use sqlx::Connection;
-    let base = std::env::var("CIO_SYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!(
-        "cio_bench_{}",
-        ulid::Ulid::generate().to_string().to_lowercase()
-    );
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("PostgreSQL (set CIO_SYNC_TEST_PG or CIO_BENCH_PG=0)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create db");
-    let url = format!(
-        "{}/{name}",
-        base.rsplit_once('/').map(|(h, _)| h).unwrap_or(&base)
-    );
+    let pg = common::FreshPg::create().await;
+    let url = pg.url.clone();
     {
         let store = StateStore::open(&DatabaseUrl::new(url.clone()))
             .await
@@ -154,11 +140,7 @@ async fn postgres(people: u64) {
         measure("postgres", &store, people, bytes as u64, fill_secs).await;
         store.pool().close().await;
     }
-    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    pg.drop_now().await;
 }
 
 fn main() {

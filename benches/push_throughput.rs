@@ -19,6 +19,8 @@
 //! `CIO_BENCH_ONLY=csv-cold,pg-cold` runs only the named scenarios. Figures, not assertions:
 //! targets live here and in the README, never in timed tests.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -222,25 +224,10 @@ async fn object_cold(sim: &Simulator, rows: usize) {
 
 /// Scenario 4: PostgreSQL, full read.
 async fn pg_cold(sim: &Simulator, rows: usize) {
-    use sqlx::Connection;
-    let base = std::env::var("CIO_SYNC_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!(
-        "cio_bench_{}",
-        ulid::Ulid::generate().to_string().to_lowercase()
-    );
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("PostgreSQL (set CIO_SYNC_TEST_PG or CIO_BENCH_PG=0)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create db");
-    let url = format!(
-        "{}/{name}",
-        base.rsplit_once('/').map(|(h, _)| h).unwrap_or(&base)
-    );
+    let pg = common::FreshPg::create().await;
+    let url = pg.url.clone();
     {
+        use sqlx::Connection;
         let mut db = sqlx::PgConnection::connect(&url).await.expect("bench db");
         // The CSV export's people, as a table.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -275,11 +262,7 @@ async fn pg_cold(sim: &Simulator, rows: usize) {
         mib(r.max_rss_kib),
         sim.requests().len()
     );
-    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    pg.drop_now().await;
 }
 
 /// Scenario 5: the fault mix, on its own simulator (its faults must not touch the others).

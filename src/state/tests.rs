@@ -2,6 +2,19 @@ use super::*;
 use crate::source::ResumePoint;
 use std::borrow::Cow;
 
+/// `old.db` in a new folder, migrated only up to `version`: a state database an earlier
+/// release left.
+async fn old_sqlite(version: i64) -> (tempfile::TempDir, sqlx::AnyPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    SQLITE_MIGRATIONS.run_to(version, &old).await.unwrap();
+    (dir, old)
+}
+
 async fn sqlite() -> (tempfile::TempDir, StateStore) {
     let dir = tempfile::tempdir().unwrap();
     let url = DatabaseUrl::new(format!(
@@ -313,16 +326,8 @@ async fn a_scope_keeps_its_own_checkpoint_beside_the_jobs_and_status_lists_both(
 
 #[tokio::test]
 async fn a_checkpoint_written_before_scopes_becomes_the_jobs_own() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, old) = old_sqlite(20261127000002).await;
     let path = dir.path().join("old.db");
-    sqlx::any::install_default_drivers();
-    let old = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .unwrap();
-    SQLITE_MIGRATIONS
-        .run_to(20261127000002, &old)
-        .await
-        .unwrap();
     let text = serde_json::to_string(&csv_cp(7)).unwrap();
     sqlx::query(
         "INSERT INTO checkpoints (job, position, run_id, updated_at) VALUES ('j', $1, 'r', 1)",
@@ -689,17 +694,8 @@ async fn fingerprints_survive_the_split_into_two_tables(old: sqlx::AnyPool, url:
 
 #[tokio::test]
 async fn fingerprints_survive_the_split_into_two_tables_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.db");
-    sqlx::any::install_default_drivers();
-    let old = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .unwrap();
-    SQLITE_MIGRATIONS
-        .run_to(20261203120003, &old)
-        .await
-        .unwrap();
-    let url = DatabaseUrl::new(format!("sqlite://{}", path.display()));
+    let (dir, old) = old_sqlite(20261203120003).await;
+    let url = DatabaseUrl::new(format!("sqlite://{}", dir.path().join("old.db").display()));
     fingerprints_survive_the_split_into_two_tables(old, url).await;
 }
 
